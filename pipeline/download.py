@@ -1,0 +1,158 @@
+"""Fetch files from an ordered list of mirrors with retries, checksums and no partial outputs.
+
+A mirror is an http(s) base URL or a local directory (offline users, tests). For each file, each mirror is
+tried `retries` times (transient failures only) before the next; a file lands only after its MD5 matches.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import shutil
+import socket
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+from pipeline.files import DataError, atomic_path
+
+log = logging.getLogger(__name__)
+CHUNK = 1 << 16
+USER_AGENT = "mnist-bench/1.0 (+https://dvc.org)"
+
+
+def md5sum(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _is_url(mirror: str) -> bool:
+    return mirror.lower().startswith(("http://", "https://"))
+
+
+def _local_dir(mirror: str) -> Path:
+    return Path(mirror[len("file://"):] if mirror.lower().startswith("file://") else mirror).expanduser()
+
+
+class _Permanent(Exception):
+    """A failure that retrying the same mirror cannot fix (404, missing local file)."""
+
+
+def _copy_url(url: str, out: Path, timeout: float, label: str) -> None:
+    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        err = f"HTTP {e.code} {e.reason}"
+        raise (_Permanent(err) if 400 <= e.code < 500 and e.code not in (408, 429) else OSError(err)) from None
+    except urllib.error.URLError as e:
+        reason = e.reason
+        if isinstance(reason, ConnectionRefusedError):
+            raise OSError("connection refused") from None
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            raise OSError(f"no answer within {timeout:g} s") from None
+        raise OSError(str(reason)) from None
+    with resp:
+        total = int(resp.headers.get("Content-Length") or 0) or None
+        got = 0
+        with open(out, "wb") as f, tqdm(total=total, unit="B", unit_scale=True, desc=label, leave=False,
+                                        disable=None) as bar:
+            while True:
+                try:
+                    block = resp.read(CHUNK)
+                except (socket.timeout, TimeoutError):
+                    raise OSError(f"stalled: no data for {timeout:g} s after {got} bytes") from None
+                except http.client.IncompleteRead as e:
+                    raise OSError(f"truncated: connection closed after {got + len(e.partial)} of {total} bytes") \
+                        from None
+                if not block:
+                    break
+                f.write(block)
+                got += len(block)
+                bar.update(len(block))
+        if total is not None and got != total:
+            raise OSError(f"truncated: got {got} of {total} bytes")
+
+
+def _copy_local(src_dir: Path, name: str, out: Path) -> None:
+    src = src_dir / name
+    if not src.is_file():
+        raise _Permanent(f"no such file {src}")
+    shutil.copyfile(src, out)
+
+
+def fetch_file(name: str, md5: str | None, mirrors: list[str], dest: Path, timeout: float, retries: int,
+               validate: Callable[[Path], None] | None = None, backoff_s: float = 0.5) -> str:
+    """Fetch `name` into `dest` from the first mirror that serves it intact; return the mirror used.
+
+    `md5` None means no known checksum: `validate(path)` (e.g. an IDX header check) must pass instead.
+    Raises DataError listing every mirror and why it failed.
+    """
+    target = dest / name
+    if target.is_file() and md5 is not None and md5sum(target) == md5:
+        return "cache"
+    failures = []
+    for i, mirror in enumerate(mirrors, 1):
+        reason = ""
+        for attempt in range(retries):
+            try:
+                with atomic_path(target) as tmp:
+                    if _is_url(mirror):
+                        _copy_url(mirror.rstrip("/") + "/" + name, tmp, timeout, name)
+                    else:
+                        _copy_local(_local_dir(mirror), name, tmp)
+                    if md5 is not None:
+                        got = md5sum(tmp)
+                        if got != md5:
+                            raise OSError(f"checksum mismatch (md5 {got}, expected {md5})")
+                    if validate is not None:
+                        try:
+                            validate(tmp)
+                        except DataError as e:
+                            raise _Permanent(f"invalid file: {str(e).split(': ', 1)[-1]}") from None
+                return mirror
+            except _Permanent as e:
+                reason = str(e)
+                break
+            except OSError as e:
+                reason = str(e) or type(e).__name__
+                log.warning("%s from mirror %d (%s), attempt %d/%d: %s", name, i, mirror, attempt + 1, retries,
+                            reason)
+                if attempt + 1 < retries:
+                    time.sleep(backoff_s * 2 ** attempt)
+        failures.append(f"[{i}] {mirror}: {reason}")
+    raise DataError(
+        f"{name}: all {len(mirrors)} mirrors failed: " + "; ".join(failures)
+        + ". Offline? Put the files in a directory and set data.mirrors: [/that/dir] in params.yaml,"
+        " or try the offline demo: dvc exp run -S data.name=digits")
+
+
+def fetch_all(files: dict[str, str | None], mirrors: list[str], dest: Path, timeout: float, retries: int,
+              validate: Callable[[Path], None] | None = None, backoff_s: float = 0.5) -> dict[str, str]:
+    """Fetch every file; return {file: mirror used}. On failure, remove what this call fetched."""
+    if not mirrors:
+        raise DataError("download: no mirrors to try; set data.mirrors in params.yaml")
+    dest.mkdir(parents=True, exist_ok=True)
+    used: dict[str, str] = {}
+    try:
+        for name, md5 in files.items():
+            used[name] = fetch_file(name, md5, mirrors, dest, timeout, retries, validate, backoff_s)
+    except BaseException:
+        # An incomplete set is not an output: DVC would cache it as if the stage had succeeded.
+        for name, mirror in used.items():
+            if mirror != "cache":
+                (dest / name).unlink(missing_ok=True)
+        raise
+    return used
+
+
+def checksums(dest: Path, names: list[str]) -> dict[str, str]:
+    return {n: md5sum(dest / n) for n in names if os.path.exists(dest / n)}

@@ -1,0 +1,79 @@
+"""Atomic output writing and the stage entry-point wrapper shared by every stage."""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from pipeline.params import ParamsError
+
+
+class DataError(ValueError):
+    """A problem with an input file or the network; the message is one line naming the file or mirror."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds.
+
+    A killed or failing stage therefore leaves either the old file or nothing, never half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read and shared
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _clean(obj: Any) -> Any:
+    # JSON has no NaN/inf: write null so every reader (pandas, DVC, browsers) parses the file.
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item"):  # NumPy scalar
+        return _clean(obj.item())
+    return obj
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_clean(obj), indent=2, sort_keys=False) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def read_json(path: str | Path, stage: str) -> Any:
+    """Read a JSON file another stage wrote; a missing or malformed one names the file and the stage."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: missing; run `dvc repro {stage}` first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: malformed JSON (line {e.lineno}: {e.msg}); rerun `dvc repro {stage}`") from None
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """Run a stage's main(); known input problems exit 2 with one line on stderr, no traceback."""
+    try:
+        main(sys.argv[1:])
+    except (ParamsError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,205 @@
+"""Aggregate every result file into tidy rows, comparison tables and wording that respects noise.
+
+`collect` reads what the stages wrote (a missing or malformed file is a one-line error naming it),
+`tidy` flattens it into results.csv rows, `sections` builds the report as blocks that render.py turns
+into Markdown and HTML.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import compare
+from pipeline.files import DataError, read_json
+
+LABEL = {"torch": "PyTorch", "tensorflow": "TensorFlow"}
+SHORT = {"torch": "torch", "tensorflow": "tf"}  # for figure labels with little room
+
+
+@dataclass
+class Results:
+    frameworks: list[str]
+    models: list[str]
+    env: dict
+    train: dict[str, dict] = field(default_factory=dict)     # cell -> metrics.json
+    run: dict[str, dict] = field(default_factory=dict)       # cell -> run.json
+    seeds: dict[str, pd.DataFrame] = field(default_factory=dict)
+    history: dict[str, pd.DataFrame] = field(default_factory=dict)
+    confusion: dict[str, pd.DataFrame] = field(default_factory=dict)
+    preds: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    bench: dict[str, dict] = field(default_factory=dict)     # cell -> bench json
+    loaders: dict[str, dict] = field(default_factory=dict)   # framework -> loaders json
+
+    def cells(self) -> list[str]:
+        return [f"{f}-{m}" for m in self.models for f in self.frameworks]
+
+
+def read_tsv(path: Path, stage: str, columns: list[str], index: bool = False) -> pd.DataFrame:
+    if not path.exists():
+        raise DataError(f"{path}: missing; run `dvc repro {stage}` first")
+    try:
+        df = pd.read_csv(path, sep="\t", index_col=0 if index else None)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: malformed TSV ({str(e).splitlines()[0]}); rerun `dvc repro {stage}`") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing or df.empty:
+        raise DataError(f"{path}: malformed ({'no rows' if df.empty else 'missing columns ' + ', '.join(missing)}); "
+                        f"rerun `dvc repro {stage}`")
+    return df
+
+
+def _need(d: dict, keys: list[str], path: Path, stage: str) -> dict:
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise DataError(f"{path}: malformed (missing {', '.join(missing)}); rerun `dvc repro {stage}`")
+    return d
+
+
+def collect(root: Path, frameworks: list[str], models: list[str]) -> Results:
+    r = Results(frameworks, models, read_json(root / "env.json", "env"))
+    for cell in r.cells():
+        d, stage = root / "runs" / cell, f"train@{cell}"
+        r.train[cell] = _need(read_json(d / "metrics.json", stage), ["test_acc", "test_acc_std", "train_time_s",
+                                                                   "train_samples_per_s", "params", "epochs"],
+                              d / "metrics.json", stage)
+        r.run[cell] = _need(read_json(d / "run.json", stage), ["init_weights_sha256", "batch_order_sha256",
+                                                             "layer_param_counts", "readback_weights_sha256"],
+                            d / "run.json", stage)
+        r.seeds[cell] = read_tsv(d / "seeds.tsv", stage, ["seed", "test_acc"])
+        r.history[cell] = read_tsv(d / "history.tsv", stage, ["epoch", "train_loss", "train_acc", "val_loss",
+                                                              "val_acc"])
+        r.confusion[cell] = read_tsv(d / "confusion.tsv", stage, [], index=True)
+        try:
+            with np.load(d / "predictions.npz", allow_pickle=False) as f:
+                r.preds[cell] = {k: f[k] for k in ("y_true", "y_pred", "init_logits")}
+        except (OSError, KeyError, ValueError) as e:
+            raise DataError(f"{d / 'predictions.npz'}: unreadable ({e}); rerun `dvc repro {stage}`") from None
+        p = root / "bench" / f"{cell}.json"
+        r.bench[cell] = _need(read_json(p, f"bench@{cell}"), ["records", "default_variant"], p, f"bench@{cell}")
+    for fw in frameworks:
+        p = root / "loaders" / f"{fw}.json"
+        r.loaders[fw] = _need(read_json(p, f"loaders@{fw}"), ["records"], p, f"loaders@{fw}")
+    return r
+
+
+def bench_rows(r: Results) -> pd.DataFrame:
+    rows = [{"framework": c.split("-")[0], "model": c.split("-")[1], **rec}
+            for c, b in r.bench.items() for rec in b["records"]]
+    return pd.DataFrame(rows)
+
+
+def loader_rows(r: Results) -> pd.DataFrame:
+    return pd.DataFrame([{"framework": fw, **rec} for fw, d in r.loaders.items() for rec in d["records"]])
+
+
+def history_rows(r: Results) -> pd.DataFrame:
+    return pd.concat([h.assign(framework=c.split("-")[0], model=c.split("-")[1]) for c, h in r.history.items()])
+
+
+def tidy(r: Results) -> pd.DataFrame:
+    """One row per measurement: framework, model, source, metric, value, unit, spread, n, and its context."""
+    out = []
+    for cell, m in r.train.items():
+        fw, model = cell.split("-")
+        base = {"framework": fw, "model": model, "source": "train"}
+        out += [base | {"metric": "test_acc", "value": m["test_acc"], "unit": "fraction",
+                        "spread": m["test_acc_std"], "spread_kind": "std over seeds", "n": m.get("seeds", 1)},
+                base | {"metric": "train_time_s", "value": m["train_time_s"], "unit": "s"},
+                base | {"metric": "train_samples_per_s", "value": m["train_samples_per_s"], "unit": "samples/s"},
+                base | {"metric": "params", "value": m["params"], "unit": "count"}]
+        out += [base | {"metric": "test_acc", "value": s.test_acc, "unit": "fraction", "seed": int(s.seed)}
+                for s in r.seeds[cell].itertuples()]
+    for rec in bench_rows(r).to_dict("records"):
+        ctx = {k: rec.get(k) for k in ("framework", "model", "variant", "batch_size", "threads")}
+        src = "bench"
+        if rec.get("status") != "ok":
+            out.append(ctx | {"source": src, "metric": f"{rec['phase']}_status", "value": np.nan, "unit": "",
+                              "note": rec.get("reason")})
+        elif rec["phase"] == "matmul":
+            out.append(ctx | {"source": src, "metric": "matmul_gflops", "value": rec["gflops"], "unit": "GFLOP/s",
+                              "spread": rec["gflops_iqr"], "spread_kind": "IQR over repeats"})
+        elif rec["phase"] == "latency":
+            out += [ctx | {"source": src, "metric": f"latency_ms_{q}", "value": rec[f"latency_ms_{q}"], "unit": "ms",
+                           "n": rec["calls"]} for q in ("p50", "p95", "p99")]
+        else:
+            out.append(ctx | {"source": src, "metric": f"{rec['phase']}_samples_per_s", "value": rec["samples_per_s"],
+                              "unit": "samples/s", "spread": rec["samples_per_s_iqr"],
+                              "spread_kind": "IQR over repeats", "n": rec["repeats"]})
+            if not pd.isna(rec.get("pct_of_peak")):
+                out.append(ctx | {"source": src, "metric": f"{rec['phase']}_pct_of_peak", "value": rec["pct_of_peak"],
+                                  "unit": "% of matmul peak"})
+    for rec in loader_rows(r).to_dict("records"):
+        out.append({"framework": rec["framework"], "source": "loaders", "metric": f"{rec['what']}_samples_per_s",
+                    "workers": rec["workers"], "value": rec["samples_per_s"], "unit": "samples/s",
+                    "spread": rec["samples_per_s_iqr"], "spread_kind": "IQR over repeats", "n": rec["repeats"]})
+    cols = ["framework", "model", "source", "metric", "value", "unit", "spread", "spread_kind", "n", "seed", "variant",
+            "batch_size", "threads", "workers", "note"]
+    return pd.DataFrame(out).reindex(columns=cols)
+
+
+def iqr(rec: dict) -> dict:
+    return {"median": rec["samples_per_s"], "q1": rec["samples_per_s_q1"], "q3": rec["samples_per_s_q3"]}
+
+
+def pairs(r: Results) -> list[tuple[str, str, str]]:
+    """(model, cell A, cell B) for every model run in both frameworks: what the verdicts compare."""
+    if len(r.frameworks) < 2:
+        return []
+    a, b = r.frameworks[:2]
+    return [(m, f"{a}-{m}", f"{b}-{m}") for m in r.models]
+
+
+def accuracy_verdicts(r: Results) -> list[str]:
+    out = []
+    for model, ca, cb in pairs(r):
+        ya = r.preds[ca]["y_true"]
+        p = compare.mcnemar_p(r.preds[ca]["y_pred"] == ya, r.preds[cb]["y_pred"] == ya)
+        out.append(f"**{model}**: " + compare.accuracy(LABEL[ca.split('-')[0]], list(r.seeds[ca]["test_acc"]),
+                                                      LABEL[cb.split('-')[0]], list(r.seeds[cb]["test_acc"]), p))
+    return out
+
+
+def speed_verdicts(r: Results) -> list[str]:
+    df, out = bench_rows(r), []
+    for model, ca, cb in pairs(r):
+        for phase in ("train", "infer"):
+            recs = []
+            for c in (ca, cb):
+                sub = df[(df.framework == c.split("-")[0]) & (df.model == model) & (df.phase == phase)
+                         & (df.variant == r.bench[c]["default_variant"]) & (df.status == "ok")]
+                recs.append(sub.sort_values("batch_size").iloc[-1].to_dict() if len(sub) else None)
+            if None not in recs:
+                out.append(f"**{model} {phase}** (default variants, batch {int(recs[0]['batch_size'])}): "
+                           + compare.speed(LABEL[ca.split('-')[0]], iqr(recs[0]), LABEL[cb.split('-')[0]],
+                                           iqr(recs[1])))
+    return out
+
+
+def equivalence(r: Results) -> pd.DataFrame:
+    rows = []
+    for model, ca, cb in pairs(r):
+        ra, rb = r.run[ca], r.run[cb]
+        diff = float(np.abs(r.preds[ca]["init_logits"] - r.preds[cb]["init_logits"]).max())
+        rows.append({"model": model,
+                     "same parameter counts (per layer)": ra["layer_param_counts"] == rb["layer_param_counts"],
+                     "same initial weights (SHA-256)": ra["init_weights_sha256"] == rb["init_weights_sha256"],
+                     "weights read back unchanged": all(x["readback_weights_sha256"] == x["init_weights_sha256"]
+                                                       for x in (ra, rb)),
+                     "same batch order (SHA-256)": ra["batch_order_sha256"] == rb["batch_order_sha256"],
+                     "initial logits max abs diff": diff, "logits agree (<= 1e-4)": diff <= 1e-4})
+    return pd.DataFrame(rows)
+
+
+def env_table(env: dict) -> pd.DataFrame:
+    flat = {k: v for k, v in env.items() if not isinstance(v, (dict, list))}
+    flat["gpus"] = ", ".join(env.get("gpus") or []) or "none"
+    flat |= {f"version {k}": v for k, v in (env.get("versions") or {}).items()}
+    return pd.DataFrame({"item": list(flat), "value": [str(v) for v in flat.values()]})
+
+
+def load_meta(npz: dict) -> dict:
+    return json.loads(str(npz["meta"]))

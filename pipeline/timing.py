@@ -1,0 +1,79 @@
+"""Warmup / repeat / median / IQR helpers shared by both backends' benchmarks.
+
+Warmup calls are never timed (they include tracing, compilation, allocator growth, worker start-up).
+Timed calls are grouped into repeats; a figure is the median over repeats with its IQR and CV.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+
+def spread(values: list[float] | np.ndarray) -> dict[str, float]:
+    """Median, quartiles, IQR and coefficient of variation (%) of repeated measurements."""
+    v = np.asarray(values, dtype=np.float64)
+    q1, med, q3 = np.percentile(v, [25, 50, 75])
+    mean = v.mean()
+    cv = float(100.0 * v.std(ddof=1) / mean) if len(v) > 1 and mean > 0 else 0.0
+    return {"median": float(med), "q1": float(q1), "q3": float(q3), "iqr": float(q3 - q1), "cv_pct": cv,
+            "n": int(len(v))}
+
+
+def repeat(run: Callable[[int], Any], warmup: int, steps: int, repeats: int,
+           sync: Callable[[Any], None] = lambda _: None) -> list[float]:
+    """Seconds per step for each repeat: `run(n)` does n steps; `sync(result)` waits for async devices."""
+    sync(run(warmup))
+    per_step = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sync(run(steps))
+        per_step.append((time.perf_counter() - t0) / steps)
+    return per_step
+
+
+def latencies(call: Callable[[], Any], warmup: int, calls: int,
+              sync: Callable[[Any], None] = lambda _: None) -> np.ndarray:
+    """Seconds of each of `calls` single calls, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        sync(call())
+    out = np.empty(calls)
+    for i in range(calls):
+        t0 = time.perf_counter()
+        sync(call())
+        out[i] = time.perf_counter() - t0
+    return out
+
+
+def throughput(per_step_s: list[float], items_per_step: int, prefix: str, unit: str) -> dict[str, float]:
+    """Flat metrics for one measurement: `{prefix}_{unit}` (median) plus its spread, and the step time."""
+    rate = [items_per_step / s for s in per_step_s]
+    r, t = spread(rate), spread([s * 1e3 for s in per_step_s])
+    return {f"{prefix}_{unit}": r["median"], f"{prefix}_{unit}_q1": r["q1"], f"{prefix}_{unit}_q3": r["q3"],
+            f"{prefix}_{unit}_iqr": r["iqr"], f"{prefix}_{unit}_cv_pct": r["cv_pct"],
+            f"{prefix}_step_time_ms_p50": t["median"], f"{prefix}_repeats": r["n"]}
+
+
+def percentiles_ms(lat_s: np.ndarray, prefix: str) -> dict[str, float]:
+    p50, p95, p99 = np.percentile(lat_s * 1e3, [50, 95, 99])
+    return {f"{prefix}_latency_ms_p50": float(p50), f"{prefix}_latency_ms_p95": float(p95),
+            f"{prefix}_latency_ms_p99": float(p99), f"{prefix}_latency_calls": int(len(lat_s))}
+
+
+def step_timings(take: Callable, step: Callable, sync: Callable, data: Any, batch_size: int, warmup: int,
+                 steps: int, repeats: int) -> list[float]:
+    """Per-step seconds of `step(*take(data, idx))` over shuffled in-memory batches, warmup excluded."""
+    n = len(data[1])
+    order = np.random.default_rng(0).permutation(n)
+    starts = list(range(0, max(n - batch_size, 0) + 1, batch_size))
+    pos = [0]
+
+    def run(k: int) -> Any:
+        out = None
+        for _ in range(k):
+            s = starts[pos[0] % len(starts)]
+            pos[0] += 1
+            out = step(*take(data, order[s:s + batch_size]))
+        return out
+    return repeat(run, warmup, steps, repeats, sync)

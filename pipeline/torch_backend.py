@@ -1,0 +1,226 @@
+"""PyTorch backend. Same function names and signatures as tensorflow_backend: stages never branch on framework."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline import timing
+from pipeline.params import ParamsError
+from pipeline.spec import ModelSpec, Optim
+
+NAME = "torch"
+MODEL_SUFFIX = ".pt"
+DEFAULT = "eager"  # the variant `train` uses: each framework's everyday path
+VARIANTS = {"eager": "PyTorch eager (default)", "compile": "torch.compile(model), inductor backend"}
+_device = torch.device("cpu")
+
+
+def setup(threads: int, device: str, seed: int) -> dict:
+    """Threads, device and RNG; call before anything else. Returns what was actually set."""
+    global _device
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)  # like TF's inter-op pool below: ops run one after another
+    except RuntimeError:  # already set in this process
+        pass
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ParamsError("params.yaml: device: cuda, but PyTorch sees no CUDA device (use auto or cpu)")
+    _device = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+    reseed(seed)
+    name = torch.cuda.get_device_name(0) if _device.type == "cuda" else "cpu"
+    return {"framework": NAME, "framework_version": torch.__version__, "device": name,
+            "intra_op_threads": torch.get_num_threads(), "inter_op_threads": torch.get_num_interop_threads()}
+
+
+def reseed(seed: int) -> None:
+    """Seed the framework's RNG (dropout masks) so a rerun with the same seed repeats exactly."""
+    torch.manual_seed(seed)
+
+
+def variants(compile: list[bool], keras_fit: bool) -> list[str]:
+    """The training/inference variants to benchmark; the first is the default used by `train`."""
+    return [v for v, on in (("eager", False), ("compile", True)) if on in compile]
+
+
+def _flatten_perm(spec: ModelSpec, i: int) -> np.ndarray | None:
+    """Row order of a dense kernel after a flatten: canonical flattens (h, w, c), torch flattens (c, h, w)."""
+    prev = spec.layers[i - 1] if i else None
+    if prev is None or prev[0] != "flatten":
+        return None
+    h, w, c = prev[1:]
+    return np.arange(h * w * c).reshape(h, w, c).transpose(2, 0, 1).ravel()
+
+
+def to_native(spec: ModelSpec, weights: list[np.ndarray]) -> list[np.ndarray]:
+    """Canonical weights -> torch layouts (conv OIHW, dense (out, in) in torch's flatten order)."""
+    out, k = [], iter(weights)
+    for i, l in enumerate(spec.layers):
+        if l[0] == "conv":
+            out += [next(k).transpose(3, 2, 0, 1), next(k)]
+        elif l[0] == "dense":
+            kern, perm = next(k), _flatten_perm(spec, i)
+            out += [(kern if perm is None else kern[perm]).T, next(k)]
+    return [np.ascontiguousarray(a) for a in out]
+
+
+def from_native(spec: ModelSpec, native: list[np.ndarray]) -> list[np.ndarray]:
+    out, k = [], iter(native)
+    for i, l in enumerate(spec.layers):
+        if l[0] == "conv":
+            out += [next(k).transpose(2, 3, 1, 0), next(k)]
+        elif l[0] == "dense":
+            kern, perm = next(k).T, _flatten_perm(spec, i)
+            if perm is not None:
+                kern = kern[np.argsort(perm)]
+            out += [kern, next(k)]
+    return [np.ascontiguousarray(a) for a in out]
+
+
+def build(spec: ModelSpec, weights: list[np.ndarray]) -> nn.Module:
+    make = {"conv": lambda l: nn.Conv2d(l[1], l[2], l[3], padding=l[3] // 2), "pool": lambda l: nn.MaxPool2d(l[1]),
+            "flatten": lambda l: nn.Flatten(), "dense": lambda l: nn.Linear(l[1], l[2]),
+            "dropout": lambda l: nn.Dropout(l[1]), "relu": lambda l: nn.ReLU(), "tanh": lambda l: nn.Tanh(),
+            "sigmoid": lambda l: nn.Sigmoid()}
+    model = nn.Sequential(*(make[l[0]](l) for l in spec.layers))
+    with torch.no_grad():
+        for p, w in zip(model.parameters(), to_native(spec, weights), strict=True):
+            p.copy_(torch.from_numpy(w))
+    return model.to(_device)
+
+
+def get_weights(model: nn.Module, spec: ModelSpec) -> list[np.ndarray]:
+    return from_native(spec, [p.detach().cpu().numpy() for p in model.parameters()])
+
+
+def put(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """NHWC float32 images and int labels -> device tensors (NCHW) kept in memory for the whole run."""
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    return xt.to(_device), torch.from_numpy(y.astype(np.int64)).to(_device)
+
+
+def take(data: tuple[torch.Tensor, torch.Tensor], idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    i = torch.from_numpy(idx).to(_device)
+    return data[0].index_select(0, i), data[1].index_select(0, i)
+
+
+def make_optimizer(model: nn.Module, o: Optim) -> torch.optim.Optimizer:
+    if o.name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                                weight_decay=0.0, amsgrad=False)
+    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum if o.name == "momentum" else 0.0,
+                           dampening=0.0, nesterov=False, weight_decay=0.0)
+
+
+def make_step(model: nn.Module, optim: Optim, variant: str) -> Callable[[Any, Any], tuple[Any, Any]]:
+    """One optimizer step on a batch: returns (loss summed over the batch, correct count), unsynchronised."""
+    opt = make_optimizer(model, optim)
+    net = torch.compile(model) if variant == "compile" else model
+
+    def step(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        model.train()
+        logits = net(xb)
+        loss = F.cross_entropy(logits, yb)  # mean over the batch, on logits
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach() * len(yb), (logits.argmax(1) == yb).sum()
+    step.optimizer = opt  # type: ignore[attr-defined]  # tests inspect the optimizer's state
+    return step
+
+
+def make_predict(model: nn.Module, variant: str) -> Callable[[Any], Any]:
+    net = torch.compile(model) if variant == "compile" else model
+
+    def predict(xb: torch.Tensor) -> torch.Tensor:
+        model.eval()
+        with torch.inference_mode():
+            return net(xb)
+    return predict
+
+
+def train_timings(model: nn.Module, optim: Optim, data: Any, variant: str, batch_size: int, warmup: int,
+                  steps: int, repeats: int) -> list[float]:
+    """Seconds per training step for each timed repeat (warmup excluded)."""
+    return timing.step_timings(take, make_step(model, optim, variant), sync, data, batch_size, warmup, steps,
+                               repeats)
+
+
+def numpy(t: Any) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def sync(_: Any = None) -> None:
+    """Wait for queued device work, so a timer measures it (CUDA kernels run asynchronously)."""
+    if _device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul(n: int) -> Callable[[int], Any]:
+    """run(k): k fp32 n x n matmuls on the device, for the roofline peak."""
+    a, b = torch.randn(n, n, device=_device), torch.randn(n, n, device=_device)
+
+    def run(k: int) -> Any:
+        for _ in range(k):
+            c = a @ b
+        return c
+    return run
+
+
+def save(model: nn.Module, path: Path) -> None:
+    torch.save(model.state_dict(), path)
+
+
+def load(spec: ModelSpec, path: Path) -> nn.Module:
+    from pipeline.spec import init_weights
+
+    model = build(spec, init_weights(spec, 0))
+    model.load_state_dict(torch.load(path, map_location=_device, weights_only=True))
+    return model
+
+
+class _PerSample(torch.utils.data.Dataset):
+    """Per-sample work, as a real image pipeline has: uint8 -> float, normalise, random shift."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, mean: float, std: float, shift: int):
+        self.images, self.labels, self.mean, self.std, self.shift = images, labels, mean, std, shift
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = torch.from_numpy(self.images[i]).float().div_(255.0).sub_(self.mean).div_(self.std)
+        if self.shift:
+            s, (h, w) = self.shift, x.shape
+            dy, dx = torch.randint(0, 2 * s + 1, (2,)).tolist()
+            x = F.pad(x, (s, s, s, s))[dy:dy + h, dx:dx + w]
+        return x.unsqueeze(0), int(self.labels[i])
+
+
+def loader_settings(workers: list[int]) -> list[int | str]:
+    return list(workers)
+
+
+def make_loader(images: np.ndarray, labels: np.ndarray, mean: float, std: float, batch_size: int,
+                workers: int | str, shift: int, seed: int, pin_memory: bool, persistent_workers: bool,
+                prefetch: int) -> Iterator[tuple[Any, Any]]:
+    """An endless iterator of shuffled (x, y) device batches through torch.utils.data.DataLoader."""
+    loader = torch.utils.data.DataLoader(
+        _PerSample(images, labels, mean, std, shift), batch_size=batch_size, shuffle=True, drop_last=True,
+        num_workers=int(workers), pin_memory=pin_memory and _device.type == "cuda",
+        persistent_workers=persistent_workers and int(workers) > 0,
+        prefetch_factor=prefetch if int(workers) > 0 else None,
+        generator=torch.Generator().manual_seed(seed))
+    while True:
+        for xb, yb in loader:
+            yield xb.to(_device, non_blocking=True), yb.to(_device, non_blocking=True)
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0))
