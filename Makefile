@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 export DVC_NO_ANALYTICS := 1
+# dvc.yaml's stage commands say `python`: it must be the venv's, without the user activating anything.
+export PATH := $(abspath $(BIN)):$(PATH)
 export PYTHONUNBUFFERED := 1
 
 .PHONY: repro test venv clean

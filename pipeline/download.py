@@ -57,6 +57,8 @@ def _copy_url(url: str, out: Path, timeout: float, label: str) -> None:
         reason = e.reason
         if isinstance(reason, ConnectionRefusedError):
             raise OSError("connection refused") from None
+        if isinstance(reason, socket.gaierror):
+            raise OSError(f"host not found ({reason.strerror}; no network?)") from None
         if isinstance(reason, (socket.timeout, TimeoutError)):
             raise OSError(f"no answer within {timeout:g} s") from None
         raise OSError(str(reason)) from None

@@ -30,22 +30,24 @@ _device = "/CPU:0"
 def setup(threads: int, device: str, seed: int) -> dict:
     """Threads, device and RNG; must run before TensorFlow executes anything in this process."""
     global _device
-    if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)  # like torch: ops run one after another
     gpus = tf.config.list_physical_devices("GPU")
     if device == "cuda" and not gpus:
         raise ParamsError("params.yaml: device: cuda, but TensorFlow sees no GPU (use auto or cpu)")
-    if device == "cpu" or not gpus:
-        tf.config.set_visible_devices([], "GPU")
-        _device = "/CPU:0"
-    else:
-        _device = "/GPU:0"
+    _device = "/CPU:0" if device == "cpu" or not gpus else "/GPU:0"
+    try:
+        if threads:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)  # like torch: ops run one after another
+        if _device == "/CPU:0" and gpus:
+            tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TF already running in this process (tests): the first settings stay
+        pass
     reseed(seed)
     name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "gpu") if _device != "/CPU:0" \
         else "cpu"
     return {"framework": NAME, "framework_version": tf.__version__, "keras_version": keras.__version__,
-            "device": name, "intra_op_threads": threads or os.cpu_count(), "inter_op_threads": 1}
+            "device": name, "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or
+            os.cpu_count(), "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
 
 
 def reseed(seed: int) -> None:

@@ -1,0 +1,92 @@
+"""Shared fixtures: params built from the repo's params.yaml with overrides, tiny IDX data, a local HTTP server."""
+from __future__ import annotations
+
+import copy
+import http.server
+import os
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import yaml
+
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def raw_params(**overrides: Any) -> dict:
+    """params.yaml as a dict with dotted-key overrides, e.g. raw_params(**{"data.name": "digits"})."""
+    raw = copy.deepcopy(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    for key, value in overrides.items():
+        d = raw
+        *parents, last = key.split(".")
+        for k in parents:
+            d = d[k]
+        d[last] = value
+    return raw
+
+
+def write_params(path: Path, **overrides: Any) -> Path:
+    path.write_text(yaml.safe_dump(raw_params(**overrides), sort_keys=False))
+    return path
+
+
+def tiny_idx(n_train: int = 60, n_test: int = 20, size: int = 8, classes: int = 10, seed: int = 0) -> dict:
+    """Four small, learnable IDX arrays: each class a bright block at its own position plus noise."""
+    rng = np.random.default_rng(seed)
+
+    def make(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = np.arange(n) % classes
+        x = rng.integers(0, 40, (n, size, size)).astype(np.uint8)
+        for i, c in enumerate(y):
+            r, col = divmod(int(c), 4)
+            x[i, 2 * r:2 * r + 2, 2 * col:2 * col + 2] = 250
+        return x, y.astype(np.uint8)
+    xtr, ytr = make(n_train)
+    xte, yte = make(n_test)
+    from pipeline.data import FILES
+    return dict(zip(FILES, (xtr, ytr, xte, yte)))
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    routes: dict[str, Callable[["_Handler"], None]] = {}
+    hits: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.hits.append(self.path)
+        for prefix, fn in self.routes.items():
+            if self.path.startswith(prefix):
+                return fn(self)
+        self.send_error(404)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def http_server():
+    """A real HTTP server on 127.0.0.1; tests register route prefixes -> handler functions."""
+    handler = type("H", (_Handler,), {"routes": {}, "hits": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    server.handler = handler
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def refused_url() -> str:
+    """A loopback URL where nothing listens: connecting is refused."""
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}/"

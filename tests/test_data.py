@@ -1,0 +1,99 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from pipeline.data import DATASETS, FILES, load_raw, prepare, read_idx, write_digits, write_idx
+from pipeline.files import DataError
+from tests.conftest import tiny_idx
+
+
+def write_set(d, arrays):
+    d.mkdir(parents=True, exist_ok=True)
+    for name, arr in arrays.items():
+        write_idx(d / name, arr)
+    return d
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_round_trip(tmp_path, gz):
+    a = np.random.default_rng(0).integers(0, 256, (7, 5, 3)).astype(np.uint8)
+    f = tmp_path / ("x.idx.gz" if gz else "x.idx")
+    write_idx(f, a)
+    assert (f.read_bytes()[:2] == b"\x1f\x8b") == gz
+    np.testing.assert_array_equal(read_idx(f), a)
+    assert read_idx(f).shape == (7, 5, 3)
+
+
+def raw_bytes(header: bytes, body: bytes) -> bytes:
+    return gzip.compress(header + body)
+
+
+@pytest.mark.parametrize("content, message", [
+    (raw_bytes(b"\x00\x00\x08\x03", struct.pack(">3I", 2, 2, 2) + bytes(7)), "header says 2x2x2 = 8 bytes of data, file has 7"),
+    (raw_bytes(b"\x00\x00\x08\x01", struct.pack(">I", 3) + bytes(5)), "header says 3 = 3 bytes of data, file has 5"),
+    (raw_bytes(b"\x12\x34\x08\x01", struct.pack(">I", 1) + bytes(1)), "bad magic number 12340801"),
+    (raw_bytes(b"\x00\x00\x0d\x01", struct.pack(">I", 1) + bytes(4)), "IDX element type 0x0d unsupported"),
+    (raw_bytes(b"\x00\x00\x08\x09", b""), "bad IDX header (9 dimensions)"),
+    (b"\x1f\x8b\x08\x00garbage", "not a readable gzip file"),
+    (b"", "bad magic number empty"),
+])
+def test_corrupt_idx_is_a_clear_error_naming_the_file(tmp_path, content, message):
+    f = tmp_path / "bad-idx1-ubyte.gz"
+    f.write_bytes(content)
+    with pytest.raises(DataError) as e:
+        read_idx(f)
+    assert str(e.value).startswith(str(f)) and message in str(e.value)
+
+
+def test_missing_idx_names_the_stage(tmp_path):
+    with pytest.raises(DataError, match="missing; run `dvc repro download` first"):
+        read_idx(tmp_path / "nope.gz")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: a.__setitem__(FILES[1], a[FILES[1]][:-1]), "59 labels for 60 images"),
+    (lambda a: a.__setitem__(FILES[3], np.full(20, 10, np.uint8)), "label 10 outside the class range 0..9"),
+    (lambda a: a.__setitem__(FILES[2], np.zeros((20, 9, 9), np.uint8)), "images are (9, 9), training images are (8, 8)"),
+    (lambda a: a.__setitem__(FILES[0], np.zeros((60, 64), np.uint8)), "expected images (N x H x W), got 2 dimensions"),
+])
+def test_mismatched_files_are_rejected(tmp_path, change, message):
+    arrays = tiny_idx()
+    change(arrays)
+    with pytest.raises(DataError) as e:
+        load_raw(write_set(tmp_path, arrays), DATASETS["mnist"].classes)
+    assert message in str(e.value)
+
+
+def test_prepare_split_is_stratified_seeded_and_stats_come_from_train_part(tmp_path):
+    arrays = tiny_idx(n_train=200)
+    raw = write_set(tmp_path, arrays)
+    a = prepare(raw, DATASETS["mnist"].classes, 0.2, seed=3)
+    b = prepare(raw, DATASETS["mnist"].classes, 0.2, seed=3)
+    c = prepare(raw, DATASETS["mnist"].classes, 0.2, seed=4)
+    np.testing.assert_array_equal(a["val_index"], b["val_index"])
+    assert not np.array_equal(a["val_index"], c["val_index"])
+    assert len(a["y_val"]) == 40 and len(a["y_train"]) == 160
+    assert np.bincount(a["y_val"]).tolist() == [4] * 10  # stratified: every class in proportion
+    train_part = np.delete(arrays[FILES[0]], a["val_index"], axis=0)
+    assert a["mean"] == pytest.approx(train_part.mean() / 255, rel=1e-5)
+    assert a["std"] == pytest.approx((train_part / 255).std(), rel=1e-5)
+    assert a["x_train"].dtype == np.uint8 and a["y_train"].dtype == np.int64
+    np.testing.assert_array_equal(a["x_test"], arrays[FILES[2]])
+
+
+def test_idx_dataset_infers_classes_from_labels(tmp_path):
+    arrays = tiny_idx(classes=4)
+    _, classes = load_raw(write_set(tmp_path, arrays), None)
+    assert classes == ("0", "1", "2", "3")
+
+
+def test_digits_are_real_sklearn_digits_as_idx(tmp_path):
+    from sklearn.datasets import load_digits
+
+    write_digits(tmp_path)
+    a, classes = load_raw(tmp_path, DATASETS["digits"].classes)
+    assert len(a["y_train"]) + len(a["y_test"]) == len(load_digits().target) == 1797
+    assert a["x_train"].shape[1:] == (8, 8) and a["x_train"].max() == 255
+    assert classes == tuple("0123456789")

@@ -1,0 +1,117 @@
+"""The two backends against each other: same weights in, same logits and the same optimizer maths out."""
+import numpy as np
+import pytest
+
+from pipeline import loop, spec as specs
+from pipeline import tensorflow_backend as tfb
+from pipeline import torch_backend as tb
+
+tb.setup(2, "cpu", 0)
+tfb.setup(2, "cpu", 0)
+
+SPECS = {
+    "mlp": specs.mlp((8, 8, 1), 10, [32, 16], "tanh", 0.0),
+    "cnn": specs.cnn((12, 10, 1), 10, [4, 6], 3, 20, 0.0),  # non-square: catches H/W mix-ups in the flatten
+}
+
+
+def batch(spec, n=24, seed=1):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, *spec.in_shape)).astype(np.float32), rng.integers(0, 10, n)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_same_parameter_counts_layer_by_layer(name):
+    s = SPECS[name]
+    w = specs.init_weights(s, 0)
+    torch_counts = [p.numel() for p in tb.build(s, w).parameters()]
+    tf_counts = [int(np.prod(v.shape)) for v in tfb.build(s, w).weights]
+    assert torch_counts == tf_counts == [int(np.prod(x)) for x in s.param_shapes()]
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_weights_load_and_read_back_exactly_in_both(name):
+    s = SPECS[name]
+    w = specs.init_weights(s, 3)
+    for be in (tb, tfb):
+        back = be.get_weights(be.build(s, w), s)
+        assert specs.digest(back) == specs.digest(w)
+
+
+def test_torch_layout_conversion_really_permutes_the_flatten():
+    s = SPECS["cnn"]
+    w = specs.init_weights(s, 0)
+    native = tb.to_native(s, w)
+    dense_in = native[4]  # first dense after the flatten, torch (out, in)
+    assert not np.array_equal(dense_in, w[4].T)  # (c, h, w) order differs from (h, w, c)
+    np.testing.assert_array_equal(tb.from_native(s, native)[4], w[4])
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_same_weights_give_same_logits(name):
+    s = SPECS[name]
+    w = specs.init_weights(s, 0)
+    x, y = batch(s)
+    lt = loop.predict(tb, tb.make_predict(tb.build(s, w), tb.DEFAULT), tb.put(x, y), 10)
+    lf = loop.predict(tfb, tfb.make_predict(tfb.build(s, w), tfb.DEFAULT), tfb.put(x, y), 10)
+    assert lt.shape == (24, 10)
+    assert np.abs(lt - lf).max() <= 1e-4
+    assert np.abs(lt).max() > 1e-2  # not trivially equal (e.g. all zeros)
+
+
+# eps=1e-3 keeps Adam's update away from g/|g| for near-zero gradients, where float rounding differences between
+# the frameworks (e.g. a gradient of 1e-12 vs 0) would flip whole lr-sized steps and hide the maths under test.
+OPTIMS = [specs.Optim("sgd", 0.05, 0.9, 0.9, 0.999, 1e-3), specs.Optim("momentum", 0.05, 0.9, 0.9, 0.999, 1e-3),
+          specs.Optim("adam", 0.01, 0.9, 0.8, 0.99, 1e-3)]
+
+
+@pytest.mark.parametrize("optim", OPTIMS, ids=lambda o: o.name)
+@pytest.mark.parametrize("name", SPECS)
+def test_optimizer_steps_give_same_weights(name, optim):
+    s = SPECS[name]
+    w = specs.init_weights(s, 0)
+    x, y = batch(s)
+    mt, mf = tb.build(s, w), tfb.build(s, w)
+    st, sf = tb.make_step(mt, optim, tb.DEFAULT), tfb.make_step(mf, optim, tfb.DEFAULT)
+    for i in range(3):  # 3 steps: momentum buffers and Adam bias correction both matter after step 1
+        lt, ct = st(*tb.take(tb.put(x, y), np.arange(i, 24, 2)))
+        lf, cf = sf(*tfb.take(tfb.put(x, y), np.arange(i, 24, 2)))
+        assert float(lt) == pytest.approx(float(lf), rel=1e-5) and int(ct) == int(cf)
+    wt, wf = tb.get_weights(mt, s), tfb.get_weights(mf, s)
+    moved = max(np.abs(a - b).max() for a, b in zip(wt, w))
+    assert moved > 1e-3  # the steps did change the weights
+    assert max(np.abs(a - b).max() for a, b in zip(wt, wf)) <= 1e-5
+
+
+def test_keras_builtin_adam_differs_which_is_why_the_backend_subclasses_it():
+    import keras
+    import tensorflow as tf
+
+    s, o = SPECS["mlp"], OPTIMS[2]
+    w = specs.init_weights(s, 0)
+    x, y = batch(s)
+    mt = tb.build(s, w)
+    tb.make_step(mt, o, tb.DEFAULT)(*tb.put(x, y))
+    mk = tfb.build(s, w)
+    opt = keras.optimizers.Adam(o.lr, o.beta1, o.beta2, o.eps)
+    with tf.GradientTape() as tape:
+        loss = tfb._loss(tf.constant(y), mk(tf.constant(x), training=True))
+    opt.apply_gradients(zip(tape.gradient(loss, mk.trainable_variables), mk.trainable_variables))
+    diff = max(np.abs(a - b).max() for a, b in zip(tb.get_weights(mt, s), tfb.get_weights(mk, s)))
+    assert diff > 1e-4
+
+
+def test_training_loops_track_each_other_with_same_batch_order():
+    s = SPECS["cnn"]
+    w = specs.init_weights(s, 0)
+    x, y = batch(s, n=64, seed=2)
+    xv, yv = batch(s, n=16, seed=3)
+    o = specs.Optim("momentum", 0.02, 0.9, 0.9, 0.999, 1e-8)
+    hist = {}
+    for be in (tb, tfb):
+        hist[be.NAME] = loop.train(be, be.build(s, w), s, o, be.put(x, y), be.put(xv, yv), yv, epochs=2,
+                                   batch_size=16, eval_batch_size=8, seed=0)
+    for a, b in zip(hist["torch"], hist["tensorflow"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+    assert hist["torch"][1]["train_loss"] != hist["torch"][0]["train_loss"]

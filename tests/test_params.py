@@ -1,0 +1,84 @@
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import params
+from pipeline.params import ParamsError
+from tests.conftest import ROOT, raw_params, write_params
+
+
+def test_repo_params_are_valid_and_typed():
+    p = params.load(ROOT / "params.yaml")
+    assert p.frameworks == ["torch", "tensorflow"] and p.models == ["mlp", "cnn"]
+    assert isinstance(p.schedule.cnn.lr, float) and isinstance(p.train.eps, float)  # YAML 1.0e-8 is a float
+
+
+def test_every_key_in_params_yaml_has_a_comment():
+    lines = [l for l in (ROOT / "params.yaml").read_text().splitlines() if l.strip() and not l.lstrip().startswith("#")]
+    uncommented = [l for l in lines if "#" not in l and not l.rstrip().endswith(":")]
+    assert uncommented == []
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"bogus": 1}, "params.yaml: bogus: unknown key"),
+    ({"train.lr_typo": 0.1}, "params.yaml: train.lr_typo: unknown key"),
+    ({"threads": "two"}, "params.yaml: threads: expected integer, got 'two'"),
+    ({"threads": True}, "params.yaml: threads: expected integer"),
+    ({"threads": -1}, "params.yaml: threads: expected an integer >= 0"),
+    ({"device": "tpu"}, "params.yaml: device: expected one of auto | cpu | cuda"),
+    ({"frameworks": ["torch", "jax"]}, "params.yaml: frameworks: expected a non-empty list of distinct names"),
+    ({"frameworks": []}, "params.yaml: frameworks: expected a non-empty list"),
+    ({"models": ["mlp", "mlp"]}, "params.yaml: models: expected a non-empty list of distinct names"),
+    ({"data.name": "cifar"}, "params.yaml: data.name: expected one of mnist | fashion-mnist | idx | digits"),
+    ({"data.val_fraction": 0.9}, "params.yaml: data.val_fraction: expected a number in (0, 0.5]"),
+    ({"data.mirrors": ["ftp://example.org/mnist/"]}, "params.yaml: data.mirrors: 'ftp://example.org/mnist/': scheme 'ftp' refused"),
+    ({"data.name": "idx"}, "params.yaml: data.mirrors: data.name 'idx' has no built-in mirrors"),
+    ({"mlp.hidden": []}, "params.yaml: mlp.hidden: expected a non-empty list of integers >= 1"),
+    ({"mlp.hidden": [512, 0]}, "params.yaml: mlp.hidden: expected a non-empty list of integers >= 1"),
+    ({"mlp.activation": "gelu"}, "params.yaml: mlp.activation: expected one of relu | tanh | sigmoid"),
+    ({"mlp.dropout": 1.0}, "params.yaml: mlp.dropout: expected a number in [0, 1)"),
+    ({"cnn.kernel": 4}, "params.yaml: cnn.kernel: expected an odd integer >= 1"),
+    ({"cnn.channels": [8, 8, 8, 8, 8, 8]}, "params.yaml: cnn.channels: 6 conv blocks need 6 2x2 poolings, but a 28x28 image allows only 4"),
+    ({"data.name": "digits", "cnn.channels": [8, 8, 8, 8]}, "but a 8x8 image allows only 3"),
+    ({"schedule.cnn.epochs": 0}, "params.yaml: schedule.cnn.epochs: expected an integer >= 1"),
+    ({"schedule.mlp.lr": 0}, "params.yaml: schedule.mlp.lr: expected a number > 0"),
+    ({"train.optimizer": "adamw"}, "params.yaml: train.optimizer: expected one of sgd | momentum | adam"),
+    ({"train.batch_size": 0}, "params.yaml: train.batch_size: expected an integer >= 1"),
+    ({"bench.repeats": 1}, "params.yaml: bench.repeats: expected an integer >= 3"),
+    ({"bench.compile": ["yes"]}, "params.yaml: bench.compile[0]: expected boolean"),
+    ({"loaders.workers": [0, -2]}, "params.yaml: loaders.workers: expected a non-empty list of distinct integers >= 0"),
+    ({"train": 3}, "params.yaml: train: expected a mapping, got 3"),
+])
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(ParamsError) as e:
+        params.parse(raw_params(**overrides))
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_key_is_named():
+    raw = raw_params()
+    del raw["train"]["eps"]
+    with pytest.raises(ParamsError, match=r"^params.yaml: train.eps: missing key$"):
+        params.parse(raw)
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("seed: 0\nthreads: [1, 2\n")
+    with pytest.raises(ParamsError, match=r"params.yaml: line \d+: invalid YAML"):
+        params.load(f)
+
+
+@pytest.mark.parametrize("stage", ["download", "prepare", "env"])
+def test_stage_with_bad_params_exits_nonzero_with_one_line_and_writes_nothing(tmp_path, stage):
+    pfile = write_params(tmp_path / "params.yaml", **{"data.val_fraction": 2})
+    out = tmp_path / "out"
+    args = {"download": ["--out", str(out)], "prepare": ["--raw", str(tmp_path), "--out", str(out)],
+            "env": ["--out", str(out)]}[stage]
+    r = subprocess.run([sys.executable, "-m", f"pipeline.stages.{stage}", *args, "--params", str(pfile)],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: params.yaml: data.val_fraction: expected a number in (0, 0.5], got 2"
+    assert not out.exists()

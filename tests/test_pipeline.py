@@ -1,0 +1,119 @@
+"""End to end: `dvc repro` inside a temporary git repo holding a copy of the project."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.data import write_idx
+from tests.conftest import ROOT, tiny_idx, write_params
+
+BIN = str(Path(sys.executable).parent)
+ENV = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "DVC_NO_ANALYTICS": "1",
+       "TF_CPP_MIN_LOG_LEVEL": "2", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+       "GIT_COMMITTER_EMAIL": "t@t"}
+TINY = {"data.name": "digits", "mlp.hidden": [32], "cnn.channels": [4, 8], "cnn.dense": 32, "cnn.kernel": 3,
+        "schedule.mlp.epochs": 2, "schedule.cnn.epochs": 1, "bench.warmup": 1, "bench.steps": 2,
+        "bench.repeats": 3, "bench.latency_calls": 20, "bench.infer_batch_sizes": [1, 64], "bench.compile": [False],
+        "bench.thread_counts": [1], "bench.matmul_size": 64, "loaders.workers": [0, 1], "loaders.warmup": 1,
+        "loaders.batches": 2, "loaders.repeats": 3}
+
+
+def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run(list(cmd), cwd=repo, env=ENV, capture_output=True, text=True)
+    if check and r.returncode:
+        raise AssertionError(f"{' '.join(cmd)} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh(repo, sys.executable, "-m", "dvc", *args, check=check)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    r = tmp_path / "proj"
+    r.mkdir()
+    shutil.copytree(ROOT / "pipeline", r / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    for f in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy(ROOT / f, r / f)
+    sh(r, "git", "init", "-q")
+    dvc(r, "init", "-q")
+    return r
+
+
+def test_download_and_prepare_digits(repo):
+    write_params(repo / "params.yaml", **{"data.name": "digits"})
+    dvc(repo, "repro", "prepare")
+    with np.load(repo / "data/prepared.npz") as f:
+        meta = json.loads(str(f["meta"]))
+        assert meta["dataset"] == "digits" and meta["image_shape"] == [8, 8, 1]
+        assert sum(meta["sizes"].values()) == 1797 and f["x_val"].shape[1:] == (8, 8)
+    assert "didn't change" in dvc(repo, "repro", "prepare").stdout  # a rerun re-uses everything
+
+
+def test_idx_dataset_from_a_local_http_mirror(repo, tmp_path, http_server, refused_url):
+    src = tmp_path / "mirror"
+    src.mkdir()
+    for name, arr in tiny_idx(n_train=50, n_test=10, size=12).items():
+        write_idx(src / name, arr)
+    http_server.handler.routes["/idx/"] = lambda h: (h.send_response(200), h.end_headers(),
+                                                     h.wfile.write((src / h.path.split("/")[-1]).read_bytes()))
+    write_params(repo / "params.yaml", **{"data.name": "idx", "data.mirrors": [refused_url, http_server.url + "/idx/"],
+                                         "data.retries": 1, "data.val_fraction": 0.2})
+    r = dvc(repo, "repro", "prepare")
+    assert "no known checksums" in r.stdout + r.stderr
+    manifest = json.loads((repo / "data/raw/manifest.json").read_text())
+    assert {v["mirror"] for v in manifest["files"].values()} == {http_server.url + "/idx/"}
+    with np.load(repo / "data/prepared.npz") as f:
+        assert f["x_train"].shape == (40, 12, 12) and f["x_test"].shape == (10, 12, 12)
+
+
+def test_unreachable_mirrors_fail_download_with_the_all_mirrors_message(repo, refused_url):
+    write_params(repo / "params.yaml", **{"data.mirrors": [refused_url], "data.retries": 1})
+    r = dvc(repo, "repro", "download", check=False)
+    assert r.returncode != 0
+    line = next(l for l in (r.stdout + r.stderr).splitlines() if l.startswith("error: "))
+    assert line.startswith(f"error: train-images-idx3-ubyte.gz: all 1 mirrors failed: [1] {refused_url}: "
+                           "connection refused")
+    assert not any((repo / "data/raw").glob("*.gz"))
+
+
+def test_whole_pipeline_on_tiny_settings(repo):
+    write_params(repo / "params.yaml", **TINY)
+    dvc(repo, "repro")
+    cells = [f"{f}-{m}" for f in ("torch", "tensorflow") for m in ("mlp", "cnn")]
+    for c in cells:
+        for f in ("metrics.json", "history.tsv", "confusion.tsv", "per_class.tsv", "predictions.npz"):
+            assert (repo / "reports/runs" / c / f).is_file()
+        b = json.loads((repo / f"reports/bench/{c}.json").read_text())
+        assert b["train_samples_per_s"] > 0 and b["latency_ms_p50"] <= b["latency_ms_p99"]
+        assert any(r["phase"] == "threads-train" and r["threads"] == 1 for r in b["records"])
+    assert list((repo / "models/tensorflow-cnn").iterdir())[0].name == "model.keras"
+    import torch
+    state = torch.load(repo / "models/torch-mlp/model.pt", weights_only=True)
+    assert state["1.weight"].shape == (32, 64)
+    md = (repo / "reports/summary.md").read_text()
+    for section in ("## Accuracy", "## Speed", "## Compilation", "## Thread scaling", "## Data loading",
+                    "## Equivalence evidence"):
+        assert section in md
+    metrics = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
+    shown = json.dumps(metrics)
+    assert all(f"reports/runs/{c}/metrics.json" in shown for c in cells) and "test_acc" in shown
+    again = dvc(repo, "repro").stdout
+    assert "Running stage 'env'" in again  # re-fingerprinted; same machine, same bytes, so nothing else runs
+    assert [l for l in again.splitlines() if l.startswith("Running stage")] == ["Running stage 'env':"]
+    # A training key re-runs only the cells that read it, plus the report.
+    write_params(repo / "params.yaml", **TINY | {"schedule.cnn.epochs": 2})
+    changed = set(json.loads(dvc(repo, "status", "--json").stdout)) - {"env"}  # env: always_changed by design
+    assert changed == {"train@torch-cnn", "train@tensorflow-cnn", "report"}
+    # A bench key re-runs only the bench cells.
+    write_params(repo / "params.yaml", **TINY | {"bench.steps": 3})
+    changed = set(json.loads(dvc(repo, "status", "--json").stdout)) - {"env"}
+    assert changed == {"bench@torch-mlp", "bench@torch-cnn", "bench@tensorflow-mlp", "bench@tensorflow-cnn", "report"}

@@ -1,0 +1,43 @@
+import time
+
+import numpy as np
+import pytest
+
+from pipeline import timing
+
+
+def test_warmup_calls_are_not_timed():
+    calls = []
+
+    def run(k):
+        for _ in range(k):
+            time.sleep(0.3 if not calls else 0.002)  # the first call is slow, as tracing/compilation is
+            calls.append(1)
+    per_step = timing.repeat(run, warmup=1, steps=3, repeats=3)
+    assert len(calls) == 1 + 3 * 3
+    assert len(per_step) == 3 and max(per_step) < 0.05
+
+
+def test_latencies_skip_warmup_and_time_each_call():
+    n = [0]
+
+    def call():
+        n[0] += 1
+        time.sleep(0.2 if n[0] == 1 else 0.001)
+    lat = timing.latencies(call, warmup=1, calls=20)
+    assert len(lat) == 20 and lat.max() < 0.1 and lat.min() >= 0.001
+
+
+def test_spread_statistics():
+    s = timing.spread([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert s["median"] == 3.0 and s["q1"] == 2.0 and s["q3"] == 4.0 and s["iqr"] == 2.0 and s["n"] == 5
+    assert s["cv_pct"] == pytest.approx(100 * np.std([1, 2, 3, 4, 100], ddof=1) / 22)
+
+
+def test_step_timings_feed_full_batches_in_rotation():
+    seen = []
+    data = (np.arange(10), np.arange(10))
+    per_step = timing.step_timings(lambda d, idx: (d[0][idx], d[1][idx]), lambda x, y: seen.append(len(x)),
+                                   lambda _: None, data, batch_size=4, warmup=2, steps=3, repeats=3)
+    assert len(per_step) == 3 and all(t > 0 for t in per_step)
+    assert seen == [4] * 11
