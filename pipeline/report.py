@@ -31,8 +31,8 @@ class Results:
     history: dict[str, pd.DataFrame] = field(default_factory=dict)
     confusion: dict[str, pd.DataFrame] = field(default_factory=dict)
     preds: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    bench: dict[str, dict] = field(default_factory=dict)     # cell -> bench json
-    loaders: dict[str, dict] = field(default_factory=dict)   # framework -> loaders json
+    bench: dict[str, dict] = field(default_factory=dict)     # cell -> records.json + metrics.json
+    loaders: dict[str, dict] = field(default_factory=dict)   # framework -> records.json
 
     def cells(self) -> list[str]:
         return [f"{f}-{m}" for m in self.models for f in self.frameworks]
@@ -78,10 +78,11 @@ def collect(root: Path, frameworks: list[str], models: list[str]) -> Results:
                 r.preds[cell] = {k: f[k] for k in ("y_true", "y_pred", "init_logits")}
         except (OSError, KeyError, ValueError) as e:
             raise DataError(f"{d / 'predictions.npz'}: unreadable ({e}); rerun `dvc repro {stage}`") from None
-        p = root / "bench" / f"{cell}.json"
-        r.bench[cell] = _need(read_json(p, f"bench@{cell}"), ["records", "default_variant"], p, f"bench@{cell}")
+        d, stage = root / "bench" / cell, f"bench@{cell}"
+        r.bench[cell] = _need(read_json(d / "records.json", stage), ["records", "default_variant"],
+                              d / "records.json", stage) | read_json(d / "metrics.json", stage)
     for fw in frameworks:
-        p = root / "loaders" / f"{fw}.json"
+        p = root / "loaders" / fw / "records.json"
         r.loaders[fw] = _need(read_json(p, f"loaders@{fw}"), ["records"], p, f"loaders@{fw}")
     return r
 

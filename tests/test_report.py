@@ -30,9 +30,10 @@ def bench_json(fw, model, train, infer):
                {"phase": "train", "variant": "xla" if fw == "tensorflow" else "compile", "batch_size": 128,
                 "threads": 2, "status": "unsupported", "reason": "RuntimeError: no compiler"},
                rec("threads-train", 128, train[0] / 2, 1, default) | {"threads": 1}]
-    return {"framework": fw, "model": model, "default_variant": default, "train_samples_per_s": train[0],
-            "infer_samples_per_s": infer[0], "latency_ms_p50": 0.5, "latency_ms_p95": 0.7, "latency_ms_p99": 0.9,
-            "variants": {default: "the default"}, "records": records}
+    return ({"framework": fw, "model": model, "default_variant": default, "variants": {default: "the default"},
+             "records": records},
+            {"train_samples_per_s": train[0], "infer_samples_per_s": infer[0], "latency_ms_p50": 0.5,
+             "latency_ms_p95": 0.7, "latency_ms_p99": 0.9})
 
 
 def make_results(root, mlp_tf_wrong=0, cnn_tf_wrong=30):
@@ -63,16 +64,18 @@ def make_results(root, mlp_tf_wrong=0, cnn_tf_wrong=30):
             cm.rename_axis("true").to_csv(d / "confusion.tsv", sep="\t")
             np.savez(d / "predictions.npz", y_true=y, y_pred=pred, logits=np.zeros((N_TEST, 10), np.float32),
                      init_logits=init + (5e-6 if fw == "tensorflow" else 0))
-            b = root / "bench"
-            b.mkdir(exist_ok=True)
+            b = root / "bench" / f"{fw}-{model}"
+            b.mkdir(parents=True)
             speeds = {"torch": ((1000.0, 10.0), (5000.0, 400.0)), "tensorflow": ((500.0, 10.0), (5100.0, 400.0))}[fw]
-            (b / f"{fw}-{model}.json").write_text(json.dumps(bench_json(fw, model, *speeds)))
-    (root / "loaders").mkdir()
+            records, metrics = bench_json(fw, model, *speeds)
+            (b / "records.json").write_text(json.dumps(records))
+            (b / "metrics.json").write_text(json.dumps(metrics))
     for fw in ("torch", "tensorflow"):
         recs = [{"workers": w, "what": "loader", "samples_per_s": s, "samples_per_s_q1": s - 5,
                  "samples_per_s_q3": s + 5, "samples_per_s_iqr": 10, "batches_per_s": s / 128, "cv_pct": 1,
                  "repeats": 3} for w, s in (("0", 900.0), ("2", 1800.0))]
-        (root / "loaders" / f"{fw}.json").write_text(json.dumps({"framework": fw, "records": recs}))
+        (root / "loaders" / fw).mkdir(parents=True)
+        (root / "loaders" / fw / "records.json").write_text(json.dumps({"framework": fw, "records": recs}))
     meta = json.dumps({"dataset": "digits", "image_shape": [8, 8, 1], "sizes": {"train": 10, "val": 5,
                                                                               "test": N_TEST}})
     np.savez(root / "prepared.npz", meta=np.array(meta), x_test=rng.integers(0, 255, (N_TEST, 8, 8)).astype(np.uint8),
@@ -149,10 +152,11 @@ def test_two_seeds_use_welch_too():
 
 
 @pytest.mark.parametrize("breakage, message", [
-    (lambda r: (r / "bench" / "torch-cnn.json").unlink(), r"bench/torch-cnn.json: missing; run `dvc repro bench@torch-cnn` first"),
+    (lambda r: (r / "bench" / "torch-cnn" / "records.json").unlink(), r"bench/torch-cnn/records.json: missing; run `dvc repro bench@torch-cnn` first"),
+    (lambda r: (r / "bench" / "torch-mlp" / "metrics.json").unlink(), r"bench/torch-mlp/metrics.json: missing"),
     (lambda r: (r / "runs" / "tensorflow-mlp" / "metrics.json").write_text("{oops"), r"runs/tensorflow-mlp/metrics.json: malformed JSON"),
     (lambda r: (r / "runs" / "torch-mlp" / "history.tsv").write_text("epoch\tval_acc\n1\t0.5\n"), r"runs/torch-mlp/history.tsv: malformed \(missing columns train_loss"),
-    (lambda r: (r / "loaders" / "torch.json").write_text("{}"), r"loaders/torch.json: malformed \(missing records\)"),
+    (lambda r: (r / "loaders" / "torch" / "records.json").write_text("{}"), r"loaders/torch/records.json: malformed \(missing records\)"),
     (lambda r: (r / "runs" / "torch-cnn" / "predictions.npz").write_bytes(b"junk"), r"runs/torch-cnn/predictions.npz: unreadable"),
 ])
 def test_missing_or_malformed_result_file_is_named(results, breakage, message):

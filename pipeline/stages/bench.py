@@ -59,10 +59,8 @@ def measure_variant(be: ModuleType, spec: specs.ModelSpec, optim: specs.Optim, d
 def bench(be: ModuleType, spec: specs.ModelSpec, optim: specs.Optim, x: np.ndarray, y: np.ndarray,
           b: params.Bench, threads: int, variants: list[str]) -> tuple[list[dict], float]:
     """All variants' rows plus the matmul peak (GFLOP/s) measured in this process."""
-    n = max([b.batch_size, *b.infer_batch_sizes])
-    reps = -(-n // len(y))  # tile a small dataset so every batch is full
-    data = be.put(np.concatenate([x] * reps)[:max(n, min(len(y) * reps, MAX_SAMPLES))],
-                  np.concatenate([y] * reps)[:max(n, min(len(y) * reps, MAX_SAMPLES))])
+    reps = -(-max([b.batch_size, *b.infer_batch_sizes]) // len(y))  # tile a small dataset: every batch full
+    data = be.put(np.concatenate([x] * reps), np.concatenate([y] * reps))
     mm = b.matmul_size
     peak = [2 * mm**3 / s / 1e9 for s in timing.repeat(be.matmul(mm), b.warmup, b.steps, b.repeats, be.sync)]
     peak_gflops = float(np.median(peak))
@@ -103,7 +101,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--model", required=True, choices=("mlp", "cnn"))
     ap.add_argument("--data", type=Path, required=True, help="prepared .npz")
     ap.add_argument("--env", type=Path, required=True, help="env.json of the machine (recorded with the results)")
-    ap.add_argument("--out", type=Path, help="result JSON (omit with --threads: print rows to stdout)")
+    ap.add_argument("--out", type=Path, help="directory for metrics.json and records.json (not with --threads)")
     ap.add_argument("--threads", type=int, help="thread-scaling child: this many threads, default variant only")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     a = ap.parse_args(argv)
@@ -129,14 +127,16 @@ def main(argv: list[str]) -> None:
             raise files.DataError(f"thread sweep child ({t} threads) failed: {out.stderr.strip()[-300:]}")
         rows += [r | {"phase": "threads-" + r["phase"]} for r in json.loads(out.stdout.strip().splitlines()[-1])
                  if r["phase"] in ("train", "infer")]
-    result = {"framework": a.framework, "model": a.model, **headline(rows, be.DEFAULT, p.bench, peak),
-              "peak_rss_mb": peak_rss_mb, "params": spec.param_count(), "flops_per_sample": spec.flops_per_sample(),
-              "default_variant": be.DEFAULT, "variants": {v: be.VARIANTS[v] for v in be.variants(
-                  p.bench.compile, p.bench.keras_fit)}, "setup": env,
-              "env": files.read_json(a.env, "env"), "records": rows}
-    files.write_json(a.out, result)
+    metrics = {**headline(rows, be.DEFAULT, p.bench, peak), "peak_rss_mb": peak_rss_mb,
+               "params": spec.param_count(), "flops_per_sample": spec.flops_per_sample()}
+    variants = be.variants(p.bench.compile, p.bench.keras_fit)
+    files.write_json(a.out / "records.json", {
+        "framework": a.framework, "model": a.model, "default_variant": be.DEFAULT,
+        "variants": {v: be.VARIANTS[v] for v in variants}, "setup": env, "env": files.read_json(a.env, "env"),
+        "records": rows})
+    files.write_json(a.out / "metrics.json", metrics)  # flat numbers with units in the names, for DVC
     log.info("%s-%s: train %.0f samples/s, infer %.0f samples/s", a.framework, a.model,
-             result.get("train_samples_per_s", float("nan")), result.get("infer_samples_per_s", float("nan")))
+             metrics.get("train_samples_per_s", float("nan")), metrics.get("infer_samples_per_s", float("nan")))
 
 
 if __name__ == "__main__":

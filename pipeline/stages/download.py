@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 from pathlib import Path
 
 from pipeline import files, params
@@ -16,8 +15,6 @@ log = logging.getLogger("download")
 def download(name: str, mirrors: list[str], out: Path, timeout_s: float, retries: int) -> dict:
     """Fill `out` with the dataset's four IDX files; return a manifest (mirror used and MD5 per file)."""
     ds = DATASETS[name]
-    for stray in (p for p in out.glob("*") if p.name not in FILES + ("manifest.json",)) if out.is_dir() else []:
-        shutil.rmtree(stray) if stray.is_dir() else stray.unlink()  # another dataset's leftovers
     if name == "digits":
         write_digits(out)
         used = {f: "sklearn.datasets.load_digits" for f in FILES}

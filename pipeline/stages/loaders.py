@@ -69,7 +69,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--framework", required=True, choices=("torch", "tensorflow"))
     ap.add_argument("--data", type=Path, required=True, help="prepared .npz")
     ap.add_argument("--env", type=Path, required=True, help="env.json of the machine (recorded with the results)")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="directory for metrics.json and records.json")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     a = ap.parse_args(argv)
     p = params.load(a.params)
@@ -80,8 +80,9 @@ def main(argv: list[str]) -> None:
     be = backends.load(a.framework)
     env = be.setup(p.threads, p.device, p.seed)
     rows = sweep(be, raw, p.loaders, models, p.seed)
-    files.write_json(a.out, {"framework": a.framework, **summarise(rows), "setup": env,
-                             "env": files.read_json(a.env, "env"), "records": rows})
+    files.write_json(a.out / "records.json", {"framework": a.framework, "setup": env,
+                                              "env": files.read_json(a.env, "env"), "records": rows})
+    files.write_json(a.out / "metrics.json", summarise(rows))  # flat, for DVC
     for r in rows:
         log.info("%-10s workers=%-8s %8.0f samples/s (IQR %.0f)", r["what"], r["workers"], r["samples_per_s"],
                  r["samples_per_s_iqr"])
