@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import compare, params
+from pipeline import compare
 from pipeline.files import DataError
 from pipeline.stages import report as stage
-from tests.conftest import raw_params, write_params
+from tests.conftest import write_params
 
 N_TEST = 200
 

@@ -45,9 +45,9 @@ def measure_variant(be: ModuleType, spec: specs.ModelSpec, optim: specs.Optim, d
     predict = be.make_predict(model, variant)
     for bs in b.infer_batch_sizes:
         xb = be.take(data, np.arange(bs))[0]
-        run = lambda k: [predict(xb) for _ in range(k)][-1]  # noqa: E731
-        rows.append(record("infer", variant, bs, threads, timing.repeat(run, b.warmup, b.steps, b.repeats, be.sync),
-                           bs, peak_gflops * 1e9 / fwd))
+        per_call = timing.repeat(lambda k, xb=xb: [predict(xb) for _ in range(k)][-1], b.warmup, b.steps,
+                                 b.repeats, be.sync)
+        rows.append(record("infer", variant, bs, threads, per_call, bs, peak_gflops * 1e9 / fwd))
     x1 = be.take(data, np.arange(1))[0]
     lat = timing.latencies(lambda: predict(x1), b.warmup, b.latency_calls, be.sync) * 1e3
     p50, p95, p99 = np.percentile(lat, [50, 95, 99])

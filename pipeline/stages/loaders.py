@@ -11,7 +11,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterator
 
-import numpy as np
 from tqdm import tqdm
 
 from pipeline import backends, files, params, spec as specs, timing
@@ -35,15 +34,15 @@ def sweep(be: ModuleType, raw: dict, lp: params.Loaders, models: dict[str, tuple
         it: Iterator[Any] = be.make_loader(raw["x_train"], raw["y_train"], float(raw["mean"]), float(raw["std"]),
                                            lp.batch_size, w, lp.shift, seed, lp.pin_memory,
                                            lp.persistent_workers, lp.prefetch)
-        run = lambda k: [next(it) for _ in range(k)][-1]  # noqa: E731
         rows.append({"workers": str(w), "what": "loader", **_rate(
-            timing.repeat(run, lp.warmup, lp.batches, lp.repeats, be.sync), lp.batch_size)})
+            timing.repeat(lambda k, it=it: [next(it) for _ in range(k)][-1], lp.warmup, lp.batches, lp.repeats,
+                          be.sync), lp.batch_size)})
         for name, (spec, optim) in models.items():
             step = be.make_step(be.build(spec, specs.init_weights(spec, seed)), optim, be.DEFAULT)
-            train = lambda k: [step(*next(it)) for _ in range(k)][-1]  # noqa: E731
             rows.append({"workers": str(w), "what": f"train-{name}", **_rate(
-                timing.repeat(train, lp.warmup, lp.batches, lp.repeats, be.sync), lp.batch_size)})
-        del it, run  # shuts the worker processes down before the next setting starts its own
+                timing.repeat(lambda k, it=it, step=step: [step(*next(it)) for _ in range(k)][-1], lp.warmup,
+                              lp.batches, lp.repeats, be.sync), lp.batch_size)})
+        del it  # shuts the worker processes down before the next setting starts its own
         gc.collect()
     return rows
 
