@@ -49,9 +49,8 @@ def throughput(rows: pd.DataFrame, path: Path) -> Path:
         for j, panel in enumerate(panels):
             ax, sub = axes[i][j], rows[(rows["model"] == model) & (rows["panel"] == panel)]
             colors = sns.color_palette(n_colors=len(sub))
-            ax.barh(sub["cell"], sub["samples_per_s"], color=colors,
-                    xerr=[sub["samples_per_s"] - sub["samples_per_s_q1"], sub["samples_per_s_q3"] - sub["samples_per_s"]],
-                    capsize=3)
+            err = [sub["samples_per_s"] - sub["samples_per_s_q1"], sub["samples_per_s_q3"] - sub["samples_per_s"]]
+            ax.barh(sub["cell"], sub["samples_per_s"], color=colors, xerr=err, capsize=3)
             ax.set_title(f"{model} · {panel}")
             ax.set_xlabel("samples/s (median, IQR bars)")
     fig.tight_layout()

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.spec import ModelSpec, Optim, batch_order
+from pipeline.spec import Optim, batch_order
 
 
 def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
@@ -33,9 +33,8 @@ def evaluate(be: ModuleType, fn: Callable[[Any], Any], data: Any, y: np.ndarray,
     return cross_entropy(logits, y), float((logits.argmax(1) == y).mean()), logits
 
 
-def train(be: ModuleType, model: Any, spec: ModelSpec, optim: Optim, train_data: Any, val_data: Any,
-          y_val: np.ndarray, epochs: int, batch_size: int, eval_batch_size: int, seed: int,
-          on_epoch: Callable[[dict], None] | None = None, desc: str = "train") -> list[dict]:
+def train(be: ModuleType, model: Any, optim: Optim, train_data: Any, val_data: Any, y_val: np.ndarray, epochs: int,
+          batch_size: int, eval_batch_size: int, seed: int, desc: str = "train") -> list[dict]:
     """Train for `epochs` with the seed's batch order; one history row per epoch.
 
     `train_s` times only the optimizer steps (its first epoch includes tracing/compilation, as a user's
@@ -62,6 +61,4 @@ def train(be: ModuleType, model: Any, spec: ModelSpec, optim: Optim, train_data:
             row["val_s"] = time.perf_counter() - t0
             bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_acc']:.4f}")
             history.append(row)
-            if on_epoch:
-                on_epoch(row)
     return history

@@ -23,7 +23,8 @@ MODEL_SUFFIX = ".keras"
 DEFAULT = "function"  # the variant `train` uses: each framework's everyday fast path
 VARIANTS = {"function": "custom train step in tf.function (graph, no XLA; default)",
             "xla": "custom train step in tf.function(jit_compile=True)",
-            "fit": "Keras Model.fit with compile()'s defaults (jit_compile='auto')"}
+            "fit": "Keras Model.fit with compile()'s defaults (jit_compile='auto': XLA on a GPU, "
+                   "off on CPU-only machines)"}
 _device = "/CPU:0"
 
 

@@ -109,7 +109,7 @@ def test_training_loops_track_each_other_with_same_batch_order():
     o = specs.Optim("momentum", 0.02, 0.9, 0.9, 0.999, 1e-8)
     hist = {}
     for be in (tb, tfb):
-        hist[be.NAME] = loop.train(be, be.build(s, w), s, o, be.put(x, y), be.put(xv, yv), yv, epochs=2,
+        hist[be.NAME] = loop.train(be, be.build(s, w), o, be.put(x, y), be.put(xv, yv), yv, epochs=2,
                                    batch_size=16, eval_batch_size=8, seed=0)
     for a, b in zip(hist["torch"], hist["tensorflow"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
@@ -125,7 +125,7 @@ def test_same_seed_reruns_give_the_same_history_with_dropout_on(be):
     runs = []
     for seed in (0, 0, 1):
         be.reseed(seed)
-        runs.append(loop.train(be, be.build(s, specs.init_weights(s, 0)), s, o, be.put(x, y), be.put(x, y), y,
+        runs.append(loop.train(be, be.build(s, specs.init_weights(s, 0)), o, be.put(x, y), be.put(x, y), y,
                                epochs=2, batch_size=16, eval_batch_size=64, seed=0))
     losses = [[h["train_loss"] for h in r] for r in runs]
     assert losses[0] == losses[1]  # bit-identical rerun

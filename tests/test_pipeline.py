@@ -119,3 +119,13 @@ def test_whole_pipeline_on_tiny_settings(repo):
     write_params(repo / "params.yaml", **TINY | {"bench.steps": 3})
     changed = set(json.loads(dvc(repo, "status", "--json").stdout)) - {"env"}
     assert changed == {"bench@torch-mlp", "bench@torch-cnn", "bench@tensorflow-mlp", "bench@tensorflow-cnn", "report"}
+
+
+def test_train_without_prepared_data_names_the_stage_to_run(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pipeline.stages.train", "--framework", "torch", "--model", "mlp",
+                        "--data", str(tmp_path / "prepared.npz"), "--out", str(tmp_path / "out"), "--model-out",
+                        str(tmp_path / "m"), "--params", str(ROOT / "params.yaml")],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: {tmp_path / 'prepared.npz'}: missing; run `dvc repro prepare` first"
+    assert not (tmp_path / "out").exists()

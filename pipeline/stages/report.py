@@ -112,8 +112,10 @@ def build(r: rp.Results, params_text: str, prepared: dict, figdir: Path) -> list
     B += [("p", v) for v in verdicts]
     th = df[df.phase.str.startswith("threads-") & (df.status == "ok")]
     if len(th):
-        B += [("h2", "Thread scaling"), ("table", th.pivot_table(
-            index=["framework", "model", "phase", "batch_size"], columns="threads", values="samples_per_s").reset_index()),
+        scaling = th.pivot_table(index=["framework", "model", "phase", "batch_size"], columns="threads",
+                                 values="samples_per_s").reset_index()
+        B += [("h2", "Thread scaling"), ("p", "samples/s (median) per intra-op thread count, one process each."),
+              ("table", scaling),
               ("img", figures.threads(th, figdir / "threads.png"), "samples/s against intra-op threads")]
     table, verdicts = loaders_section(r)
     B += [("h2", "Data loading: num_workers / num_parallel_calls"),

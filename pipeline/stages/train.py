@@ -27,7 +27,7 @@ def run_seed(be: ModuleType, spec: specs.ModelSpec, optim: specs.Optim, d: dict,
     model = be.build(spec, specs.init_weights(spec, seed))
     tr, va, te = (be.put(d[f"x_{s}"], d[f"y_{s}"]) for s in ("train", "val", "test"))
     t0 = time.perf_counter()
-    history = train(be, model, spec, optim, tr, va, d["y_val"], epochs, tp.batch_size, tp.eval_batch_size, seed,
+    history = train(be, model, optim, tr, va, d["y_val"], epochs, tp.batch_size, tp.eval_batch_size, seed,
                     desc=desc)
     wall = time.perf_counter() - t0
     test_loss, test_acc, logits = evaluate(be, be.make_predict(model, be.DEFAULT), te, d["y_test"],
@@ -42,13 +42,14 @@ def evidence(be: ModuleType, spec: specs.ModelSpec, d: dict, seed: int, epochs: 
     """What the report needs to show the cells did the same work: weight/order digests, initial logits."""
     w0 = specs.init_weights(spec, seed)
     x = d["x_val"][:EVIDENCE_SAMPLES]
-    fn = be.make_predict(be.build(spec, w0), be.DEFAULT)
-    logits = predict(be, fn, be.put(x, d["y_val"][:EVIDENCE_SAMPLES]), EVIDENCE_SAMPLES)
+    model = be.build(spec, w0)
+    logits = predict(be, be.make_predict(model, be.DEFAULT), be.put(x, d["y_val"][:EVIDENCE_SAMPLES]),
+                     EVIDENCE_SAMPLES)
     n = len(d["y_train"])
     return {"param_count": spec.param_count(), "layer_param_counts": spec.layer_param_counts(),
             "init_weights_sha256": specs.digest(w0),
             "batch_order_sha256": specs.digest([specs.batch_order(n, seed, e) for e in range(epochs)]),
-            "readback_weights_sha256": specs.digest(be.get_weights(be.build(spec, w0), spec))}, logits
+            "readback_weights_sha256": specs.digest(be.get_weights(model, spec))}, logits
 
 
 def main(argv: list[str]) -> None:
@@ -95,7 +96,7 @@ def main(argv: list[str]) -> None:
     for path, df in (
         (out / "history.tsv", pd.DataFrame(first["history"])),
         (out / "seeds.tsv", pd.DataFrame([{k: r[k] for k in ("seed", "test_acc", "test_loss", "val_acc",
-                                                               "train_time_s", "train_samples_per_s")}
+                                                               "train_time_s", "wall_time_s", "train_samples_per_s")}
                                           for r in runs])),
         (out / "per_class.tsv", pd.DataFrame({"class": names, "precision": prec, "recall": rec, "f1": f1,
                                               "support": sup})),
