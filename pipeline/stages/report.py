@@ -81,8 +81,7 @@ def build(r: rp.Results, params_text: str, prepared: dict, figdir: Path) -> list
              "difference only when it is beyond the noise: speed claims need non-overlapping interquartile ranges "
              f"over repeats; accuracy claims need p < {compare.ALPHA} in an exact McNemar test on the same test "
              "images (and in Welch's t-test over seeds when there are several). Otherwise: no clear difference.")]
-    B += [("h2", "Environment"), ("table", rp.env_table(r.env)), ("h2", "Parameters of this run"),
-          ("pre", params_text)]
+    B += [("h2", "Environment"), ("table", rp.env_table(r.env))]
     acc = pd.DataFrame([{"framework": rp.LABEL[c.split("-")[0]], "model": c.split("-")[1],
                          "test accuracy %": f"{100 * m['test_acc']:.2f} ± {100 * m['test_acc_std']:.2f}",
                          "seeds": m.get("seeds", 1), "params": m["params"], "epochs": m["epochs"],
@@ -128,7 +127,7 @@ def build(r: rp.Results, params_text: str, prepared: dict, figdir: Path) -> list
         B += [("h2", "Equivalence evidence"),
               ("p", "Both cells of a model start from the same NumPy-drawn weights and batch order; their initial "
                     "logits on the same validation images must agree."), ("table", eq)]
-    return B
+    return B + [("h2", "Parameters of this run"), ("pre", params_text)]
 
 
 def main(argv: list[str]) -> None:
