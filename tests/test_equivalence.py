@@ -128,5 +128,7 @@ def test_same_seed_reruns_give_the_same_history_with_dropout_on(be):
         runs.append(loop.train(be, be.build(s, specs.init_weights(s, 0)), o, be.put(x, y), be.put(x, y), y,
                                epochs=2, batch_size=16, eval_batch_size=64, seed=0))
     losses = [[h["train_loss"] for h in r] for r in runs]
-    assert losses[0] == losses[1]  # bit-identical rerun
-    assert losses[0] != losses[2]  # and the seed really drives the dropout masks
+    # Identical here; the 1e-9 margin only absorbs a thread pool summing in another order, far below the
+    # seed-to-seed difference asserted next.
+    assert losses[0] == pytest.approx(losses[1], rel=1e-9, abs=0)
+    assert losses[0] != pytest.approx(losses[2], rel=1e-4)  # the seed really drives the dropout masks
