@@ -46,19 +46,12 @@ def latencies(call: Callable[[], Any], warmup: int, calls: int,
     return out
 
 
-def throughput(per_step_s: list[float], items_per_step: int, prefix: str, unit: str) -> dict[str, float]:
-    """Flat metrics for one measurement: `{prefix}_{unit}` (median) plus its spread, and the step time."""
-    rate = [items_per_step / s for s in per_step_s]
-    r, t = spread(rate), spread([s * 1e3 for s in per_step_s])
-    return {f"{prefix}_{unit}": r["median"], f"{prefix}_{unit}_q1": r["q1"], f"{prefix}_{unit}_q3": r["q3"],
-            f"{prefix}_{unit}_iqr": r["iqr"], f"{prefix}_{unit}_cv_pct": r["cv_pct"],
-            f"{prefix}_step_time_ms_p50": t["median"], f"{prefix}_repeats": r["n"]}
-
-
-def percentiles_ms(lat_s: np.ndarray, prefix: str) -> dict[str, float]:
-    p50, p95, p99 = np.percentile(lat_s * 1e3, [50, 95, 99])
-    return {f"{prefix}_latency_ms_p50": float(p50), f"{prefix}_latency_ms_p95": float(p95),
-            f"{prefix}_latency_ms_p99": float(p99), f"{prefix}_latency_calls": int(len(lat_s))}
+def rates(per_step_s: list[float], items_per_step: int) -> dict[str, float]:
+    """Samples/s over repeats (median, quartiles, IQR, CV) and the median step time: one measurement's figures."""
+    r = spread([items_per_step / t for t in per_step_s])
+    return {"samples_per_s": r["median"], "samples_per_s_q1": r["q1"], "samples_per_s_q3": r["q3"],
+            "samples_per_s_iqr": r["iqr"], "cv_pct": r["cv_pct"], "repeats": r["n"],
+            "step_time_ms_p50": float(np.median(per_step_s) * 1e3)}
 
 
 def step_timings(take: Callable, step: Callable, sync: Callable, data: Any, batch_size: int, warmup: int,

@@ -1,7 +1,6 @@
 """PyTorch backend. Same function names and signatures as tensorflow_backend: stages never branch on framework."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -220,7 +219,3 @@ def make_loader(images: np.ndarray, labels: np.ndarray, mean: float, std: float,
     while True:
         for xb, yb in loader:
             yield xb.to(_device, non_blocking=True), yb.to(_device, non_blocking=True)
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0))

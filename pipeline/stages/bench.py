@@ -24,13 +24,10 @@ MAX_SAMPLES = 8192  # in-memory images the timed steps cycle through (enough for
 def record(phase: str, variant: str, batch: int, threads: int, per_step_s: list[float], items: int,
            peak_flops: float | None = None) -> dict:
     """One tidy measurement row: samples/s median and spread over repeats, step time, % of peak."""
-    s = timing.spread([items / t for t in per_step_s])
     row = {"phase": phase, "variant": variant, "batch_size": batch, "threads": threads, "status": "ok",
-           "samples_per_s": s["median"], "samples_per_s_q1": s["q1"], "samples_per_s_q3": s["q3"],
-           "samples_per_s_iqr": s["iqr"], "cv_pct": s["cv_pct"], "repeats": s["n"],
-           "step_time_ms_p50": float(np.median(per_step_s) * 1e3)}
+           **timing.rates(per_step_s, items)}
     if peak_flops:
-        row["pct_of_peak"] = 100.0 * s["median"] / peak_flops
+        row["pct_of_peak"] = 100.0 * row["samples_per_s"] / peak_flops
     return row
 
 
@@ -117,8 +114,8 @@ def main(argv: list[str]) -> None:
         rows, _ = bench(be, spec, optim, x, y, p.bench, threads, [be.DEFAULT])
         print(json.dumps(rows))
         return
-    rows, peak = bench(be, spec, optim, x, y, p.bench, env["intra_op_threads"],
-                       be.variants(p.bench.compile, p.bench.keras_fit))
+    variants = be.variants(p.bench.compile, p.bench.keras_fit)
+    rows, peak = bench(be, spec, optim, x, y, p.bench, env["intra_op_threads"], variants)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     for t in tqdm(p.bench.thread_counts, desc="threads", disable=None):
         cmd = [sys.executable, "-m", "pipeline.stages.bench", *argv, "--threads", str(t)]
@@ -129,7 +126,6 @@ def main(argv: list[str]) -> None:
                  if r["phase"] in ("train", "infer")]
     metrics = {**headline(rows, be.DEFAULT, p.bench, peak), "peak_rss_mb": peak_rss_mb,
                "params": spec.param_count(), "flops_per_sample": spec.flops_per_sample()}
-    variants = be.variants(p.bench.compile, p.bench.keras_fit)
     files.write_json(a.out / "records.json", {
         "framework": a.framework, "model": a.model, "default_variant": be.DEFAULT,
         "variants": {v: be.VARIANTS[v] for v in variants}, "setup": env, "env": files.read_json(a.env, "env"),

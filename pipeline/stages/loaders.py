@@ -20,10 +20,8 @@ log = logging.getLogger("loaders")
 
 
 def _rate(per_batch_s: list[float], batch: int) -> dict:
-    s = timing.spread([batch / t for t in per_batch_s])
-    b = timing.spread([1 / t for t in per_batch_s])
-    return {"samples_per_s": s["median"], "samples_per_s_q1": s["q1"], "samples_per_s_q3": s["q3"],
-            "samples_per_s_iqr": s["iqr"], "batches_per_s": b["median"], "cv_pct": s["cv_pct"], "repeats": s["n"]}
+    r = timing.rates(per_batch_s, batch)
+    return r | {"batches_per_s": r["samples_per_s"] / batch}  # median(b/t) = b * median(1/t)
 
 
 def sweep(be: ModuleType, raw: dict, lp: params.Loaders, models: dict[str, tuple[specs.ModelSpec, specs.Optim]],
