@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +151,11 @@ def load_prepared(path: Path) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: missing; run `dvc repro prepare` first")
     with np.load(path, allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
+
+
+def prepared_meta(prepared: dict[str, np.ndarray]) -> dict:
+    """The prepare stage's metadata: dataset name, image shape (H, W, C), split sizes."""
+    return json.loads(str(prepared["meta"]))
 
 
 def normalise(x: np.ndarray, mean: float, std: float) -> np.ndarray:

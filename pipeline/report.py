@@ -6,7 +6,6 @@ into Markdown and HTML.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,7 +199,3 @@ def env_table(env: dict) -> pd.DataFrame:
     flat["gpus"] = ", ".join(env.get("gpus") or []) or "none"
     flat |= {f"version {k}": v for k, v in (env.get("versions") or {}).items()}
     return pd.DataFrame({"item": list(flat), "value": [str(v) for v in flat.values()]})
-
-
-def load_meta(npz: dict) -> dict:
-    return json.loads(str(npz["meta"]))

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline import backends, files, params, spec as specs, timing
-from pipeline.data import load_prepared, normalise
+from pipeline.data import load_prepared, normalise, prepared_meta
 
 log = logging.getLogger("bench")
 MAX_SAMPLES = 8192  # in-memory images the timed steps cycle through (enough for any batch in params)
@@ -104,7 +104,7 @@ def main(argv: list[str]) -> None:
     a = ap.parse_args(argv)
     p = params.load(a.params)
     raw = load_prepared(a.data)
-    spec = specs.from_params(p, a.model, tuple(json.loads(str(raw["meta"]))["image_shape"]), len(raw["classes"]))
+    spec = specs.from_params(p, a.model, tuple(prepared_meta(raw)["image_shape"]), len(raw["classes"]))
     be = backends.load(a.framework)
     threads = a.threads or p.threads
     env = be.setup(threads, p.device, p.seed)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import logging
 import warnings
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any, Iterator
 from tqdm import tqdm
 
 from pipeline import backends, files, params, spec as specs, timing
-from pipeline.data import load_prepared
+from pipeline.data import load_prepared, prepared_meta
 
 log = logging.getLogger("loaders")
 
@@ -71,7 +70,7 @@ def main(argv: list[str]) -> None:
     a = ap.parse_args(argv)
     p = params.load(a.params)
     raw = load_prepared(a.data)
-    shape = tuple(json.loads(str(raw["meta"]))["image_shape"])
+    shape = tuple(prepared_meta(raw)["image_shape"])
     models = {m: (specs.from_params(p, m, shape, len(raw["classes"])), specs.Optim.from_params(p, m))
               for m in p.models}
     be = backends.load(a.framework)

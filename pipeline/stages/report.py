@@ -10,7 +10,7 @@ import pandas as pd
 
 from pipeline import compare, figures, files, params, render
 from pipeline import report as rp
-from pipeline.data import load_prepared
+from pipeline.data import load_prepared, prepared_meta
 
 log = logging.getLogger("report")
 
@@ -75,7 +75,7 @@ def loaders_section(r: rp.Results) -> tuple[pd.DataFrame, list[str]]:
 
 def build(r: rp.Results, params_text: str, prepared: dict, figdir: Path) -> list[render.Block]:
     df = rp.bench_rows(r)
-    meta = rp.load_meta(prepared)
+    meta = prepared_meta(prepared)
     B: list[render.Block] = [("h1", f"mnist-bench report — dataset `{meta['dataset']}`"), (
         "p", "Every number below comes from a file a stage wrote (see results.csv). A difference is called a "
              "difference only when it is beyond the noise: speed claims need non-overlapping interquartile ranges "

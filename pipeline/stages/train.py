@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from pipeline import backends, files, params, spec as specs
-from pipeline.data import load_prepared, normalise
+from pipeline.data import load_prepared, normalise, prepared_meta
 from pipeline.loop import evaluate, predict, train
 
 log = logging.getLogger("train")
@@ -63,7 +62,7 @@ def main(argv: list[str]) -> None:
     a = ap.parse_args(argv)
     p = params.load(a.params)
     raw = load_prepared(a.data)
-    meta = json.loads(str(raw["meta"]))
+    meta = prepared_meta(raw)
     spec = specs.from_params(p, a.model, tuple(meta["image_shape"]), len(raw["classes"]))
     be = backends.load(a.framework)
     env = be.setup(p.threads, p.device, p.seed)
