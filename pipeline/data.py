@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.files import DataError, atomic_path
+from pipeline.errors import DataError
+from pipeline.files import atomic_path
 
 # The four IDX files every dataset is stored as, in the order prepare reads them.
 FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",

@@ -19,7 +19,9 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from pipeline.files import DataError, atomic_path
+from pipeline.data import DATASETS, FILES, validate_idx, write_digits
+from pipeline.errors import DataError
+from pipeline.files import atomic_path
 
 log = logging.getLogger(__name__)
 CHUNK = 1 << 16
@@ -158,3 +160,18 @@ def fetch_all(files: dict[str, str | None], mirrors: list[str], dest: Path, time
 
 def checksums(dest: Path, names: list[str]) -> dict[str, str]:
     return {n: md5sum(dest / n) for n in names if os.path.exists(dest / n)}
+
+
+def download(name: str, mirrors: list[str], out: Path, timeout_s: float, retries: int) -> dict:
+    """Fill `out` with the dataset's four IDX files; return a manifest (mirror used and MD5 per file)."""
+    ds = DATASETS[name]
+    if name == "digits":
+        write_digits(out)
+        used = {f: "sklearn.datasets.load_digits" for f in FILES}
+    else:
+        if ds.md5 is None:
+            log.warning("data.name=idx has no known checksums: files are checked by IDX header and length only")
+        md5 = dict(zip(FILES, ds.md5 or (None,) * len(FILES)))
+        used = fetch_all(md5, mirrors or list(ds.mirrors), out, timeout_s, retries,
+                         validate=validate_idx if ds.md5 is None else None)
+    return {"dataset": name, "files": {f: {"mirror": used[f], "md5": m} for f, m in checksums(out, FILES).items()}}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -10,30 +11,37 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from pipeline.params import ParamsError
+from pipeline.errors import DataError, ParamsError
 
-
-class DataError(ValueError):
-    """A problem with an input file or the network; the message is one line naming the file or mirror."""
+# OS errors that mean "this output cannot be written here"; others (a dropped connection while a download writes
+# into the temp file, say) keep their own handling upstream.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO}
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds.
 
-    A killed or failing stage therefore leaves either the old file or nothing, never half a file.
+    A killed or failing stage therefore leaves either the old file or nothing, never half a file. A write that
+    fails at the OS level (no space, no permission, read-only) becomes a DataError naming `path` and the cause.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
+        os.close(fd)
         yield Path(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read and shared
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        raise DataError(f"{path}: cannot write ({e.strerror})") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
 
 def _clean(obj: Any) -> Any:

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import time
-from types import ModuleType
 from typing import Any, Callable
 
 import numpy as np
 from tqdm import tqdm
 
+from pipeline.backends import Backend
 from pipeline.spec import Optim, batch_order
 
 
@@ -19,21 +19,21 @@ def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
     return float(-logp[np.arange(len(y)), y].mean())
 
 
-def predict(be: ModuleType, fn: Callable[[Any], Any], data: Any, batch_size: int) -> np.ndarray:
+def predict(be: Backend, fn: Callable[[Any], Any], data: Any, batch_size: int) -> np.ndarray:
     """Logits of `fn` (from be.make_predict) for every sample of `data`, in batches."""
     n = len(data[1])
     out = [be.numpy(fn(be.take(data, np.arange(i, min(i + batch_size, n)))[0])) for i in range(0, n, batch_size)]
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def evaluate(be: ModuleType, fn: Callable[[Any], Any], data: Any, y: np.ndarray,
+def evaluate(be: Backend, fn: Callable[[Any], Any], data: Any, y: np.ndarray,
              batch_size: int) -> tuple[float, float, np.ndarray]:
     """(loss, accuracy, logits) of predictor `fn` on a whole split."""
     logits = predict(be, fn, data, batch_size)
     return cross_entropy(logits, y), float((logits.argmax(1) == y).mean()), logits
 
 
-def train(be: ModuleType, model: Any, optim: Optim, train_data: Any, val_data: Any, y_val: np.ndarray, epochs: int,
+def train(be: Backend, model: Any, optim: Optim, train_data: Any, val_data: Any, y_val: np.ndarray, epochs: int,
           batch_size: int, eval_batch_size: int, seed: int, desc: str = "train") -> list[dict]:
     """Train for `epochs` with the seed's batch order; one history row per epoch.
 

@@ -1,156 +1,144 @@
-"""The one place that knows params.yaml's shape: load, validate, return typed dataclasses.
+"""The one place that knows params.yaml's shape: a pydantic schema, every rule written on its field.
 
-Defaults live in params.yaml only; this module holds types and allowed ranges. Every stage calls `load()`
-first, so a bad key stops it before it writes anything, with one line naming the key.
+Defaults live in params.yaml only; this module holds types, ranges and choices. Every stage calls `load()`
+first, so a bad key stops it before it writes anything, with one line naming the key:
+`params.yaml: train.batch_size: expected an integer >= 1, got 0`. The one-line text is derived from the
+field's own constraints (`_expected`), so a rule and its message cannot drift apart.
 """
 from __future__ import annotations
 
-import dataclasses
 import typing
-from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import annotated_types as at
 import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
+
+from pipeline import spec
+from pipeline.errors import ParamsError
 
 FRAMEWORKS = ("torch", "tensorflow")
 MODELS = ("mlp", "cnn")
-DATASETS = ("mnist", "fashion-mnist", "idx", "digits")
 
 
-class ParamsError(ValueError):
-    """A params.yaml problem; the message is one line naming the key."""
+def _distinct(v: list) -> list:
+    if len(set(v)) != len(v):
+        raise ValueError("repeated item")
+    return v
 
 
-# Per-field checks: (predicate, what is allowed). Keys are "section.field" or "field".
-_RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
-    "threads": (lambda v: v >= 0, "an integer >= 0"),
-    "frameworks": (lambda v: len(v) > 0 and set(v) <= set(FRAMEWORKS) and len(set(v)) == len(v),
-                   f"a non-empty list of distinct names from {list(FRAMEWORKS)}"),
-    "models": (lambda v: len(v) > 0 and set(v) <= set(MODELS) and len(set(v)) == len(v),
-               f"a non-empty list of distinct names from {list(MODELS)}"),
-    "data.timeout_s": (lambda v: v > 0, "a number > 0"),
-    "data.retries": (lambda v: v >= 1, "an integer >= 1"),
-    "data.val_fraction": (lambda v: 0 < v <= 0.5, "a number in (0, 0.5]"),
-    "mlp.hidden": (lambda v: len(v) > 0 and all(h >= 1 for h in v), "a non-empty list of integers >= 1"),
-    "mlp.dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "cnn.channels": (lambda v: len(v) > 0 and all(c >= 1 for c in v), "a non-empty list of integers >= 1"),
-    "cnn.kernel": (lambda v: v >= 1 and v % 2 == 1, "an odd integer >= 1 ('same' padding is symmetric)"),
-    "cnn.dense": (lambda v: v >= 1, "an integer >= 1"),
-    "cnn.dropout": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "schedule.mlp.epochs": (lambda v: v >= 1, "an integer >= 1"),
-    "schedule.mlp.lr": (lambda v: v > 0, "a number > 0"),
-    "schedule.cnn.epochs": (lambda v: v >= 1, "an integer >= 1"),
-    "schedule.cnn.lr": (lambda v: v > 0, "a number > 0"),
-    "train.batch_size": (lambda v: v >= 1, "an integer >= 1"),
-    "train.momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "train.beta1": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "train.beta2": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "train.eps": (lambda v: v > 0, "a number > 0"),
-    "train.eval_batch_size": (lambda v: v >= 1, "an integer >= 1"),
-    "train.repeats": (lambda v: v >= 1, "an integer >= 1"),
-    "bench.batch_size": (lambda v: v >= 1, "an integer >= 1"),
-    "bench.infer_batch_sizes": (lambda v: len(v) > 0 and all(b >= 1 for b in v), "a non-empty list of integers >= 1"),
-    "bench.warmup": (lambda v: v >= 1, "an integer >= 1 (the first calls include tracing/compilation)"),
-    "bench.steps": (lambda v: v >= 1, "an integer >= 1"),
-    "bench.repeats": (lambda v: v >= 3, "an integer >= 3 (a spread needs several repeats)"),
-    "bench.latency_calls": (lambda v: v >= 20, "an integer >= 20 (p95/p99 need enough calls)"),
-    "bench.compile": (lambda v: len(v) > 0 and len(set(v)) == len(v), "a non-empty list of distinct booleans"),
-    "bench.thread_counts": (lambda v: all(t >= 1 for t in v), "a list of integers >= 1"),
-    "bench.matmul_size": (lambda v: v >= 64, "an integer >= 64"),
-    "loaders.workers": (lambda v: len(v) > 0 and all(w >= 0 for w in v) and len(set(v)) == len(v),
-                        "a non-empty list of distinct integers >= 0"),
-    "loaders.batch_size": (lambda v: v >= 1, "an integer >= 1"),
-    "loaders.shift": (lambda v: v >= 0, "an integer >= 0"),
-    "loaders.prefetch": (lambda v: v >= 1, "an integer >= 1"),
-    "loaders.warmup": (lambda v: v >= 1, "an integer >= 1 (worker start-up is not timed)"),
-    "loaders.batches": (lambda v: v >= 1, "an integer >= 1"),
-    "loaders.repeats": (lambda v: v >= 3, "an integer >= 3 (a spread needs several repeats)"),
-}
+def _odd(v: int) -> int:
+    if v % 2 != 1:
+        raise ValueError("even")
+    return v
 
 
-@dataclass(frozen=True)
-class Data:
+Distinct = AfterValidator(_distinct)  # markers the error text recognises (see _expected)
+Odd = AfterValidator(_odd)
+
+Count = Annotated[int, Field(ge=1)]
+Fraction01 = Annotated[float, Field(ge=0, lt=1)]  # a probability or decay that must stay below 1
+Positive = Annotated[float, Field(gt=0)]
+
+
+def _cross(key: str, detail: str) -> PydanticCustomError:
+    """A rule that spans fields: reported under `key` with its own detail text."""
+    return PydanticCustomError("cross_field", "{key}: {detail}", {"key": key, "detail": detail})
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors (a typo must not silently fall back to a default); no int->str or "1"->1
+    # coercion; NaN/inf refused; frozen so no stage edits the run's params.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class Data(_Section):
     name: Literal["mnist", "fashion-mnist", "idx", "digits"]
     mirrors: list[str]
-    timeout_s: float
-    retries: int
-    val_fraction: float
+    timeout_s: Positive
+    retries: Count
+    val_fraction: Annotated[float, Field(gt=0, le=0.5)]
+
+    @model_validator(mode="after")
+    def _mirrors_usable(self) -> "Data":
+        if self.name == "idx" and not self.mirrors:
+            raise _cross("data.mirrors", "data.name 'idx' has no built-in mirrors; list at least one")
+        for m in self.mirrors:
+            scheme = m.split("://", 1)[0].lower() if "://" in m else ""
+            if scheme not in ("", "http", "https", "file"):
+                raise _cross("data.mirrors", f"{m!r}: scheme {scheme!r} refused "
+                                             "(allowed: http, https, file or a local directory)")
+        return self
 
 
-@dataclass(frozen=True)
-class MLP:
-    hidden: list[int]
+class MLP(_Section):
+    hidden: Annotated[list[Count], Field(min_length=1)]
     activation: Literal["relu", "tanh", "sigmoid"]
-    dropout: float
+    dropout: Fraction01
 
 
-@dataclass(frozen=True)
-class CNN:
-    channels: list[int]
-    kernel: int
-    dense: int
-    dropout: float
+class CNN(_Section):
+    channels: Annotated[list[Count], Field(min_length=1)]
+    kernel: Annotated[int, Field(ge=1, description="'same' padding is symmetric"), Odd]
+    dense: Count
+    dropout: Fraction01
 
 
-@dataclass(frozen=True)
-class Schedule:
-    epochs: int
-    lr: float
+class Schedule(_Section):
+    epochs: Count
+    lr: Positive
 
 
-@dataclass(frozen=True)
-class Schedules:
+class Schedules(_Section):
     mlp: Schedule
     cnn: Schedule
 
 
-@dataclass(frozen=True)
-class Train:
-    batch_size: int
+class Train(_Section):
+    batch_size: Count
     optimizer: Literal["sgd", "momentum", "adam"]
-    momentum: float
-    beta1: float
-    beta2: float
-    eps: float
-    eval_batch_size: int
-    repeats: int
+    momentum: Fraction01
+    beta1: Fraction01
+    beta2: Fraction01
+    eps: Positive
+    eval_batch_size: Count
+    repeats: Count
 
 
-@dataclass(frozen=True)
-class Bench:
-    batch_size: int
-    infer_batch_sizes: list[int]
-    warmup: int
-    steps: int
-    repeats: int
-    latency_calls: int
-    compile: list[bool]
+class Bench(_Section):
+    batch_size: Count
+    infer_batch_sizes: Annotated[list[Count], Field(min_length=1)]
+    warmup: Annotated[int, Field(ge=1, description="the first calls include tracing/compilation")]
+    steps: Count
+    repeats: Annotated[int, Field(ge=3, description="a spread needs several repeats")]
+    latency_calls: Annotated[int, Field(ge=20, description="p95/p99 need enough calls")]
+    compile: Annotated[list[bool], Field(min_length=1), Distinct]
     keras_fit: bool
-    thread_counts: list[int]
-    matmul_size: int
+    thread_counts: list[Count]
+    matmul_size: Annotated[int, Field(ge=64)]
 
 
-@dataclass(frozen=True)
-class Loaders:
-    workers: list[int]
-    batch_size: int
-    shift: int
+class Loaders(_Section):
+    workers: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1), Distinct]
+    batch_size: Count
+    shift: Annotated[int, Field(ge=0)]
     pin_memory: bool
     persistent_workers: bool
-    prefetch: int
-    warmup: int
-    batches: int
-    repeats: int
+    prefetch: Count
+    warmup: Annotated[int, Field(ge=1, description="worker start-up is not timed")]
+    batches: Count
+    repeats: Annotated[int, Field(ge=3, description="a spread needs several repeats")]
 
 
-@dataclass(frozen=True)
-class Params:
-    seed: int
-    threads: int
+class Params(_Section):
+    # NumPy seeds must be >= 0; 2**32 - 1 keeps every framework's seeding function happy.
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)]
+    threads: Annotated[int, Field(ge=0)]
     device: Literal["auto", "cpu", "cuda"]
-    frameworks: list[str]
-    models: list[str]
+    frameworks: Annotated[list[Literal["torch", "tensorflow"]], Field(min_length=1), Distinct]
+    models: Annotated[list[Literal["mlp", "cnn"]], Field(min_length=1), Distinct]
     data: Data
     mlp: MLP
     cnn: CNN
@@ -159,86 +147,141 @@ class Params:
     bench: Bench
     loaders: Loaders
 
+    @model_validator(mode="after")
+    def _models_fit_the_images(self) -> "Params":
+        shape = spec.DATA_SHAPES.get(self.data.name)  # None for idx: checked again once the data is prepared
+        for model in self.models if shape else []:
+            try:
+                _build_spec(self, model, shape, 10)
+            except ValueError as e:
+                raise _cross(_SPEC_KEY[model], str(e)) from None
+        return self
 
-def _type_name(tp: Any) -> str:
+
+_SPEC_KEY = {"mlp": "mlp.hidden", "cnn": "cnn.channels"}  # the key to name when a model cannot be built
+
+
+def _build_spec(p: Params, model: str, in_shape: tuple[int, int, int], classes: int) -> spec.ModelSpec:
+    if model == "mlp":
+        return spec.mlp(in_shape, classes, p.mlp.hidden, p.mlp.activation, p.mlp.dropout)
+    return spec.cnn(in_shape, classes, p.cnn.channels, p.cnn.kernel, p.cnn.dense, p.cnn.dropout)
+
+
+def model_spec(p: Params, model: str, in_shape: tuple[int, int, int], classes: int = 10) -> spec.ModelSpec:
+    """The spec of `model` for images of `in_shape` (H, W, C); a spec that cannot work is a ParamsError."""
+    try:
+        return _build_spec(p, model, in_shape, classes)
+    except ValueError as e:
+        raise ParamsError(f"params.yaml: {_SPEC_KEY[model]}: {e}") from None
+
+
+def optim(p: Params, model: str) -> spec.Optim:
+    """The optimizer maths of `model`'s training: train.* hyperparameters and the model's learning rate."""
+    t = p.train
+    return spec.Optim(t.optimizer, getattr(p.schedule, model).lr, t.momentum, t.beta1, t.beta2, t.eps)
+
+
+# --- one-line errors -------------------------------------------------------------------------------------------
+
+_NOUNS = {int: "integer", float: "number", bool: "boolean (true/false)", str: "string"}
+_TYPE_ERRORS = {"int_type": int, "float_type": float, "bool_type": bool, "string_type": str}
+
+
+def _unwrap(tp: Any, meta: list) -> tuple[Any, list]:
+    """Annotated[T, ...] -> (T, every constraint object, FieldInfo metadata flattened)."""
+    meta = list(meta)
+    while typing.get_origin(tp) is Annotated:
+        tp, *extra = typing.get_args(tp)
+        for m in extra:
+            meta += getattr(m, "metadata", []) + ([m] if not hasattr(m, "metadata") else [])
+            if getattr(m, "description", None):
+                meta.append(("why", m.description))
+    return tp, meta
+
+
+def _bounds(meta: list) -> str:
+    lo = next((("[", m.ge) if isinstance(m, at.Ge) else ("(", m.gt) for m in meta if isinstance(m, (at.Ge, at.Gt))),
+              None)
+    hi = next((("]", m.le) if isinstance(m, at.Le) else (")", m.lt) for m in meta if isinstance(m, (at.Le, at.Lt))),
+              None)
+    if lo and hi:
+        return f" in {lo[0]}{lo[1]}, {hi[1]}{hi[0]}"
+    if lo:
+        return f" {'>=' if lo[0] == '[' else '>'} {lo[1]}"
+    if hi:
+        return f" {'<=' if hi[0] == ']' else '<'} {hi[1]}"
+    return ""
+
+
+def _expected(tp: Any, meta: list, plural: bool = False) -> str:
+    """What a field allows, in words, from its type and constraints: 'an odd integer >= 1', 'a number in (0, 0.5]'."""
+    tp, meta = _unwrap(tp, meta)
+    why = next((m[1] for m in meta if isinstance(m, tuple) and m[0] == "why"), None)
     if typing.get_origin(tp) is Literal:
-        return "one of " + " | ".join(map(str, typing.get_args(tp)))
+        choices = typing.get_args(tp)
+        return f"names from {list(choices)}" if plural else "one of " + " | ".join(map(str, choices))
     if typing.get_origin(tp) is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
-    return {int: "integer", float: "number", str: "string", bool: "boolean (true/false)"}.get(tp, str(tp))
+        words = ["a"] + ["non-empty"] * any(isinstance(m, at.MinLen) for m in meta) + ["list of"]
+        words += ["distinct"] * (Distinct in meta) + [_expected(typing.get_args(tp)[0], [], plural=True)]
+        return " ".join(words)
+    noun = _NOUNS.get(tp, str(tp)).split(" (")[0] if plural else _NOUNS.get(tp, str(tp))
+    noun = ("odd " if Odd in meta else "") + noun + ("s" if plural else "")
+    text = noun + _bounds(meta) + (f" ({why})" if why else "")
+    return text if plural else ("an " if noun[0] in "aeiou" else "a ") + text
 
 
-def _check_type(value: Any, tp: Any, key: str) -> Any:
-    bad = ParamsError(f"params.yaml: {key}: expected {_type_name(tp)}, got {value!r}")
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        if value not in typing.get_args(tp):
-            raise bad
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise bad
-        return [_check_type(v, typing.get_args(tp)[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if tp is int:  # YAML booleans are ints in Python; refuse them
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    raise TypeError(f"unsupported field type {tp}")
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    where = prefix.rstrip(".") or "top level"
-    if not isinstance(raw, dict):
-        raise ParamsError(f"params.yaml: {where}: expected a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls)]
-    unknown = sorted(set(raw) - set(names))
-    if unknown:
-        raise ParamsError(f"params.yaml: {prefix}{unknown[0]}: unknown key (allowed here: {', '.join(names)})")
-    missing = [n for n in names if n not in raw]
-    if missing:
-        raise ParamsError(f"params.yaml: {prefix}{missing[0]}: missing key")
-    values = {}
-    for name in names:
-        key, tp = prefix + name, hints[name]
-        if dataclasses.is_dataclass(tp):
-            values[name] = _build(tp, raw[name], key + ".")
+def _field(loc: tuple) -> tuple[Any, list, type | None]:
+    """(annotation, metadata, enclosing model) of the field at a pydantic error location (list indices skipped)."""
+    model: Any = Params
+    tp, meta = Params, []
+    for part in loc:
+        if isinstance(part, int):
             continue
-        value = _check_type(raw[name], tp, key)
-        if key in _RANGES and not _RANGES[key][0](value):
-            raise ParamsError(f"params.yaml: {key}: expected {_RANGES[key][1]}, got {raw[name]!r}")
-        values[name] = value
-    return cls(**values)
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            return None, [], model
+        info = fields[part]
+        tp, meta = info.annotation, info.metadata + ([("why", info.description)] if info.description else [])
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            model = tp
+    return tp, meta, model
+
+
+def _raw_at(raw: Any, loc: tuple) -> Any:
+    for part in loc:
+        raw = raw[part]
+    return raw
+
+
+def _message(err: dict, raw: Any) -> str:
+    """One line for pydantic's first error, in this project's format."""
+    kind, loc = err["type"], tuple(err["loc"])
+    if kind == "cross_field":
+        return f"params.yaml: {err['ctx']['key']}: {err['ctx']['detail']}"
+    key = ".".join(str(p) for p in loc if not isinstance(p, int))
+    if kind == "missing":
+        return f"params.yaml: {key}: missing key"
+    if kind == "extra_forbidden":
+        _, _, model = _field(loc[:-1])
+        return f"params.yaml: {key}: unknown key (allowed here: {', '.join(model.model_fields)})"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"params.yaml: {key or 'top level'}: expected a mapping, got {err['input']!r}"
+    if kind in _TYPE_ERRORS:  # a wrong type is named where it sits, list index included
+        where = key + "".join(f"[{p}]" for p in loc if isinstance(p, int))
+        return f"params.yaml: {where}: expected {_NOUNS[_TYPE_ERRORS[kind]]}, got {err['input']!r}"
+    field_loc = tuple(p for p in loc if not isinstance(p, int))  # a range or choice is the whole field's rule
+    tp, meta, _ = _field(field_loc)
+    return f"params.yaml: {key}: expected {_expected(tp, meta)}, got {_raw_at(raw, field_loc)!r}"
 
 
 def parse(raw: Any) -> Params:
-    """Validate a params mapping (as read from YAML) and return typed params."""
-    p = _build(Params, raw, "")
-    if p.data.name == "idx" and not p.data.mirrors:
-        raise ParamsError("params.yaml: data.mirrors: data.name 'idx' has no built-in mirrors; list at least one")
-    for m in p.data.mirrors:
-        scheme = m.split("://", 1)[0].lower() if "://" in m else ""
-        if scheme not in ("", "http", "https", "file"):
-            raise ParamsError(f"params.yaml: data.mirrors: {m!r}: scheme {scheme!r} refused "
-                              "(allowed: http, https, file or a local directory)")
-    from pipeline import spec  # local import: spec imports nothing from here at module level
-
-    shape = spec.DATA_SHAPES.get(p.data.name)  # None for idx: checked again once the data is prepared
-    for model in p.models if shape else []:  # a model that cannot work is a params error, before training
-        spec.from_params(p, model, shape)
-    return p
+    """Validate a params mapping (as read from YAML) and return typed, frozen params."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params.yaml: top level: expected a mapping, got {raw!r}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise ParamsError(_message(e.errors()[0], raw)) from None
 
 
 def load(path: str | Path = "params.yaml") -> Params:

@@ -1,144 +1,17 @@
-"""Aggregate every result file into tidy rows, comparison tables and wording that respects noise.
+"""The report as blocks (headings, prose, tables, figures) that render.py turns into Markdown and HTML.
 
-`collect` reads what the stages wrote (a missing or malformed file is a one-line error naming it),
-`tidy` flattens it into results.csv rows, `sections` builds the report as blocks that render.py turns
-into Markdown and HTML.
+Every verdict goes through compare.py's noise-aware wording; every number comes from results.collect().
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from pipeline import compare
-from pipeline.files import DataError, read_json
-
-LABEL = {"torch": "PyTorch", "tensorflow": "TensorFlow"}
-SHORT = {"torch": "torch", "tensorflow": "tf"}  # for figure labels with little room
-
-
-@dataclass
-class Results:
-    frameworks: list[str]
-    models: list[str]
-    env: dict
-    train: dict[str, dict] = field(default_factory=dict)     # cell -> metrics.json
-    run: dict[str, dict] = field(default_factory=dict)       # cell -> run.json
-    seeds: dict[str, pd.DataFrame] = field(default_factory=dict)
-    history: dict[str, pd.DataFrame] = field(default_factory=dict)
-    confusion: dict[str, pd.DataFrame] = field(default_factory=dict)
-    preds: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    bench: dict[str, dict] = field(default_factory=dict)     # cell -> records.json + metrics.json
-    loaders: dict[str, dict] = field(default_factory=dict)   # framework -> records.json
-
-    def cells(self) -> list[str]:
-        return [f"{f}-{m}" for m in self.models for f in self.frameworks]
-
-
-def read_tsv(path: Path, stage: str, columns: list[str], index: bool = False) -> pd.DataFrame:
-    if not path.exists():
-        raise DataError(f"{path}: missing; run `dvc repro {stage}` first")
-    try:
-        df = pd.read_csv(path, sep="\t", index_col=0 if index else None)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: malformed TSV ({str(e).splitlines()[0]}); rerun `dvc repro {stage}`") from None
-    missing = [c for c in columns if c not in df.columns]
-    if missing or df.empty:
-        raise DataError(f"{path}: malformed ({'no rows' if df.empty else 'missing columns ' + ', '.join(missing)}); "
-                        f"rerun `dvc repro {stage}`")
-    return df
-
-
-def _need(d: dict, keys: list[str], path: Path, stage: str) -> dict:
-    missing = [k for k in keys if k not in d]
-    if missing:
-        raise DataError(f"{path}: malformed (missing {', '.join(missing)}); rerun `dvc repro {stage}`")
-    return d
-
-
-def collect(root: Path, frameworks: list[str], models: list[str]) -> Results:
-    r = Results(frameworks, models, read_json(root / "env.json", "env"))
-    for cell in r.cells():
-        d, stage = root / "runs" / cell, f"train@{cell}"
-        r.train[cell] = _need(read_json(d / "metrics.json", stage), ["test_acc", "test_acc_std", "train_time_s",
-                                                                   "train_samples_per_s", "params", "epochs"],
-                              d / "metrics.json", stage)
-        r.run[cell] = _need(read_json(d / "run.json", stage), ["init_weights_sha256", "batch_order_sha256",
-                                                             "layer_param_counts", "readback_weights_sha256"],
-                            d / "run.json", stage)
-        r.seeds[cell] = read_tsv(d / "seeds.tsv", stage, ["seed", "test_acc"])
-        r.history[cell] = read_tsv(d / "history.tsv", stage, ["epoch", "train_loss", "train_acc", "val_loss",
-                                                              "val_acc"])
-        r.confusion[cell] = read_tsv(d / "confusion.tsv", stage, [], index=True)
-        try:
-            with np.load(d / "predictions.npz", allow_pickle=False) as f:
-                r.preds[cell] = {k: f[k] for k in ("y_true", "y_pred", "init_logits")}
-        except (OSError, KeyError, ValueError) as e:
-            raise DataError(f"{d / 'predictions.npz'}: unreadable ({e}); rerun `dvc repro {stage}`") from None
-        d, stage = root / "bench" / cell, f"bench@{cell}"
-        r.bench[cell] = _need(read_json(d / "records.json", stage), ["records", "default_variant"],
-                              d / "records.json", stage) | read_json(d / "metrics.json", stage)
-    for fw in frameworks:
-        p = root / "loaders" / fw / "records.json"
-        r.loaders[fw] = _need(read_json(p, f"loaders@{fw}"), ["records"], p, f"loaders@{fw}")
-    return r
-
-
-def bench_rows(r: Results) -> pd.DataFrame:
-    rows = [{"framework": c.split("-")[0], "model": c.split("-")[1], **rec}
-            for c, b in r.bench.items() for rec in b["records"]]
-    return pd.DataFrame(rows)
-
-
-def loader_rows(r: Results) -> pd.DataFrame:
-    return pd.DataFrame([{"framework": fw, **rec} for fw, d in r.loaders.items() for rec in d["records"]])
-
-
-def history_rows(r: Results) -> pd.DataFrame:
-    return pd.concat([h.assign(framework=c.split("-")[0], model=c.split("-")[1]) for c, h in r.history.items()])
-
-
-def tidy(r: Results) -> pd.DataFrame:
-    """One row per measurement: framework, model, source, metric, value, unit, spread, n, and its context."""
-    out = []
-    for cell, m in r.train.items():
-        fw, model = cell.split("-")
-        base = {"framework": fw, "model": model, "source": "train"}
-        out += [base | {"metric": "test_acc", "value": m["test_acc"], "unit": "fraction",
-                        "spread": m["test_acc_std"], "spread_kind": "std over seeds", "n": m.get("seeds", 1)},
-                base | {"metric": "train_time_s", "value": m["train_time_s"], "unit": "s"},
-                base | {"metric": "train_samples_per_s", "value": m["train_samples_per_s"], "unit": "samples/s"},
-                base | {"metric": "params", "value": m["params"], "unit": "count"}]
-        out += [base | {"metric": "test_acc", "value": s.test_acc, "unit": "fraction", "seed": int(s.seed)}
-                for s in r.seeds[cell].itertuples()]
-    for rec in bench_rows(r).to_dict("records"):
-        ctx = {k: rec.get(k) for k in ("framework", "model", "variant", "batch_size", "threads")}
-        src = "bench"
-        if rec.get("status") != "ok":
-            out.append(ctx | {"source": src, "metric": f"{rec['phase']}_status", "value": np.nan, "unit": "",
-                              "note": rec.get("reason")})
-        elif rec["phase"] == "matmul":
-            out.append(ctx | {"source": src, "metric": "matmul_gflops", "value": rec["gflops"], "unit": "GFLOP/s",
-                              "spread": rec["gflops_iqr"], "spread_kind": "IQR over repeats"})
-        elif rec["phase"] == "latency":
-            out += [ctx | {"source": src, "metric": f"latency_ms_{q}", "value": rec[f"latency_ms_{q}"], "unit": "ms",
-                           "n": rec["calls"]} for q in ("p50", "p95", "p99")]
-        else:
-            out.append(ctx | {"source": src, "metric": f"{rec['phase']}_samples_per_s", "value": rec["samples_per_s"],
-                              "unit": "samples/s", "spread": rec["samples_per_s_iqr"],
-                              "spread_kind": "IQR over repeats", "n": rec["repeats"]})
-            if not pd.isna(rec.get("pct_of_peak")):
-                out.append(ctx | {"source": src, "metric": f"{rec['phase']}_pct_of_peak", "value": rec["pct_of_peak"],
-                                  "unit": "% of matmul peak"})
-    for rec in loader_rows(r).to_dict("records"):
-        out.append({"framework": rec["framework"], "source": "loaders", "metric": f"{rec['what']}_samples_per_s",
-                    "workers": rec["workers"], "value": rec["samples_per_s"], "unit": "samples/s",
-                    "spread": rec["samples_per_s_iqr"], "spread_kind": "IQR over repeats", "n": rec["repeats"]})
-    cols = ["framework", "model", "source", "metric", "value", "unit", "spread", "spread_kind", "n", "seed", "variant",
-            "batch_size", "threads", "workers", "note"]
-    return pd.DataFrame(out).reindex(columns=cols)
+from pipeline import compare, figures, render
+from pipeline.data import prepared_meta
+from pipeline.results import LABEL, SHORT, Results, bench_rows, history_rows, loader_rows
 
 
 def iqr(rec: dict) -> dict:
@@ -199,3 +72,118 @@ def env_table(env: dict) -> pd.DataFrame:
     flat["gpus"] = ", ".join(env.get("gpus") or []) or "none"
     flat |= {f"version {k}": v for k, v in (env.get("versions") or {}).items()}
     return pd.DataFrame({"item": list(flat), "value": [str(v) for v in flat.values()]})
+
+
+def _iqr_text(rec: dict) -> str:
+    return f"{rec['samples_per_s']:,.0f} [{rec['samples_per_s_q1']:,.0f}–{rec['samples_per_s_q3']:,.0f}]"
+
+
+def speed_table(df: pd.DataFrame, r: Results) -> pd.DataFrame:
+    rows = []
+    for cell, b in r.bench.items():
+        fw, model = cell.split("-")
+        rows.append({"framework": LABEL[fw], "model": model, "variant": b["default_variant"],
+                     "train samples/s": b.get("train_samples_per_s"), "train IQR": b.get("train_samples_per_s_iqr"),
+                     "train CV %": b.get("train_cv_pct"), "train % peak": b.get("train_pct_of_peak"),
+                     "infer samples/s": b.get("infer_samples_per_s"), "infer % peak": b.get("infer_pct_of_peak"),
+                     "latency p50/p95/p99 ms": "/".join(f"{b[k]:.3g}" for k in ("latency_ms_p50", "latency_ms_p95",
+                                                                                 "latency_ms_p99") if k in b),
+                     "matmul GFLOP/s": b.get("matmul_gflops"), "peak RSS MB": b.get("peak_rss_mb")})
+    return pd.DataFrame(rows)
+
+
+def compile_section(df: pd.DataFrame, r: Results) -> tuple[pd.DataFrame, list[str]]:
+    rows, verdicts = [], []
+    for cell, b in r.bench.items():
+        fw, model = cell.split("-")
+        sub = df[(df.framework == fw) & (df.model == model) & df.phase.isin(["train", "infer"])]
+        default = {(x.phase, x.batch_size): x._asdict() for x in sub[(sub.variant == b["default_variant"])
+                                                                    & (sub.status == "ok")].itertuples()}
+        for rec in sub.to_dict("records"):
+            base = default.get((rec["phase"], rec["batch_size"]))
+            ok = rec["status"] == "ok"
+            rows.append({"framework": LABEL[fw], "model": model, "variant": rec["variant"], "phase": rec["phase"],
+                         "batch": rec["batch_size"], "samples/s [IQR]": _iqr_text(rec) if ok else "unsupported",
+                         "vs default": rec["samples_per_s"] / base["samples_per_s"] if ok and base else np.nan,
+                         "note": "" if ok else rec.get("reason", "")})
+            if ok and base and rec["variant"] != b["default_variant"] and rec["phase"] == "train":
+                verdicts.append(f"**{LABEL[fw]} {model} train**, {rec['variant']} vs {b['default_variant']}: "
+                                + compare.speed(rec["variant"], iqr(rec), b["default_variant"], iqr(base)))
+    return pd.DataFrame(rows), verdicts
+
+
+def loaders_section(r: Results) -> tuple[pd.DataFrame, list[str]]:
+    df = loader_rows(r)
+    df["cell"] = [_iqr_text(x) for x in df.to_dict("records")]
+    table = df.pivot_table(index=["framework", "workers"], columns="what", values="cell", aggfunc="first",
+                           sort=False).reset_index()
+    verdicts = []
+    for (fw, what), sub in df.groupby(["framework", "what"], sort=False):
+        best = sub.loc[sub.samples_per_s.idxmax()].to_dict()
+        zero = sub[sub.workers == "0"]
+        if best["workers"] == "0" or zero.empty:
+            verdicts.append(f"**{LABEL[fw]} {what}**: best with workers={best['workers']} "
+                            f"({best['samples_per_s']:,.0f} samples/s): extra workers do not help here")
+        else:
+            z = zero.iloc[0].to_dict()
+            verdicts.append(f"**{LABEL[fw]} {what}**: best workers={best['workers']}, "
+                            f"{best['samples_per_s'] / z['samples_per_s']:.2f}x of workers=0: "
+                            + compare.speed(f"workers={best['workers']}", iqr(best), "workers=0", iqr(z)))
+    return table, verdicts
+
+
+def build(r: Results, params_text: str, prepared: dict, figdir: Path) -> list[render.Block]:
+    df = bench_rows(r)
+    meta = prepared_meta(prepared)
+    B: list[render.Block] = [("h1", f"mnist-bench report — dataset `{meta['dataset']}`"), (
+        "p", "Every number below comes from a file a stage wrote (see results.csv). A difference is called a "
+             "difference only when it is beyond the noise: speed claims need non-overlapping interquartile ranges "
+             f"over repeats; accuracy claims need p < {compare.ALPHA} in an exact McNemar test on the same test "
+             "images (and in Welch's t-test over seeds when there are several). Otherwise: no clear difference.")]
+    B += [("h2", "Environment"), ("table", env_table(r.env))]
+    acc = pd.DataFrame([{"framework": LABEL[c.split("-")[0]], "model": c.split("-")[1],
+                         "test accuracy %": f"{100 * m['test_acc']:.2f} ± {100 * m['test_acc_std']:.2f}",
+                         "seeds": m.get("seeds", 1), "params": m["params"], "epochs": m["epochs"],
+                         "train time s": m["train_time_s"], "train samples/s": m["train_samples_per_s"]}
+                        for c, m in r.train.items()])
+    B += [("h2", "Accuracy"), ("p", f"Test set: {meta['sizes']['test']} images; mean ± std over seeds."),
+          ("table", acc)] + [("p", v) for v in accuracy_verdicts(r)]
+    B.append(("img", figures.learning_curves(history_rows(r), figdir / "learning_curves.png"),
+              "Learning curves (first seed), both frameworks overlaid"))
+    B.append(("img", figures.confusions(r.confusion, figdir / "confusion.png"), "Confusion matrices (first seed)"))
+    cnn_or_first = [m for m in r.models if m == "cnn"] or r.models
+    model = cnn_or_first[0]
+    preds = {SHORT[f]: r.preds[f"{f}-{model}"]["y_pred"] for f in r.frameworks}
+    B.append(("img", figures.samples(prepared["x_test"], prepared["y_test"], preds, list(prepared["classes"]),
+                                     figdir / "samples.png"),
+              f"Test images with true label and each framework's {model} prediction; red: a framework is wrong"))
+    B += [("h2", "Speed"), ("p", "Default variants at the params' thread count. Throughput: median over repeats, "
+                                 "IQR = interquartile range, CV = coefficient of variation. % peak: share of the fp32 "
+                                 "matmul rate measured in the same process (training counted as 3x forward FLOPs); "
+                                 "it can pass 100% where conv kernels beat the measured GEMM rate."),
+          ("table", speed_table(df, r))] + [("p", v) for v in speed_verdicts(r)]
+    ok = df[df.phase.isin(["train", "infer"]) & (df.status == "ok")]
+    B.append(("img", figures.throughput(ok, figdir / "throughput.png"), "Throughput per variant, IQR error bars"))
+    table, verdicts = compile_section(df, r)
+    described = {k: v for b in r.bench.values() for k, v in b.get("variants", {}).items()}
+    B += [("h2", "Compilation"), ("p", "; ".join(f"`{k}`: {v}" for k, v in described.items())), ("table", table)]
+    B += [("p", v) for v in verdicts]
+    th = df[df.phase.str.startswith("threads-") & (df.status == "ok")]
+    if len(th):
+        scaling = th.pivot_table(index=["framework", "model", "phase", "batch_size"], columns="threads",
+                                 values="samples_per_s").reset_index()
+        B += [("h2", "Thread scaling"), ("p", "samples/s (median) per intra-op thread count, one process each."),
+              ("table", scaling),
+              ("img", figures.threads(th, figdir / "threads.png"), "samples/s against intra-op threads")]
+    table, verdicts = loaders_section(r)
+    B += [("h2", "Data loading: num_workers / num_parallel_calls"),
+          ("p", "Per-sample pipeline (uint8 → float, normalise, random shift) through torch DataLoader or "
+                "tf.data; samples/s median [IQR]. `loader`: the loader alone; `train-*`: training fed by it."),
+          ("table", table)] + [("p", v) for v in verdicts]
+    B.append(("img", figures.loaders(loader_rows(r), figdir / "loaders.png"), "samples/s against workers"))
+    eq = equivalence(r)
+    if len(eq):
+        B += [("h2", "Equivalence evidence"),
+              ("p", "Both cells of a model start from the same NumPy-drawn weights and batch order; their initial "
+                    "logits on the same validation images must agree."), ("table", eq)]
+    return B + [("h2", "Parameters of this run"), ("pre", params_text)]

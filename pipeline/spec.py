@@ -1,25 +1,57 @@
 """Framework-neutral model spec: the layer list both backends build, its counts, and initial weights in NumPy.
 
 Canonical layouts (the ones every weight list in this project uses): images NHWC float32; conv kernels
-(kh, kw, c_in, c_out); dense kernels (in, out); `flatten` emits features in (h, w, c) order. The PyTorch
+(kh, kw, c_in, c_out); dense kernels (in, out); `Flatten` emits features in (h, w, c) order. The PyTorch
 backend converts to its NCHW / (out, in) layouts when loading and back when reading.
+
+This module knows nothing of params.yaml: `params.model_spec` translates params into the plain arguments here.
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import NamedTuple, Union
 
 import numpy as np
 
-from pipeline.params import ParamsError, Params
-
 # Image shape (H, W, C) of the datasets whose shape is known before download; `idx` is known after prepare.
 DATA_SHAPES = {"mnist": (28, 28, 1), "fashion-mnist": (28, 28, 1), "digits": (8, 8, 1)}
-
-# A layer is a tuple: ("conv", c_in, c_out, k) · ("pool", 2) · ("flatten", h, w, c) · ("dense", n_in, n_out)
-# · ("relu",) · ("tanh",) · ("sigmoid",) · ("dropout", p)
-Layer = tuple
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
+
+
+class Conv(NamedTuple):
+    """k x k convolution, 'same' padding, stride 1."""
+    k: int
+    c_in: int
+    c_out: int
+
+
+class Pool(NamedTuple):
+    """size x size max-pool, stride = size."""
+    size: int
+
+
+class Flatten(NamedTuple):
+    """(h, w, c) feature map -> h*w*c features, in (h, w, c) order."""
+    h: int
+    w: int
+    c: int
+
+
+class Dense(NamedTuple):
+    n_in: int
+    n_out: int
+
+
+class Act(NamedTuple):
+    fn: str  # one of ACTIVATIONS
+
+
+class Dropout(NamedTuple):
+    p: float  # drop probability, inverted dropout (survivors scaled by 1/(1-p))
+
+
+Layer = Union[Conv, Pool, Flatten, Dense, Act, Dropout]
 
 
 @dataclass(frozen=True)
@@ -29,14 +61,14 @@ class ModelSpec:
     classes: int
     layers: tuple[Layer, ...]
 
-    def param_layers(self) -> list[Layer]:
-        return [l for l in self.layers if l[0] in ("conv", "dense")]
-
     def param_shapes(self) -> list[tuple[int, ...]]:
         """Canonical shapes of the weight list: kernel then bias for every conv/dense layer."""
         shapes: list[tuple[int, ...]] = []
-        for l in self.param_layers():
-            shapes += [(l[3], l[3], l[1], l[2]), (l[2],)] if l[0] == "conv" else [(l[1], l[2]), (l[2],)]
+        for layer in self.layers:
+            if isinstance(layer, Conv):
+                shapes += [(layer.k, layer.k, layer.c_in, layer.c_out), (layer.c_out,)]
+            elif isinstance(layer, Dense):
+                shapes += [(layer.n_in, layer.n_out), (layer.n_out,)]
         return shapes
 
     def param_count(self) -> int:
@@ -50,49 +82,47 @@ class ModelSpec:
         """Forward FLOPs per sample, counting a multiply-add as 2 (conv and dense layers only)."""
         h, w, _ = self.in_shape
         total = 0
-        for l in self.layers:
-            if l[0] == "conv":
-                total += 2 * l[3] * l[3] * l[1] * l[2] * h * w
-            elif l[0] == "pool":
-                h, w = h // l[1], w // l[1]
-            elif l[0] == "dense":
-                total += 2 * l[1] * l[2]
+        for layer in self.layers:
+            if isinstance(layer, Conv):
+                total += 2 * layer.k * layer.k * layer.c_in * layer.c_out * h * w
+            elif isinstance(layer, Pool):
+                h, w = h // layer.size, w // layer.size
+            elif isinstance(layer, Dense):
+                total += 2 * layer.n_in * layer.n_out
         return total
 
 
 def mlp(in_shape: tuple[int, int, int], classes: int, hidden: list[int], activation: str,
         dropout: float) -> ModelSpec:
+    """Flatten, [dense, activation, dropout] per hidden width, dense to the classes."""
     h, w, c = in_shape
-    layers: list[Layer] = [("flatten", h, w, c)]
+    layers: list[Layer] = [Flatten(h, w, c)]
     n = h * w * c
     for width in hidden:
-        layers += [("dense", n, width), (activation,)] + ([("dropout", dropout)] if dropout > 0 else [])
+        layers += [Dense(n, width), Act(activation)] + ([Dropout(dropout)] if dropout > 0 else [])
         n = width
-    layers.append(("dense", n, classes))
+    layers.append(Dense(n, classes))
     return ModelSpec("mlp", in_shape, classes, tuple(layers))
 
 
 def cnn(in_shape: tuple[int, int, int], classes: int, channels: list[int], kernel: int, dense: int,
         dropout: float) -> ModelSpec:
+    """[conv k x k 'same', ReLU, 2x2 max-pool] per channel count, dense, ReLU, dropout, dense.
+
+    Raises ValueError when the image is too small for that many poolings.
+    """
     h, w, c = in_shape
     layers: list[Layer] = []
     for i, out in enumerate(channels):
         if h < 2 or w < 2:
-            raise ParamsError(f"params.yaml: cnn.channels: {len(channels)} conv blocks need {len(channels)} 2x2 "
-                              f"poolings, but a {in_shape[0]}x{in_shape[1]} image allows only {i}")
-        layers += [("conv", c, out, kernel), ("relu",), ("pool", 2)]
+            raise ValueError(f"{len(channels)} conv blocks need {len(channels)} 2x2 poolings, but a "
+                             f"{in_shape[0]}x{in_shape[1]} image allows only {i}")
+        layers += [Conv(kernel, c, out), Act("relu"), Pool(2)]
         h, w, c = h // 2, w // 2, out
-    layers += [("flatten", h, w, c), ("dense", h * w * c, dense), ("relu",)]
-    layers += [("dropout", dropout)] if dropout > 0 else []
-    layers.append(("dense", dense, classes))
+    layers += [Flatten(h, w, c), Dense(h * w * c, dense), Act("relu")]
+    layers += [Dropout(dropout)] if dropout > 0 else []
+    layers.append(Dense(dense, classes))
     return ModelSpec("cnn", in_shape, classes, tuple(layers))
-
-
-def from_params(p: Params, model: str, in_shape: tuple[int, int, int], classes: int = 10) -> ModelSpec:
-    """The spec of `model` for images of `in_shape` (H, W, C); a spec that cannot work is a ParamsError."""
-    if model == "mlp":
-        return mlp(in_shape, classes, p.mlp.hidden, p.mlp.activation, p.mlp.dropout)
-    return cnn(in_shape, classes, p.cnn.channels, p.cnn.kernel, p.cnn.dense, p.cnn.dropout)
 
 
 def init_weights(spec: ModelSpec, seed: int) -> list[np.ndarray]:
@@ -103,14 +133,15 @@ def init_weights(spec: ModelSpec, seed: int) -> list[np.ndarray]:
     """
     rng = np.random.default_rng([seed, 0x5EED])
     weights: list[np.ndarray] = []
-    for i, l in enumerate(spec.layers):
-        if l[0] not in ("conv", "dense"):
-            continue
-        if l[0] == "conv":
-            fan_in, fan_out, shape = l[1] * l[3] ** 2, l[2] * l[3] ** 2, (l[3], l[3], l[1], l[2])
+    for i, layer in enumerate(spec.layers):
+        if isinstance(layer, Conv):
+            fan_in, fan_out = layer.c_in * layer.k ** 2, layer.c_out * layer.k ** 2
+            shape: tuple[int, ...] = (layer.k, layer.k, layer.c_in, layer.c_out)
+        elif isinstance(layer, Dense):
+            fan_in, fan_out, shape = layer.n_in, layer.n_out, (layer.n_in, layer.n_out)
         else:
-            fan_in, fan_out, shape = l[1], l[2], (l[1], l[2])
-        relu_next = i + 1 < len(spec.layers) and spec.layers[i + 1][0] == "relu"
+            continue
+        relu_next = i + 1 < len(spec.layers) and spec.layers[i + 1] == Act("relu")
         limit = np.sqrt(6.0 / fan_in) if relu_next else np.sqrt(6.0 / (fan_in + fan_out))
         weights += [rng.uniform(-limit, limit, shape).astype(np.float32), np.zeros(shape[-1], np.float32)]
     return weights
@@ -142,8 +173,3 @@ class Optim:
     beta1: float
     beta2: float
     eps: float
-
-    @classmethod
-    def from_params(cls, p: Params, model: str) -> "Optim":
-        t = p.train
-        return cls(t.optimizer, getattr(p.schedule, model).lr, t.momentum, t.beta1, t.beta2, t.eps)

@@ -15,8 +15,8 @@ import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
 from pipeline import timing  # noqa: E402
-from pipeline.params import ParamsError  # noqa: E402
-from pipeline.spec import ModelSpec, Optim  # noqa: E402
+from pipeline.errors import ParamsError  # noqa: E402
+from pipeline.spec import Act, Conv, Dense, Dropout, Flatten, ModelSpec, Optim, Pool  # noqa: E402
 
 NAME = "tensorflow"
 MODEL_SUFFIX = ".keras"
@@ -62,15 +62,27 @@ def variants(compile: list[bool], keras_fit: bool) -> list[str]:
     return out + (["fit"] if keras_fit else [])
 
 
+def _layer(layer: object) -> keras.layers.Layer:
+    match layer:
+        case Conv(k, _, c_out):
+            return keras.layers.Conv2D(c_out, k, padding="same")
+        case Pool(size):
+            return keras.layers.MaxPooling2D(size)
+        case Flatten():
+            return keras.layers.Flatten()
+        case Dense(_, n_out):
+            return keras.layers.Dense(n_out)
+        case Dropout(p):
+            return keras.layers.Dropout(p)
+        case Act(fn):
+            return keras.layers.ReLU() if fn == "relu" else keras.layers.Activation(fn)
+    raise TypeError(f"unknown layer {layer!r}")
+
+
 def build(spec: ModelSpec, weights: list[np.ndarray]) -> keras.Model:
-    h, w, c = spec.in_shape
-    make = {"conv": lambda l: keras.layers.Conv2D(l[2], l[3], padding="same"),
-            "pool": lambda l: keras.layers.MaxPooling2D(l[1]), "flatten": lambda l: keras.layers.Flatten(),
-            "dense": lambda l: keras.layers.Dense(l[2]), "dropout": lambda l: keras.layers.Dropout(l[1]),
-            "relu": lambda l: keras.layers.ReLU(), "tanh": lambda l: keras.layers.Activation("tanh"),
-            "sigmoid": lambda l: keras.layers.Activation("sigmoid")}
     with tf.device(_device):
-        model = keras.Sequential([keras.Input((h, w, c))] + [make[l[0]](l) for l in spec.layers], name=spec.name)
+        model = keras.Sequential([keras.Input(spec.in_shape)] + [_layer(layer) for layer in spec.layers],
+                                 name=spec.name)
         model.set_weights(weights)  # canonical layout is Keras' own: HWIO kernels, (in, out) dense, NHWC flatten
     return model
 
@@ -89,7 +101,7 @@ def take(data: tuple[tf.Tensor, tf.Tensor], idx: np.ndarray) -> tuple[tf.Tensor,
     return tf.gather(data[0], i), tf.gather(data[1], i)
 
 
-class TorchFormAdam(keras.optimizers.Adam):
+class _TorchFormAdam(keras.optimizers.Adam):
     """Adam with epsilon added after bias correction, as torch.optim.Adam and the paper's Algorithm 1.
 
     Keras' Adam adds epsilon to sqrt(v) before bias correction, which equals torch's eps scaled by
@@ -109,9 +121,10 @@ class TorchFormAdam(keras.optimizers.Adam):
         self.assign_sub(variable, ops.divide(ops.multiply(lr, m_hat), ops.add(ops.sqrt(v_hat), self.epsilon)))
 
 
-def make_optimizer(o: Optim) -> keras.optimizers.Optimizer:
+def _make_optimizer(o: Optim) -> keras.optimizers.Optimizer:
     if o.name == "adam":
-        return TorchFormAdam(learning_rate=o.lr, beta_1=o.beta1, beta_2=o.beta2, epsilon=o.eps, amsgrad=False)
+        return _TorchFormAdam(learning_rate=o.lr, beta_1=o.beta1, beta_2=o.beta2, epsilon=o.eps, amsgrad=False,
+                              name="torch_form_adam")  # Keras derives scope names from the class name otherwise
     return keras.optimizers.SGD(learning_rate=o.lr, momentum=o.momentum if o.name == "momentum" else 0.0,
                                 nesterov=False)
 
@@ -121,7 +134,7 @@ _loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)  # mean ove
 
 def make_step(model: keras.Model, optim: Optim, variant: str) -> Callable[[Any, Any], tuple[Any, Any]]:
     """One optimizer step on a batch: returns (loss summed over the batch, correct count)."""
-    opt = make_optimizer(optim)
+    opt = _make_optimizer(optim)
     opt.build(model.trainable_variables)
 
     @tf.function(jit_compile=variant == "xla", reduce_retracing=True)
@@ -150,7 +163,7 @@ def train_timings(model: keras.Model, optim: Optim, data: Any, variant: str, bat
         return timing.step_timings(take, make_step(model, optim, variant), sync, data, batch_size, warmup, steps,
                                    repeats)
     # Model.fit: epoch 0 is the warmup (tracing, compilation), then one epoch of `steps` steps per repeat.
-    model.compile(optimizer=make_optimizer(optim), loss=_loss)
+    model.compile(optimizer=_make_optimizer(optim), loss=_loss)
     ds = tf.data.Dataset.from_tensor_slices(data).shuffle(len(data[1]), seed=0).batch(batch_size,
                                                                                      drop_remainder=True).repeat()
     marks: list[float] = []
@@ -188,7 +201,7 @@ def save(model: keras.Model, path: Path) -> None:
 
 
 def load(spec: ModelSpec, path: Path) -> keras.Model:
-    return keras.models.load_model(path, custom_objects={"TorchFormAdam": TorchFormAdam})
+    return keras.models.load_model(path, custom_objects={"_TorchFormAdam": _TorchFormAdam})
 
 
 def loader_settings(workers: list[int]) -> list[int | str]:

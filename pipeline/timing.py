@@ -51,7 +51,7 @@ def rates(per_step_s: list[float], items_per_step: int) -> dict[str, float]:
     r = spread([items_per_step / t for t in per_step_s])
     return {"samples_per_s": r["median"], "samples_per_s_q1": r["q1"], "samples_per_s_q3": r["q3"],
             "samples_per_s_iqr": r["iqr"], "cv_pct": r["cv_pct"], "repeats": r["n"],
-            "step_time_ms_p50": float(np.median(per_step_s) * 1e3)}
+            "step_time_ms_median": float(np.median(per_step_s) * 1e3)}
 
 
 def step_timings(take: Callable, step: Callable, sync: Callable, data: Any, batch_size: int, warmup: int,

@@ -1,6 +1,7 @@
 """PyTorch backend. Same function names and signatures as tensorflow_backend: stages never branch on framework."""
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -10,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline import timing
-from pipeline.params import ParamsError
-from pipeline.spec import ModelSpec, Optim
+from pipeline.errors import ParamsError
+from pipeline.spec import Act, Conv, Dense, Dropout, Flatten, ModelSpec, Optim, Pool, init_weights
 
 NAME = "torch"
 MODEL_SUFFIX = ".pt"
@@ -51,51 +52,63 @@ def variants(compile: list[bool], keras_fit: bool) -> list[str]:
 def _flatten_perm(spec: ModelSpec, i: int) -> np.ndarray | None:
     """Row order of a dense kernel after a flatten: canonical flattens (h, w, c), torch flattens (c, h, w)."""
     prev = spec.layers[i - 1] if i else None
-    if prev is None or prev[0] != "flatten":
+    if not isinstance(prev, Flatten):
         return None
-    h, w, c = prev[1:]
-    return np.arange(h * w * c).reshape(h, w, c).transpose(2, 0, 1).ravel()
+    return np.arange(prev.h * prev.w * prev.c).reshape(prev.h, prev.w, prev.c).transpose(2, 0, 1).ravel()
 
 
-def to_native(spec: ModelSpec, weights: list[np.ndarray]) -> list[np.ndarray]:
+def _to_native(spec: ModelSpec, weights: list[np.ndarray]) -> list[np.ndarray]:
     """Canonical weights -> torch layouts (conv OIHW, dense (out, in) in torch's flatten order)."""
-    out, k = [], iter(weights)
-    for i, l in enumerate(spec.layers):
-        if l[0] == "conv":
-            out += [next(k).transpose(3, 2, 0, 1), next(k)]
-        elif l[0] == "dense":
-            kern, perm = next(k), _flatten_perm(spec, i)
-            out += [(kern if perm is None else kern[perm]).T, next(k)]
+    out, it = [], iter(weights)
+    for i, layer in enumerate(spec.layers):
+        if isinstance(layer, Conv):
+            out += [next(it).transpose(3, 2, 0, 1), next(it)]
+        elif isinstance(layer, Dense):
+            kernel, perm = next(it), _flatten_perm(spec, i)
+            out += [(kernel if perm is None else kernel[perm]).T, next(it)]
     return [np.ascontiguousarray(a) for a in out]
 
 
-def from_native(spec: ModelSpec, native: list[np.ndarray]) -> list[np.ndarray]:
-    out, k = [], iter(native)
-    for i, l in enumerate(spec.layers):
-        if l[0] == "conv":
-            out += [next(k).transpose(2, 3, 1, 0), next(k)]
-        elif l[0] == "dense":
-            kern, perm = next(k).T, _flatten_perm(spec, i)
+def _from_native(spec: ModelSpec, native: list[np.ndarray]) -> list[np.ndarray]:
+    out, it = [], iter(native)
+    for i, layer in enumerate(spec.layers):
+        if isinstance(layer, Conv):
+            out += [next(it).transpose(2, 3, 1, 0), next(it)]
+        elif isinstance(layer, Dense):
+            kernel, perm = next(it).T, _flatten_perm(spec, i)
             if perm is not None:
-                kern = kern[np.argsort(perm)]
-            out += [kern, next(k)]
+                kernel = kernel[np.argsort(perm)]
+            out += [kernel, next(it)]
     return [np.ascontiguousarray(a) for a in out]
+
+
+def _module(layer: object) -> nn.Module:
+    match layer:
+        case Conv(k, c_in, c_out):
+            return nn.Conv2d(c_in, c_out, k, padding=k // 2)
+        case Pool(size):
+            return nn.MaxPool2d(size)
+        case Flatten():
+            return nn.Flatten()
+        case Dense(n_in, n_out):
+            return nn.Linear(n_in, n_out)
+        case Dropout(p):
+            return nn.Dropout(p)
+        case Act(fn):
+            return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}[fn]()
+    raise TypeError(f"unknown layer {layer!r}")
 
 
 def build(spec: ModelSpec, weights: list[np.ndarray]) -> nn.Module:
-    make = {"conv": lambda l: nn.Conv2d(l[1], l[2], l[3], padding=l[3] // 2), "pool": lambda l: nn.MaxPool2d(l[1]),
-            "flatten": lambda l: nn.Flatten(), "dense": lambda l: nn.Linear(l[1], l[2]),
-            "dropout": lambda l: nn.Dropout(l[1]), "relu": lambda l: nn.ReLU(), "tanh": lambda l: nn.Tanh(),
-            "sigmoid": lambda l: nn.Sigmoid()}
-    model = nn.Sequential(*(make[l[0]](l) for l in spec.layers))
+    model = nn.Sequential(*(_module(layer) for layer in spec.layers))
     with torch.no_grad():
-        for p, w in zip(model.parameters(), to_native(spec, weights), strict=True):
+        for p, w in zip(model.parameters(), _to_native(spec, weights), strict=True):
             p.copy_(torch.from_numpy(w))
     return model.to(_device)
 
 
 def get_weights(model: nn.Module, spec: ModelSpec) -> list[np.ndarray]:
-    return from_native(spec, [p.detach().cpu().numpy() for p in model.parameters()])
+    return _from_native(spec, [p.detach().cpu().numpy() for p in model.parameters()])
 
 
 def put(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,7 +122,7 @@ def take(data: tuple[torch.Tensor, torch.Tensor], idx: np.ndarray) -> tuple[torc
     return data[0].index_select(0, i), data[1].index_select(0, i)
 
 
-def make_optimizer(model: nn.Module, o: Optim) -> torch.optim.Optimizer:
+def _make_optimizer(model: nn.Module, o: Optim) -> torch.optim.Optimizer:
     if o.name == "adam":
         return torch.optim.Adam(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
                                 weight_decay=0.0, amsgrad=False)
@@ -119,7 +132,7 @@ def make_optimizer(model: nn.Module, o: Optim) -> torch.optim.Optimizer:
 
 def make_step(model: nn.Module, optim: Optim, variant: str) -> Callable[[Any, Any], tuple[Any, Any]]:
     """One optimizer step on a batch: returns (loss summed over the batch, correct count), unsynchronised."""
-    opt = make_optimizer(model, optim)
+    opt = _make_optimizer(model, optim)
     net = torch.compile(model) if variant == "compile" else model
 
     def step(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,7 +168,7 @@ def numpy(t: Any) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def sync(_: Any = None) -> None:
+def sync(out: Any = None) -> None:
     """Wait for queued device work, so a timer measures it (CUDA kernels run asynchronously)."""
     if _device.type == "cuda":
         torch.cuda.synchronize()
@@ -173,12 +186,13 @@ def matmul(n: int) -> Callable[[int], Any]:
 
 
 def save(model: nn.Module, path: Path) -> None:
-    torch.save(model.state_dict(), path)
+    try:
+        torch.save(model.state_dict(), path)
+    except RuntimeError as e:  # torch's C++ writer reports a full disk as RuntimeError, not OSError
+        raise OSError(errno.EIO, f"torch.save failed: {str(e).strip().splitlines()[0]}") from None
 
 
 def load(spec: ModelSpec, path: Path) -> nn.Module:
-    from pipeline.spec import init_weights
-
     model = build(spec, init_weights(spec, 0))
     model.load_state_dict(torch.load(path, map_location=_device, weights_only=True))
     return model

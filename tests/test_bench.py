@@ -4,9 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import params, spec as specs
+from pipeline import bench, loaders, params, spec as specs
 from pipeline import torch_backend as tb
-from pipeline.stages import bench, loaders
 from tests.conftest import raw_params
 
 tb.setup(1, "cpu", 0)
@@ -30,13 +29,13 @@ def test_bench_rows_are_complete_and_sane():
     for r in rows:
         assert r["status"] == "ok"
         if r["phase"] in ("train", "infer"):
-            assert all(finite_positive(r[k]) for k in ("samples_per_s", "step_time_ms_p50", "pct_of_peak"))
+            assert all(finite_positive(r[k]) for k in ("samples_per_s", "step_time_ms_median", "pct_of_peak"))
             assert r["samples_per_s_q1"] <= r["samples_per_s"] <= r["samples_per_s_q3"]
             assert r["repeats"] == 3
         if r["phase"] == "latency":
             assert 0 < r["latency_ms_p50"] <= r["latency_ms_p95"] <= r["latency_ms_p99"]
     head = bench.headline(rows, "eager", P.bench, peak)
-    for key in ("train_samples_per_s", "train_step_time_ms_p50", "train_pct_of_peak", "infer_samples_per_s",
+    for key in ("train_samples_per_s", "train_step_time_ms_median", "train_pct_of_peak", "infer_samples_per_s",
                 "latency_ms_p50", "latency_ms_p99", "matmul_gflops"):
         assert finite_positive(head[key]), key
     assert head["infer_samples_per_s"] == rows[3]["samples_per_s"]  # the largest inference batch

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline.data import DATASETS, FILES, load_raw, prepare, read_idx, write_digits, write_idx
-from pipeline.files import DataError
+from pipeline.errors import DataError
 from tests.conftest import tiny_idx
 
 

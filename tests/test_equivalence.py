@@ -41,10 +41,10 @@ def test_weights_load_and_read_back_exactly_in_both(name):
 def test_torch_layout_conversion_really_permutes_the_flatten():
     s = SPECS["cnn"]
     w = specs.init_weights(s, 0)
-    native = tb.to_native(s, w)
+    native = tb._to_native(s, w)
     dense_in = native[4]  # first dense after the flatten, torch (out, in)
     assert not np.array_equal(dense_in, w[4].T)  # (c, h, w) order differs from (h, w, c)
-    np.testing.assert_array_equal(tb.from_native(s, native)[4], w[4])
+    np.testing.assert_array_equal(tb._from_native(s, native)[4], w[4])
 
 
 @pytest.mark.parametrize("name", SPECS)

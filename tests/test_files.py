@@ -47,3 +47,28 @@ def test_read_json_errors_name_the_file_and_stage(tmp_path):
     (tmp_path / "x.json").write_text("{not json")
     with pytest.raises(files.DataError, match=r"x.json: malformed JSON \(line 1"):
         files.read_json(tmp_path / "x.json", "bench@a")
+
+
+def test_disk_full_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    import errno
+    from pathlib import Path
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(files.DataError) as e:
+        files.write_json(tmp_path / "metrics.json", {"a": 1})
+    assert str(e.value) == f"{tmp_path / 'metrics.json'}: cannot write (No space left on device)"
+    assert list(tmp_path.iterdir()) == []  # no temp file left behind
+
+
+def test_other_os_errors_in_the_block_are_not_disguised_as_write_errors(tmp_path):
+    with pytest.raises(ConnectionResetError):  # e.g. a download's dropped connection: retried upstream
+        with files.atomic_path(tmp_path / "x.gz"):
+            raise ConnectionResetError(errno_reset(), "Connection reset by peer")
+    assert list(tmp_path.iterdir()) == []
+
+
+def errno_reset() -> int:
+    import errno
+    return errno.ECONNRESET

@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from pipeline import params
-from pipeline.params import ParamsError
+from pipeline.errors import ParamsError
 from tests.conftest import ROOT, raw_params, write_params
 
 
@@ -49,6 +49,11 @@ def test_every_key_in_params_yaml_has_a_comment():
     ({"bench.compile": ["yes"]}, "params.yaml: bench.compile[0]: expected boolean"),
     ({"loaders.workers": [0, -2]}, "params.yaml: loaders.workers: expected a non-empty list of distinct integers >= 0"),
     ({"train": 3}, "params.yaml: train: expected a mapping, got 3"),
+    ({"seed": -1}, "params.yaml: seed: expected an integer in [0, 4294967295], got -1"),
+    ({"train.eps": float("nan")}, "params.yaml: train.eps: expected a number > 0, got nan"),
+    ({"data.timeout_s": "30"}, "params.yaml: data.timeout_s: expected number, got '30'"),
+    ({"bench.compile": [True, True]}, "params.yaml: bench.compile: expected a non-empty list of distinct booleans"),
+    ({"bench.warmup": 0}, "params.yaml: bench.warmup: expected an integer >= 1 (the first calls include tracing"),
 ])
 def test_bad_values_name_the_key(overrides, message):
     with pytest.raises(ParamsError) as e:
@@ -82,3 +87,71 @@ def test_stage_with_bad_params_exits_nonzero_with_one_line_and_writes_nothing(tm
     assert r.returncode == 2
     assert r.stderr.strip() == "error: params.yaml: data.val_fraction: expected a number in (0, 0.5], got 2"
     assert not out.exists()
+
+
+def _rules() -> list[tuple[str, object]]:
+    """(key, a value breaking one rule) for every constraint written on a params field, read off the schema."""
+    import typing
+
+    import annotated_types as at
+    from pydantic import BaseModel
+
+    out = []
+
+    def walk(model, prefix, defaults):
+        for name, info in model.model_fields.items():
+            key, tp, meta, default = prefix + name, info.annotation, info.metadata, defaults[name]
+            if isinstance(tp, type) and issubclass(tp, BaseModel):
+                walk(tp, key + ".", default)
+                continue
+            out.append((key, "not-a-" + name))  # the type rule
+            if typing.get_origin(tp) is typing.Literal:
+                out.append((key, "bogus"))
+            if typing.get_origin(tp) is list:
+                item, item_meta = typing.get_args(tp)[0], []
+                if typing.get_origin(item) is typing.Annotated:
+                    item, *extra = typing.get_args(item)
+                    item_meta = [m for e in extra for m in getattr(e, "metadata", [e])]
+                if any(isinstance(m, at.MinLen) for m in meta):
+                    out.append((key, []))
+                if params.Distinct in meta:
+                    out.append((key, [default[0], default[0]]))
+                if typing.get_origin(item) is typing.Literal:
+                    out.append((key, [*default, "bogus"]))
+                for m in item_meta:
+                    if isinstance(m, (at.Ge, at.Gt)):
+                        out.append((key, [*default, (m.ge if isinstance(m, at.Ge) else m.gt) - 1]))
+            for m in meta:
+                if isinstance(m, at.Ge):
+                    out.append((key, m.ge - 1 if isinstance(default, int) else m.ge - 0.01))
+                elif isinstance(m, at.Gt):
+                    out.append((key, m.gt))
+                elif isinstance(m, at.Le):
+                    out.append((key, m.le + 1 if isinstance(default, int) else m.le + 0.01))
+                elif isinstance(m, at.Lt):
+                    out.append((key, m.lt))
+                elif m is params.Odd:
+                    out.append((key, default + 1))
+    walk(params.Params, "", raw_params())
+    return out
+
+
+RULES = _rules()
+
+
+def test_the_schema_walk_finds_the_rules():
+    keys = {k for k, _ in RULES}
+    assert len(RULES) > 80 and {"seed", "cnn.kernel", "loaders.workers", "data.val_fraction"} <= keys
+    assert ("cnn.kernel", 6) in RULES and ("seed", -1) in RULES and ("mlp.hidden", []) in RULES
+
+
+@pytest.mark.parametrize("key, bad", RULES, ids=[f"{k}={v!r}" for k, v in RULES])
+def test_every_rule_on_every_field_refuses_in_one_line_naming_the_key(key, bad):
+    with pytest.raises(ParamsError) as e:
+        params.parse(raw_params(**{key: bad}))
+    msg = str(e.value)
+    where = msg.split(": ")[1]
+    assert msg.startswith("params.yaml: ") and ": expected " in msg and "\n" not in msg
+    assert where == key or where.startswith(key + "[")  # a wrong-typed list item is named with its index
+    if where == key:
+        assert msg.endswith(f"got {bad!r}")

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from pipeline import compare
-from pipeline.files import DataError
+from pipeline.errors import DataError
 from pipeline.stages import report as stage
 from tests.conftest import write_params
 

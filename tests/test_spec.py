@@ -8,7 +8,7 @@ P = params.parse(raw_params())
 
 
 def test_default_cnn_matches_the_classic_mnist_cnn():
-    s = spec.from_params(P, "cnn", (28, 28, 1))
+    s = params.model_spec(P, "cnn", (28, 28, 1))
     # conv 5x5x1x32, conv 5x5x32x64, dense 7*7*64 -> 1024, dense 1024 -> 10 (weights + biases)
     assert s.layer_param_counts() == [5 * 5 * 32 + 32, 5 * 5 * 32 * 64 + 64, 3136 * 1024 + 1024, 1024 * 10 + 10]
     assert s.param_count() == 3_274_634
@@ -18,13 +18,14 @@ def test_default_cnn_matches_the_classic_mnist_cnn():
 
 
 def test_default_mlp_counts():
-    s = spec.from_params(P, "mlp", (28, 28, 1))
+    s = params.model_spec(P, "mlp", (28, 28, 1))
     assert s.param_count() == 784 * 512 + 512 + 512 * 256 + 256 + 256 * 10 + 10
-    assert [l[0] for l in s.layers] == ["flatten", "dense", "relu", "dropout", "dense", "relu", "dropout", "dense"]
+    assert s.layers == (spec.Flatten(28, 28, 1), spec.Dense(784, 512), spec.Act("relu"), spec.Dropout(0.2),
+                        spec.Dense(512, 256), spec.Act("relu"), spec.Dropout(0.2), spec.Dense(256, 10))
 
 
 def test_init_weights_are_seeded_shaped_and_scaled():
-    s = spec.from_params(P, "cnn", (8, 8, 1))
+    s = params.model_spec(P, "cnn", (8, 8, 1))
     a, b, c = spec.init_weights(s, 0), spec.init_weights(s, 0), spec.init_weights(s, 1)
     assert [w.shape for w in a] == s.param_shapes()
     assert spec.digest(a) == spec.digest(b) != spec.digest(c)
@@ -40,6 +41,20 @@ def test_batch_order_is_a_permutation_fixed_by_seed_and_epoch():
     assert not np.array_equal(o, spec.batch_order(100, 0, 1))
 
 
-def test_too_deep_cnn_for_the_image_is_a_params_error():
-    with pytest.raises(params.ParamsError, match="3 conv blocks need 3 2x2 poolings, but a 4x4 image allows only 2"):
+def test_too_deep_cnn_for_the_image_is_a_value_error_in_spec_and_a_params_error_from_params():
+    with pytest.raises(ValueError, match="^3 conv blocks need 3 2x2 poolings, but a 4x4 image allows only 2$"):
         spec.cnn((4, 4, 1), 10, [8, 8, 8], 3, 16, 0.5)
+    with pytest.raises(params.ParamsError, match="^params.yaml: cnn.channels: 3 conv blocks need 3 2x2 poolings, "
+                                                 "but a 4x4 image allows only 2$"):
+        params.model_spec(params.parse(raw_params(**{"cnn.channels": [8, 8, 8]})), "cnn", (4, 4, 1))
+
+
+def test_spec_imports_no_params_code():
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = "import sys, pipeline.spec; print(sorted(m for m in sys.modules if m.startswith('pipeline')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['pipeline', 'pipeline.spec']"

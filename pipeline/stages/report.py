@@ -5,129 +5,10 @@ import argparse
 import logging
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
-from pipeline import compare, figures, files, params, render
-from pipeline import report as rp
-from pipeline.data import load_prepared, prepared_meta
+from pipeline import files, params, render, report, results
+from pipeline.data import load_prepared
 
 log = logging.getLogger("report")
-
-
-def _iqr_text(rec: dict) -> str:
-    return f"{rec['samples_per_s']:,.0f} [{rec['samples_per_s_q1']:,.0f}–{rec['samples_per_s_q3']:,.0f}]"
-
-
-def speed_table(df: pd.DataFrame, r: rp.Results) -> pd.DataFrame:
-    rows = []
-    for cell, b in r.bench.items():
-        fw, model = cell.split("-")
-        rows.append({"framework": rp.LABEL[fw], "model": model, "variant": b["default_variant"],
-                     "train samples/s": b.get("train_samples_per_s"), "train IQR": b.get("train_samples_per_s_iqr"),
-                     "train CV %": b.get("train_cv_pct"), "train % peak": b.get("train_pct_of_peak"),
-                     "infer samples/s": b.get("infer_samples_per_s"), "infer % peak": b.get("infer_pct_of_peak"),
-                     "latency p50/p95/p99 ms": "/".join(f"{b[k]:.3g}" for k in ("latency_ms_p50", "latency_ms_p95",
-                                                                                 "latency_ms_p99") if k in b),
-                     "matmul GFLOP/s": b.get("matmul_gflops"), "peak RSS MB": b.get("peak_rss_mb")})
-    return pd.DataFrame(rows)
-
-
-def compile_section(df: pd.DataFrame, r: rp.Results) -> tuple[pd.DataFrame, list[str]]:
-    rows, verdicts = [], []
-    for cell, b in r.bench.items():
-        fw, model = cell.split("-")
-        sub = df[(df.framework == fw) & (df.model == model) & df.phase.isin(["train", "infer"])]
-        default = {(x.phase, x.batch_size): x._asdict() for x in sub[(sub.variant == b["default_variant"])
-                                                                    & (sub.status == "ok")].itertuples()}
-        for rec in sub.to_dict("records"):
-            base = default.get((rec["phase"], rec["batch_size"]))
-            ok = rec["status"] == "ok"
-            rows.append({"framework": rp.LABEL[fw], "model": model, "variant": rec["variant"], "phase": rec["phase"],
-                         "batch": rec["batch_size"], "samples/s [IQR]": _iqr_text(rec) if ok else "unsupported",
-                         "vs default": rec["samples_per_s"] / base["samples_per_s"] if ok and base else np.nan,
-                         "note": "" if ok else rec.get("reason", "")})
-            if ok and base and rec["variant"] != b["default_variant"] and rec["phase"] == "train":
-                verdicts.append(f"**{rp.LABEL[fw]} {model} train**, {rec['variant']} vs {b['default_variant']}: "
-                                + compare.speed(rec["variant"], rp.iqr(rec), b["default_variant"], rp.iqr(base)))
-    return pd.DataFrame(rows), verdicts
-
-
-def loaders_section(r: rp.Results) -> tuple[pd.DataFrame, list[str]]:
-    df = rp.loader_rows(r)
-    df["cell"] = [_iqr_text(x) for x in df.to_dict("records")]
-    table = df.pivot_table(index=["framework", "workers"], columns="what", values="cell", aggfunc="first",
-                           sort=False).reset_index()
-    verdicts = []
-    for (fw, what), sub in df.groupby(["framework", "what"], sort=False):
-        best = sub.loc[sub.samples_per_s.idxmax()].to_dict()
-        zero = sub[sub.workers == "0"]
-        if best["workers"] == "0" or zero.empty:
-            verdicts.append(f"**{rp.LABEL[fw]} {what}**: best with workers={best['workers']} "
-                            f"({best['samples_per_s']:,.0f} samples/s): extra workers do not help here")
-        else:
-            z = zero.iloc[0].to_dict()
-            verdicts.append(f"**{rp.LABEL[fw]} {what}**: best workers={best['workers']}, "
-                            f"{best['samples_per_s'] / z['samples_per_s']:.2f}x of workers=0: "
-                            + compare.speed(f"workers={best['workers']}", rp.iqr(best), "workers=0", rp.iqr(z)))
-    return table, verdicts
-
-
-def build(r: rp.Results, params_text: str, prepared: dict, figdir: Path) -> list[render.Block]:
-    df = rp.bench_rows(r)
-    meta = prepared_meta(prepared)
-    B: list[render.Block] = [("h1", f"mnist-bench report — dataset `{meta['dataset']}`"), (
-        "p", "Every number below comes from a file a stage wrote (see results.csv). A difference is called a "
-             "difference only when it is beyond the noise: speed claims need non-overlapping interquartile ranges "
-             f"over repeats; accuracy claims need p < {compare.ALPHA} in an exact McNemar test on the same test "
-             "images (and in Welch's t-test over seeds when there are several). Otherwise: no clear difference.")]
-    B += [("h2", "Environment"), ("table", rp.env_table(r.env))]
-    acc = pd.DataFrame([{"framework": rp.LABEL[c.split("-")[0]], "model": c.split("-")[1],
-                         "test accuracy %": f"{100 * m['test_acc']:.2f} ± {100 * m['test_acc_std']:.2f}",
-                         "seeds": m.get("seeds", 1), "params": m["params"], "epochs": m["epochs"],
-                         "train time s": m["train_time_s"], "train samples/s": m["train_samples_per_s"]}
-                        for c, m in r.train.items()])
-    B += [("h2", "Accuracy"), ("p", f"Test set: {meta['sizes']['test']} images; mean ± std over seeds."),
-          ("table", acc)] + [("p", v) for v in rp.accuracy_verdicts(r)]
-    B.append(("img", figures.learning_curves(rp.history_rows(r), figdir / "learning_curves.png"),
-              "Learning curves (first seed), both frameworks overlaid"))
-    B.append(("img", figures.confusions(r.confusion, figdir / "confusion.png"), "Confusion matrices (first seed)"))
-    cnn_or_first = [m for m in r.models if m == "cnn"] or r.models
-    model = cnn_or_first[0]
-    preds = {rp.SHORT[f]: r.preds[f"{f}-{model}"]["y_pred"] for f in r.frameworks}
-    B.append(("img", figures.samples(prepared["x_test"], prepared["y_test"], preds, list(prepared["classes"]),
-                                     figdir / "samples.png"),
-              f"Test images with true label and each framework's {model} prediction; red: a framework is wrong"))
-    B += [("h2", "Speed"), ("p", "Default variants at the params' thread count. Throughput: median over repeats, "
-                                 "IQR = interquartile range, CV = coefficient of variation. % peak: share of the fp32 "
-                                 "matmul rate measured in the same process (training counted as 3x forward FLOPs); "
-                                 "it can pass 100% where conv kernels beat the measured GEMM rate."),
-          ("table", speed_table(df, r))] + [("p", v) for v in rp.speed_verdicts(r)]
-    ok = df[df.phase.isin(["train", "infer"]) & (df.status == "ok")]
-    B.append(("img", figures.throughput(ok, figdir / "throughput.png"), "Throughput per variant, IQR error bars"))
-    table, verdicts = compile_section(df, r)
-    described = {k: v for b in r.bench.values() for k, v in b.get("variants", {}).items()}
-    B += [("h2", "Compilation"), ("p", "; ".join(f"`{k}`: {v}" for k, v in described.items())), ("table", table)]
-    B += [("p", v) for v in verdicts]
-    th = df[df.phase.str.startswith("threads-") & (df.status == "ok")]
-    if len(th):
-        scaling = th.pivot_table(index=["framework", "model", "phase", "batch_size"], columns="threads",
-                                 values="samples_per_s").reset_index()
-        B += [("h2", "Thread scaling"), ("p", "samples/s (median) per intra-op thread count, one process each."),
-              ("table", scaling),
-              ("img", figures.threads(th, figdir / "threads.png"), "samples/s against intra-op threads")]
-    table, verdicts = loaders_section(r)
-    B += [("h2", "Data loading: num_workers / num_parallel_calls"),
-          ("p", "Per-sample pipeline (uint8 → float, normalise, random shift) through torch DataLoader or "
-                "tf.data; samples/s median [IQR]. `loader`: the loader alone; `train-*`: training fed by it."),
-          ("table", table)] + [("p", v) for v in verdicts]
-    B.append(("img", figures.loaders(rp.loader_rows(r), figdir / "loaders.png"), "samples/s against workers"))
-    eq = rp.equivalence(r)
-    if len(eq):
-        B += [("h2", "Equivalence evidence"),
-              ("p", "Both cells of a model start from the same NumPy-drawn weights and batch order; their initial "
-                    "logits on the same validation images must agree."), ("table", eq)]
-    return B + [("h2", "Parameters of this run"), ("pre", params_text)]
 
 
 def main(argv: list[str]) -> None:
@@ -137,11 +18,11 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     a = ap.parse_args(argv)
     p = params.load(a.params)
-    r = rp.collect(a.results, p.frameworks, p.models)
+    r = results.collect(a.results, p.frameworks, p.models)
     prepared = load_prepared(a.data)
-    blocks = build(r, a.params.read_text(), prepared, a.results / "figures")
+    blocks = report.build(r, a.params.read_text(), prepared, a.results / "figures")
     with files.atomic_path(a.results / "results.csv") as tmp:
-        rp.tidy(r).to_csv(tmp, index=False)
+        results.tidy(r).to_csv(tmp, index=False)
     files.write_text(a.results / "summary.md", render.markdown(blocks, a.results))
     files.write_text(a.results / "index.html", render.page(blocks, "mnist-bench report"))
     log.info("wrote %s", ", ".join(str(a.results / n) for n in ("summary.md", "index.html", "results.csv")))

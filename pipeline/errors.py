@@ -1,0 +1,13 @@
+"""The two errors a user can fix, shared by every module; each message is one line naming the key, file or mirror.
+
+`files.run` turns them into `error: <message>` and exit status 2, with no traceback.
+"""
+from __future__ import annotations
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem; the message names the key and what is allowed."""
+
+
+class DataError(ValueError):
+    """A problem with an input or output file or the network; the message names the file or mirror."""

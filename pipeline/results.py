@@ -1,0 +1,140 @@
+"""Read every result file the stages wrote, and flatten it into tidy rows.
+
+`collect` reads them (a missing or malformed file is a one-line error naming it and the stage to rerun);
+`bench_rows`, `loader_rows`, `history_rows` give DataFrames; `tidy` gives results.csv's rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import DataError
+from pipeline.files import read_json
+
+LABEL = {"torch": "PyTorch", "tensorflow": "TensorFlow"}
+SHORT = {"torch": "torch", "tensorflow": "tf"}  # for figure labels with little room
+
+
+@dataclass
+class Results:
+    frameworks: list[str]
+    models: list[str]
+    env: dict
+    train: dict[str, dict] = field(default_factory=dict)     # cell -> metrics.json
+    run: dict[str, dict] = field(default_factory=dict)       # cell -> run.json
+    seeds: dict[str, pd.DataFrame] = field(default_factory=dict)
+    history: dict[str, pd.DataFrame] = field(default_factory=dict)
+    confusion: dict[str, pd.DataFrame] = field(default_factory=dict)
+    preds: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    bench: dict[str, dict] = field(default_factory=dict)     # cell -> records.json + metrics.json
+    loaders: dict[str, dict] = field(default_factory=dict)   # framework -> records.json
+
+    def cells(self) -> list[str]:
+        return [f"{f}-{m}" for m in self.models for f in self.frameworks]
+
+
+def read_tsv(path: Path, stage: str, columns: list[str], index: bool = False) -> pd.DataFrame:
+    if not path.exists():
+        raise DataError(f"{path}: missing; run `dvc repro {stage}` first")
+    try:
+        df = pd.read_csv(path, sep="\t", index_col=0 if index else None)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: malformed TSV ({str(e).splitlines()[0]}); rerun `dvc repro {stage}`") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing or df.empty:
+        raise DataError(f"{path}: malformed ({'no rows' if df.empty else 'missing columns ' + ', '.join(missing)}); "
+                        f"rerun `dvc repro {stage}`")
+    return df
+
+
+def _need(d: dict, keys: list[str], path: Path, stage: str) -> dict:
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise DataError(f"{path}: malformed (missing {', '.join(missing)}); rerun `dvc repro {stage}`")
+    return d
+
+
+def collect(root: Path, frameworks: list[str], models: list[str]) -> Results:
+    r = Results(frameworks, models, read_json(root / "env.json", "env"))
+    for cell in r.cells():
+        d, stage = root / "runs" / cell, f"train@{cell}"
+        r.train[cell] = _need(read_json(d / "metrics.json", stage), ["test_acc", "test_acc_std", "train_time_s",
+                                                                   "train_samples_per_s", "params", "epochs"],
+                              d / "metrics.json", stage)
+        r.run[cell] = _need(read_json(d / "run.json", stage), ["init_weights_sha256", "batch_order_sha256",
+                                                             "layer_param_counts", "readback_weights_sha256"],
+                            d / "run.json", stage)
+        r.seeds[cell] = read_tsv(d / "seeds.tsv", stage, ["seed", "test_acc"])
+        r.history[cell] = read_tsv(d / "history.tsv", stage, ["epoch", "train_loss", "train_acc", "val_loss",
+                                                              "val_acc"])
+        r.confusion[cell] = read_tsv(d / "confusion.tsv", stage, [], index=True)
+        try:
+            with np.load(d / "predictions.npz", allow_pickle=False) as f:
+                r.preds[cell] = {k: f[k] for k in ("y_true", "y_pred", "init_logits")}
+        except (OSError, KeyError, ValueError) as e:
+            raise DataError(f"{d / 'predictions.npz'}: unreadable ({e}); rerun `dvc repro {stage}`") from None
+        d, stage = root / "bench" / cell, f"bench@{cell}"
+        r.bench[cell] = _need(read_json(d / "records.json", stage), ["records", "default_variant"],
+                              d / "records.json", stage) | read_json(d / "metrics.json", stage)
+    for fw in frameworks:
+        p = root / "loaders" / fw / "records.json"
+        r.loaders[fw] = _need(read_json(p, f"loaders@{fw}"), ["records"], p, f"loaders@{fw}")
+    return r
+
+
+def bench_rows(r: Results) -> pd.DataFrame:
+    rows = [{"framework": c.split("-")[0], "model": c.split("-")[1], **rec}
+            for c, b in r.bench.items() for rec in b["records"]]
+    return pd.DataFrame(rows)
+
+
+def loader_rows(r: Results) -> pd.DataFrame:
+    return pd.DataFrame([{"framework": fw, **rec} for fw, d in r.loaders.items() for rec in d["records"]])
+
+
+def history_rows(r: Results) -> pd.DataFrame:
+    return pd.concat([h.assign(framework=c.split("-")[0], model=c.split("-")[1]) for c, h in r.history.items()])
+
+
+def tidy(r: Results) -> pd.DataFrame:
+    """One row per measurement: framework, model, source, metric, value, unit, spread, n, and its context."""
+    out = []
+    for cell, m in r.train.items():
+        fw, model = cell.split("-")
+        base = {"framework": fw, "model": model, "source": "train"}
+        out += [base | {"metric": "test_acc", "value": m["test_acc"], "unit": "fraction",
+                        "spread": m["test_acc_std"], "spread_kind": "std over seeds", "n": m.get("seeds", 1)},
+                base | {"metric": "train_time_s", "value": m["train_time_s"], "unit": "s"},
+                base | {"metric": "train_samples_per_s", "value": m["train_samples_per_s"], "unit": "samples/s"},
+                base | {"metric": "params", "value": m["params"], "unit": "count"}]
+        out += [base | {"metric": "test_acc", "value": s.test_acc, "unit": "fraction", "seed": int(s.seed)}
+                for s in r.seeds[cell].itertuples()]
+    for rec in bench_rows(r).to_dict("records"):
+        ctx = {k: rec.get(k) for k in ("framework", "model", "variant", "batch_size", "threads")}
+        src = "bench"
+        if rec.get("status") != "ok":
+            out.append(ctx | {"source": src, "metric": f"{rec['phase']}_status", "value": np.nan, "unit": "",
+                              "note": rec.get("reason")})
+        elif rec["phase"] == "matmul":
+            out.append(ctx | {"source": src, "metric": "matmul_gflops", "value": rec["gflops"], "unit": "GFLOP/s",
+                              "spread": rec["gflops_iqr"], "spread_kind": "IQR over repeats"})
+        elif rec["phase"] == "latency":
+            out += [ctx | {"source": src, "metric": f"latency_ms_{q}", "value": rec[f"latency_ms_{q}"], "unit": "ms",
+                           "n": rec["calls"]} for q in ("p50", "p95", "p99")]
+        else:
+            out.append(ctx | {"source": src, "metric": f"{rec['phase']}_samples_per_s", "value": rec["samples_per_s"],
+                              "unit": "samples/s", "spread": rec["samples_per_s_iqr"],
+                              "spread_kind": "IQR over repeats", "n": rec["repeats"]})
+            if not pd.isna(rec.get("pct_of_peak")):
+                out.append(ctx | {"source": src, "metric": f"{rec['phase']}_pct_of_peak", "value": rec["pct_of_peak"],
+                                  "unit": "% of matmul peak"})
+    for rec in loader_rows(r).to_dict("records"):
+        out.append({"framework": rec["framework"], "source": "loaders", "metric": f"{rec['what']}_samples_per_s",
+                    "workers": rec["workers"], "value": rec["samples_per_s"], "unit": "samples/s",
+                    "spread": rec["samples_per_s_iqr"], "spread_kind": "IQR over repeats", "n": rec["repeats"]})
+    cols = ["framework", "model", "source", "metric", "value", "unit", "spread", "spread_kind", "n", "seed", "variant",
+            "batch_size", "threads", "workers", "note"]
+    return pd.DataFrame(out).reindex(columns=cols)

@@ -1,0 +1,76 @@
+"""The train stage as a whole, in-process on tiny data: outputs, and a failed write leaving no headline."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import data
+from pipeline.errors import DataError
+from pipeline.stages import train as stage
+from tests.conftest import tiny_idx, write_params
+
+TINY = {"mlp.hidden": [8], "schedule.mlp.epochs": 1, "train.batch_size": 16, "threads": 1}
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name, arr in tiny_idx(n_train=60, n_test=20, size=8).items():
+        data.write_idx(raw / name, arr)
+    arrays = data.prepare(raw, None, 0.2, 0)
+    meta = {"dataset": "idx", "image_shape": [8, 8, 1], "sizes": {"train": 48, "val": 12, "test": 20}}
+    np.savez(tmp_path / "prepared.npz", meta=np.array(json.dumps(meta)), **arrays)
+    write_params(tmp_path / "params.yaml", **TINY)
+    return tmp_path
+
+
+def run(tmp_path):
+    stage.main(["--framework", "torch", "--model", "mlp", "--data", str(tmp_path / "prepared.npz"),
+                "--out", str(tmp_path / "out"), "--model-out", str(tmp_path / "model"),
+                "--params", str(tmp_path / "params.yaml")])
+
+
+def test_train_stage_writes_every_output(prepared):
+    run(prepared)
+    names = {p.name for p in (prepared / "out").iterdir()}
+    assert names == {"metrics.json", "run.json", "history.tsv", "seeds.tsv", "per_class.tsv", "confusion.tsv",
+                     "predictions.npz"}
+    m = json.loads((prepared / "out" / "metrics.json").read_text())
+    assert 0 <= m["test_acc"] <= 1 and m["test_samples"] == 20 and m["params"] == 64 * 8 + 8 + 8 * 10 + 10
+
+
+def test_full_disk_while_saving_the_model_leaves_no_metrics(prepared, monkeypatch):
+    import torch
+
+    def torch_full(*a, **k):  # what torch.save raises on a full disk: a RuntimeError from its C++ writer
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 134720 vs 134608")
+    monkeypatch.setattr(torch, "save", torch_full)
+    with pytest.raises(DataError) as e:
+        run(prepared)
+    msg = str(e.value)
+    assert msg.startswith(f"{prepared / 'model' / 'model.pt'}: cannot write (torch.save failed: ")
+    assert "\n" not in msg
+    assert not (prepared / "out" / "metrics.json").exists() and not (prepared / "out" / "run.json").exists()
+    assert not (prepared / "model" / "model.pt").exists()
+
+
+def test_full_disk_on_a_table_leaves_no_metrics(prepared, monkeypatch):
+    import errno
+
+    import pandas as pd
+
+    real = pd.DataFrame.to_csv
+
+    def full_for_seeds(self, path, *a, **k):
+        if ".seeds.tsv." in str(path):  # the temp file beside seeds.tsv
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, path, *a, **k)
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full_for_seeds)
+    with pytest.raises(DataError) as e:
+        run(prepared)
+    assert str(e.value) == f"{prepared / 'out' / 'seeds.tsv'}: cannot write (No space left on device)"
+    assert not (prepared / "out" / "metrics.json").exists()
+    assert not any(p.name.startswith(".") for p in (prepared / "out").iterdir())  # no temp files left
