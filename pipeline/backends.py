@@ -56,18 +56,16 @@ class Backend(Protocol):
     def make_predict(self, model: Model, variant: str) -> Callable[[Any], Any]:
         """predict(x) -> logits, inference mode."""
 
-    def train_timings(self, model: Model, optim: Optim, data: Data, variant: str, batch_size: int, warmup: int,
-                      steps: int, repeats: int) -> list[float]:
-        """Seconds per training step for each timed repeat (warmup excluded)."""
+    def train_timings(self, model: Model, optim: Optim, data: Data, order: np.ndarray, variant: str,
+                      batch_size: int, warmup: int, steps: int, repeats: int) -> tuple[float, list[float]]:
+        """(seconds of the first step, incl. compilation; seconds per step of each timed repeat, warmup
+        excluded), stepping through `order` in full batches as the train stage does."""
 
     def numpy(self, t: Any) -> np.ndarray:
         """A framework tensor as a NumPy array."""
 
     def sync(self, out: Any = None) -> None:
         """Wait until queued device work (that produced `out`) has finished, so a timer measures it."""
-
-    def matmul(self, n: int) -> Callable[[int], Any]:
-        """run(k): k fp32 n x n matmuls on the framework's device."""
 
     def save(self, model: Model, path: Path) -> None:
         """Write the trained model to `path` (raises OSError when the write fails)."""

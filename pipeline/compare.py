@@ -1,21 +1,58 @@
-"""Wording that respects noise: call a difference only when it is beyond the measured spread."""
+"""Wording that respects noise: call a difference only when the evidence excludes "the same".
+
+Speed: one ratio per round (two fresh processes measured back to back), an exact distribution-free confidence
+interval for the median ratio (order statistics; the sign-test interval), and a minimum effect. Accuracy: a paired
+test over seeds (same initial weights and batch order in both frameworks), or McNemar on one seed's test set.
+"""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from scipy import stats
 
-ALPHA = 0.05  # significance level for accuracy tests
+ALPHA = 0.05  # significance level of every verdict
 
 
-def speed(name_a: str, a: dict, name_b: str, b: dict, what: str = "samples/s") -> str:
-    """Compare two throughputs by their interquartile ranges over repeats: a claim needs disjoint ranges."""
-    ratio = a["median"] / b["median"] if b["median"] else float("nan")
-    detail = f"{a['median']:,.0f} vs {b['median']:,.0f} {what}, {name_a}/{name_b} = {ratio:.2f}x"
-    if a["q1"] > b["q3"]:
-        return f"{name_a} is faster ({detail}; interquartile ranges do not overlap)"
-    if b["q1"] > a["q3"]:
-        return f"{name_b} is faster ({detail}; interquartile ranges do not overlap)"
-    return f"no clear difference ({detail}; interquartile ranges overlap)"
+def median_ci(values: list[float], alpha: float = ALPHA) -> tuple[float, float, float] | None:
+    """(coverage, low, high): the narrowest order-statistic interval [x_(j), x_(n+1-j)] for the median with
+    coverage >= 1 - alpha, from the binomial(n, 1/2) law of how many values fall below the median.
+    None when n is too small for any such interval (n < 6 at alpha 0.05)."""
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    n = len(x)
+    best = None
+    for j in range(1, n // 2 + 1):  # j-th smallest to j-th largest
+        coverage = 1.0 - 2.0 * stats.binom.cdf(j - 1, n, 0.5)
+        if coverage >= 1.0 - alpha:
+            best = (float(coverage), float(x[j - 1]), float(x[n - j]))
+    return best
+
+
+def min_rounds(alpha: float = ALPHA) -> int:
+    """The fewest rounds for which median_ci can reach 1 - alpha: 1 - 2 * 0.5**n >= 1 - alpha."""
+    return math.ceil(math.log2(2.0 / alpha))
+
+
+def speed(name_a: str, name_b: str, ratios: list[float], min_effect: float, alpha: float = ALPHA) -> dict:
+    """Verdict on per-round rate ratios a/b: a winner only when the median ratio's interval excludes 1 and the
+    median itself is at least `min_effect` away from 1 (a difference too small to matter is not called)."""
+    med = float(np.median(ratios)) if len(ratios) else float("nan")
+    ci = median_ci(ratios, alpha)
+    out = {"ratio": med, "ci_low": ci[1] if ci else float("nan"), "ci_high": ci[2] if ci else float("nan"),
+           "coverage": ci[0] if ci else float("nan"), "rounds": len(ratios), "winner": None}
+    if ci is None:
+        out["text"] = (f"no verdict ({len(ratios)} usable rounds; at least {min_rounds(alpha)} are needed "
+                       f"for a {100 * (1 - alpha):.0f}% interval)")
+        return out
+    detail = (f"{name_a}/{name_b} = {med:.2f}x, {100 * ci[0]:.1f}% CI {ci[1]:.2f}–{ci[2]:.2f}, "
+              f"{len(ratios)} rounds")
+    if ci[1] > 1.0 and med >= 1.0 + min_effect:
+        out["winner"], out["text"] = name_a, f"{name_a} is faster ({detail})"
+    elif ci[2] < 1.0 and med <= 1.0 / (1.0 + min_effect):
+        out["winner"], out["text"] = name_b, f"{name_b} is faster ({detail})"
+    else:
+        out["text"] = f"no clear difference ({detail})"
+    return out
 
 
 def mcnemar_p(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
@@ -27,18 +64,24 @@ def mcnemar_p(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
     return float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
 
-def accuracy(name_a: str, seeds_a: list[float], name_b: str, seeds_b: list[float], p_mcnemar: float) -> str:
-    """Verdict on test accuracy: McNemar on the first seed's predictions, plus Welch's t over seeds if >1 each."""
+def accuracy(name_a: str, seeds_a: list[float], name_b: str, seeds_b: list[float], p_mcnemar: float,
+             only_a: int, only_b: int) -> str:
+    """Verdict on test accuracy. Several seeds: a paired t-test over seeds (seed k of both frameworks shares its
+    initial weights and batch order), since seed-to-seed spread is the noise a framework choice must beat. One
+    seed: McNemar can only say that these two trained models differ on this test set, not that a framework is."""
     ma, mb = float(np.mean(seeds_a)), float(np.mean(seeds_b))
-    tests = [f"McNemar p = {p_mcnemar:.3g}"]
-    significant = p_mcnemar < ALPHA
-    if len(seeds_a) > 1 and len(seeds_b) > 1:
-        p_t = float(stats.ttest_ind(seeds_a, seeds_b, equal_var=False).pvalue)
-        p_t = 1.0 if np.isnan(p_t) else p_t  # identical seeds: no evidence of a difference
-        tests.append(f"Welch t-test over seeds p = {p_t:.3g}")
-        significant = significant and p_t < ALPHA  # both the test set and the seeds must agree
-    detail = f"{100 * ma:.2f}% vs {100 * mb:.2f}%, {'; '.join(tests)}"
-    if not significant or ma == mb:
+    if len(seeds_a) > 1 and len(seeds_a) == len(seeds_b):
+        diffs = np.subtract(seeds_a, seeds_b)
+        p = 1.0 if np.allclose(diffs, diffs[0]) and diffs[0] == 0 else float(stats.ttest_rel(seeds_a, seeds_b).pvalue)
+        p = 1.0 if np.isnan(p) else p
+        detail = f"{100 * ma:.2f}% vs {100 * mb:.2f}%, paired t-test over {len(seeds_a)} seeds p = {p:.3g}"
+        if p < ALPHA and ma != mb:
+            return f"{name_a if ma > mb else name_b} is more accurate ({detail})"
         return f"no clear difference ({detail})"
-    better = name_a if ma > mb else name_b
-    return f"{better} is more accurate ({detail})"
+    detail = (f"{100 * ma:.2f}% vs {100 * mb:.2f}%; right only in {name_a}: {only_a}, only in {name_b}: {only_b}; "
+              f"McNemar p = {p_mcnemar:.3g}; one seed")
+    if p_mcnemar < ALPHA and only_a != only_b:
+        better = name_a if only_a > only_b else name_b
+        return (f"these two trained models differ on the test set, {better}'s is right more often ({detail}); "
+                "more seeds (train.repeats) are needed to say it of the framework")
+    return f"no clear difference ({detail})"

@@ -11,3 +11,7 @@ class ParamsError(ValueError):
 
 class DataError(ValueError):
     """A problem with an input or output file or the network; the message names the file or mirror."""
+
+
+class ChildError(RuntimeError):
+    """A benchmark child process failed; the message names the child and ends with its last error line."""

@@ -6,6 +6,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # headless: stages run without a display
+import matplotlib.ticker  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -36,23 +37,34 @@ def learning_curves(history: pd.DataFrame, path: Path) -> Path:
     return _save(g.figure, path)
 
 
-def throughput(rows: pd.DataFrame, path: Path) -> Path:
-    """Median samples/s per variant with interquartile error bars; train and inference side by side."""
-    rows = rows.copy()
-    rows["cell"] = rows["framework"] + "·" + rows["variant"]
-    rows["panel"] = rows["phase"] + " bs=" + rows["batch_size"].astype(str)
-    panels = list(dict.fromkeys(rows["panel"]))
-    models = list(dict.fromkeys(rows["model"]))
-    fig, axes = plt.subplots(len(models), len(panels), figsize=(4.2 * len(panels), 3.2 * len(models)),
-                             squeeze=False)
-    for i, model in enumerate(models):
-        for j, panel in enumerate(panels):
-            ax, sub = axes[i][j], rows[(rows["model"] == model) & (rows["panel"] == panel)]
-            colors = sns.color_palette(n_colors=len(sub))
-            err = [sub["samples_per_s"] - sub["samples_per_s_q1"], sub["samples_per_s_q3"] - sub["samples_per_s"]]
-            ax.barh(sub["cell"], sub["samples_per_s"], color=colors, xerr=err, capsize=3)
-            ax.set_title(f"{model} · {panel}")
-            ax.set_xlabel("samples/s (median, IQR bars)")
+def rounds(verdicts: list[dict], rows: pd.DataFrame, flagged: list[dict], path: Path) -> Path:
+    """Left: every comparison's per-round ratios, median and interval, on a log axis around 1 (no difference).
+    Right: the calibration GEMM before/after each child in run order, flagged children in red."""
+    fig, (ax, cal) = plt.subplots(1, 2, figsize=(12, 0.55 * len(verdicts) + 2.2),
+                                  gridspec_kw={"width_ratios": [3, 2]})
+    labels = []
+    for i, v in enumerate(verdicts):
+        y = len(verdicts) - 1 - i
+        color = "grey" if v["control"] else ("tab:green" if v["winner"] else "tab:blue")
+        ax.scatter(v["ratios"], [y] * len(v["ratios"]), s=14, color=color, alpha=0.6, zorder=3)
+        if v["ci_low"] is not None:  # JSON null: too few clean rounds for an interval
+            ax.plot([v["ci_low"], v["ci_high"]], [y, y], color=color, linewidth=4, alpha=0.35)
+        if v["ratio"] is not None:
+            ax.scatter([v["ratio"]], [y], marker="|", s=300, color=color, zorder=4)
+        labels.append(f"{v['model']} {v['phase']}: {v['a']}/{v['b']}" + (" (control)" if v["control"] else ""))
+    ax.set_yticks(range(len(verdicts)), labels[::-1])
+    ax.set_xscale("log")
+    for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+        axis(matplotlib.ticker.FormatStrFormatter("%.2g"))  # 0.5, 1, 2 rather than 5x10^-1
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_xlabel("rate ratio per round (log scale; 1 = same speed)")
+    order = rows[rows["kind"] == "round"].drop_duplicates(["round", "arm"]).reset_index(drop=True)
+    bad = {(f["round"], f["arm"]) for f in flagged}
+    for k, (before, after, rd, arm) in enumerate(order[["calib_before_gflops", "calib_after_gflops", "round",
+                                                        "arm"]].itertuples(index=False)):
+        c = "crimson" if (rd, arm) in bad else "tab:blue"
+        cal.plot([k - 0.3, k + 0.3], [before, after], color=c, marker="o", markersize=3)
+    cal.set(xlabel="round child, in run order", ylabel="calibration GEMM GFLOP/s (before → after)")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -70,11 +82,10 @@ def loaders(rows: pd.DataFrame, path: Path) -> Path:
 
 
 def threads(rows: pd.DataFrame, path: Path) -> Path:
-    rows = rows.assign(series=rows["framework"] + " " + rows["phase"].str.replace("threads-", "") + " bs="
-                       + rows["batch_size"].astype(str))
-    g = sns.relplot(data=rows, x="threads", y="samples_per_s", hue="series", col="model", kind="line",
+    """Training samples/s against intra-op threads, one line per framework, one panel per model."""
+    g = sns.relplot(data=rows, x="threads", y="train_samples_per_s", hue="framework", col="model", kind="line",
                     marker="o", height=3.2, aspect=1.2, facet_kws={"sharey": False})
-    g.set_axis_labels("intra-op threads", "samples/s (median)")
+    g.set_axis_labels("intra-op threads", "training samples/s")
     return _save(g.figure, path)
 
 

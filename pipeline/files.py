@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from pipeline.errors import DataError, ParamsError
+from pipeline.errors import ChildError, DataError, ParamsError
 
 # OS errors that mean "this output cannot be written here"; others (a dropped connection while a download writes
 # into the temp file, say) keep their own handling upstream.
@@ -79,9 +79,13 @@ def read_json(path: str | Path, stage: str) -> Any:
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-    """Run a stage's main(); known input problems exit 2 with one line on stderr, no traceback."""
+    """Run a stage's main(); known input problems exit 2 with one line on stderr, no traceback; a failed
+    benchmark child exits 1 with its one-line summary (its own traceback was already printed above)."""
     try:
         main(sys.argv[1:])
     except (ParamsError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except ChildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -108,16 +108,20 @@ class Train(_Section):
 
 
 class Bench(_Section):
-    batch_size: Count
+    # 6 rounds is the fewest for which the median ratio's exact interval reaches 95% (compare.min_rounds).
+    rounds: Annotated[int, Field(ge=6, description="an exact 95% interval of a median needs 6 values")]
+    control: bool
+    min_effect: Annotated[float, Field(ge=0, lt=1)]
+    max_drift: Annotated[float, Field(gt=0, le=1)]
+    max_calib_cv: Annotated[float, Field(gt=0)]
     infer_batch_sizes: Annotated[list[Count], Field(min_length=1)]
     warmup: Annotated[int, Field(ge=1, description="the first calls include tracing/compilation")]
     steps: Count
-    repeats: Annotated[int, Field(ge=3, description="a spread needs several repeats")]
+    repeats: Count
     latency_calls: Annotated[int, Field(ge=20, description="p95/p99 need enough calls")]
     compile: Annotated[list[bool], Field(min_length=1), Distinct]
     keras_fit: bool
     thread_counts: list[Count]
-    matmul_size: Annotated[int, Field(ge=64)]
 
 
 class Loaders(_Section):

@@ -29,7 +29,7 @@ class Results:
     history: dict[str, pd.DataFrame] = field(default_factory=dict)
     confusion: dict[str, pd.DataFrame] = field(default_factory=dict)
     preds: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    bench: dict[str, dict] = field(default_factory=dict)     # cell -> records.json + metrics.json
+    bench: dict = field(default_factory=dict)                # bench/records.json: rows, cells, verdicts
     loaders: dict[str, dict] = field(default_factory=dict)   # framework -> records.json
 
     def cells(self) -> list[str]:
@@ -76,9 +76,9 @@ def collect(root: Path, frameworks: list[str], models: list[str]) -> Results:
                 r.preds[cell] = {k: f[k] for k in ("y_true", "y_pred", "init_logits")}
         except (OSError, KeyError, ValueError) as e:
             raise DataError(f"{d / 'predictions.npz'}: unreadable ({e}); rerun `dvc repro {stage}`") from None
-        d, stage = root / "bench" / cell, f"bench@{cell}"
-        r.bench[cell] = _need(read_json(d / "records.json", stage), ["records", "default_variant"],
-                              d / "records.json", stage) | read_json(d / "metrics.json", stage)
+    path = root / "bench" / "records.json"
+    r.bench = _need(read_json(path, "bench"), ["records", "cells", "verdicts", "calibration", "flagged"], path,
+                    "bench")
     for fw in frameworks:
         p = root / "loaders" / fw / "records.json"
         r.loaders[fw] = _need(read_json(p, f"loaders@{fw}"), ["records"], p, f"loaders@{fw}")
@@ -86,9 +86,8 @@ def collect(root: Path, frameworks: list[str], models: list[str]) -> Results:
 
 
 def bench_rows(r: Results) -> pd.DataFrame:
-    rows = [{"framework": c.split("-")[0], "model": c.split("-")[1], **rec}
-            for c, b in r.bench.items() for rec in b["records"]]
-    return pd.DataFrame(rows)
+    """Every benchmark child's row: kind (round | variants | threads), round, arm, framework, model, variant, ..."""
+    return pd.DataFrame(r.bench["records"])
 
 
 def loader_rows(r: Results) -> pd.DataFrame:
@@ -112,29 +111,42 @@ def tidy(r: Results) -> pd.DataFrame:
                 base | {"metric": "params", "value": m["params"], "unit": "count"}]
         out += [base | {"metric": "test_acc", "value": s.test_acc, "unit": "fraction", "seed": int(s.seed)}
                 for s in r.seeds[cell].itertuples()]
-    for rec in bench_rows(r).to_dict("records"):
-        ctx = {k: rec.get(k) for k in ("framework", "model", "variant", "batch_size", "threads")}
-        src = "bench"
-        if rec.get("status") != "ok":
-            out.append(ctx | {"source": src, "metric": f"{rec['phase']}_status", "value": np.nan, "unit": "",
-                              "note": rec.get("reason")})
-        elif rec["phase"] == "matmul":
-            out.append(ctx | {"source": src, "metric": "matmul_gflops", "value": rec["gflops"], "unit": "GFLOP/s",
-                              "spread": rec["gflops_iqr"], "spread_kind": "IQR over repeats"})
-        elif rec["phase"] == "latency":
-            out += [ctx | {"source": src, "metric": f"latency_ms_{q}", "value": rec[f"latency_ms_{q}"], "unit": "ms",
-                           "n": rec["calls"]} for q in ("p50", "p95", "p99")]
-        else:
-            out.append(ctx | {"source": src, "metric": f"{rec['phase']}_samples_per_s", "value": rec["samples_per_s"],
-                              "unit": "samples/s", "spread": rec["samples_per_s_iqr"],
-                              "spread_kind": "IQR over repeats", "n": rec["repeats"]})
-            if not pd.isna(rec.get("pct_of_peak")):
-                out.append(ctx | {"source": src, "metric": f"{rec['phase']}_pct_of_peak", "value": rec["pct_of_peak"],
-                                  "unit": "% of matmul peak"})
+    spread = "IQR over rounds (fresh processes)"
+    for c in r.bench["cells"]:
+        ctx = {"framework": c["framework"], "model": c["model"], "source": "bench", "n": c["rounds"]}
+        for phase in ("train", "infer"):
+            out += [ctx | {"metric": f"{phase}_samples_per_s", "value": c[f"{phase}_samples_per_s"],
+                           "unit": "samples/s", "low": c[f"{phase}_samples_per_s_q1"],
+                           "spread": c[f"{phase}_samples_per_s_q3"] - c[f"{phase}_samples_per_s_q1"],
+                           "high": c[f"{phase}_samples_per_s_q3"], "spread_kind": spread},
+                    ctx | {"metric": f"{phase}_pct_of_peak", "value": c[f"{phase}_pct_of_peak"],
+                           "unit": "% of the run's calibration GEMM"},
+                    ctx | {"metric": f"{phase}_pct_of_own_calib", "value": c[f"{phase}_pct_of_own_calib"],
+                           "unit": "% of each child's own calibration GEMM"}]
+        out += [ctx | {"metric": f"latency_ms_{q}", "value": c[f"latency_ms_{q}"], "unit": "ms"}
+                for q in ("p50", "p95", "p99")]
+    for v in r.bench["verdicts"]:
+        out.append({"framework": f"{v['a']}/{v['b']}", "model": v["model"], "source": "bench",
+                    "metric": f"{v['phase']}_ratio", "value": v["ratio"], "unit": "x", "low": v["ci_low"],
+                    "high": v["ci_high"], "spread_kind": f"{100 * v['coverage']:.1f}% CI of the median ratio" if v["coverage"] else "",
+                    "n": v["rounds"], "note": v["text"]})
+    cal = r.bench["calibration"]
+    out.append({"source": "bench", "metric": "calib_gflops", "value": cal["gflops_median"], "unit": "GFLOP/s",
+                "low": cal["gflops_q1"], "high": cal["gflops_q3"], "spread_kind": "IQR over every calibration",
+                "n": cal["n"], "note": f"CV {cal['cv_pct']:.1f}%"})
+    for rec in bench_rows(r).query("kind == 'variants'").to_dict("records"):
+        ctx = {k: rec.get(k) for k in ("framework", "model", "variant", "threads")} | {"source": "bench-variants"}
+        if rec["status"] != "ok":
+            out.append(ctx | {"metric": "train_status", "value": np.nan, "unit": "", "note": rec.get("reason")})
+            continue
+        out += [ctx | {"metric": "train_samples_per_s", "value": rec["train_samples_per_s"], "unit": "samples/s",
+                       "spread": rec["train_samples_per_s_iqr"], "spread_kind": "IQR over repeats, one process",
+                       "n": rec["train_repeats"]},
+                ctx | {"metric": "first_step_s", "value": rec["first_step_s"], "unit": "s"}]
     for rec in loader_rows(r).to_dict("records"):
         out.append({"framework": rec["framework"], "source": "loaders", "metric": f"{rec['what']}_samples_per_s",
                     "workers": rec["workers"], "value": rec["samples_per_s"], "unit": "samples/s",
                     "spread": rec["samples_per_s_iqr"], "spread_kind": "IQR over repeats", "n": rec["repeats"]})
-    cols = ["framework", "model", "source", "metric", "value", "unit", "spread", "spread_kind", "n", "seed", "variant",
-            "batch_size", "threads", "workers", "note"]
+    cols = ["framework", "model", "source", "metric", "value", "unit", "spread", "low", "high", "spread_kind", "n",
+            "seed", "variant", "threads", "workers", "note"]
     return pd.DataFrame(out).reindex(columns=cols)

@@ -22,9 +22,9 @@ NAME = "tensorflow"
 MODEL_SUFFIX = ".keras"
 DEFAULT = "function"  # the variant `train` uses: each framework's everyday fast path
 VARIANTS = {"function": "custom train step in tf.function (graph, no XLA; default)",
-            "xla": "custom train step in tf.function(jit_compile=True)",
-            "fit": "Keras Model.fit with compile()'s defaults (jit_compile='auto': XLA on a GPU, "
-                   "off on CPU-only machines)"}
+            "xla": "the same whole train step in tf.function(jit_compile=True)",
+            "fit": "Keras Model.fit over the same in-memory batches fed through tf.data (includes tf.data's "
+                   "input handling), compile()'s defaults (jit_compile='auto': XLA on a GPU, off on a CPU)"}
 _device = "/CPU:0"
 
 
@@ -156,22 +156,30 @@ def make_predict(model: keras.Model, variant: str) -> Callable[[Any], Any]:
     return tf.function(lambda xb: model(xb, training=False), jit_compile=variant == "xla", reduce_retracing=True)
 
 
-def train_timings(model: keras.Model, optim: Optim, data: Any, variant: str, batch_size: int, warmup: int,
-                  steps: int, repeats: int) -> list[float]:
-    """Seconds per training step for each timed repeat (warmup excluded)."""
+def train_timings(model: keras.Model, optim: Optim, data: Any, order: np.ndarray, variant: str, batch_size: int,
+                  warmup: int, steps: int, repeats: int) -> tuple[float, list[float]]:
+    """(seconds of the first step, which includes tracing/compilation; seconds per step of each timed repeat),
+    stepping through `order` in full batches as the train stage does."""
     if variant != "fit":
-        return timing.step_timings(take, make_step(model, optim, variant), sync, data, batch_size, warmup, steps,
-                                   repeats)
-    # Model.fit: epoch 0 is the warmup (tracing, compilation), then one epoch of `steps` steps per repeat.
+        return timing.step_timings(take, make_step(model, optim, variant), sync, data, order, batch_size, warmup,
+                                   steps, repeats)
+    # Model.fit over the same in-memory batches in the same order, fed through tf.data (so its figure includes
+    # tf.data's input handling). One epoch of 1 step is the first step, one of warmup-1 steps the rest of the warmup,
+    # then one epoch of `steps` steps per timed repeat.
     model.compile(optimizer=_make_optimizer(optim), loss=_loss)
-    ds = tf.data.Dataset.from_tensor_slices(data).shuffle(len(data[1]), seed=0).batch(batch_size,
-                                                                                     drop_remainder=True).repeat()
+    full = len(order) // batch_size * batch_size
+    ds = tf.data.Dataset.from_tensor_slices(take(data, order[:full])).batch(batch_size, drop_remainder=True).repeat()
     marks: list[float] = []
     clock = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: marks.append(time.perf_counter()),
                                            on_epoch_end=lambda e, logs: marks.append(time.perf_counter()))
-    model.fit(ds, epochs=1, steps_per_epoch=warmup, verbose=0, shuffle=False)
-    model.fit(ds, epochs=repeats, steps_per_epoch=steps, verbose=0, shuffle=False, callbacks=[clock])
-    return [(marks[i + 1] - marks[i]) / steps for i in range(0, len(marks), 2)]
+    # Each fit() call starts a new iterator: skip() makes it continue the batch sequence where the last one ended.
+    model.fit(ds, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False, callbacks=[clock])
+    first = marks[1] - marks[0]
+    if warmup > 1:
+        model.fit(ds.skip(1), epochs=1, steps_per_epoch=warmup - 1, verbose=0, shuffle=False)
+    marks.clear()
+    model.fit(ds.skip(warmup), epochs=repeats, steps_per_epoch=steps, verbose=0, shuffle=False, callbacks=[clock])
+    return first, [(marks[i + 1] - marks[i]) / steps for i in range(0, len(marks), 2)]
 
 
 def numpy(t: Any) -> np.ndarray:
@@ -182,18 +190,6 @@ def sync(out: Any = None) -> None:
     """Wait for the result: reading a value back forces TF's (possibly asynchronous) work to finish."""
     if out is not None:
         np.asarray(tf.nest.flatten(out)[0])
-
-
-def matmul(n: int) -> Callable[[int], Any]:
-    """run(k): k fp32 n x n matmuls on the device, for the roofline peak."""
-    with tf.device(_device):
-        a, b = tf.random.normal((n, n)), tf.random.normal((n, n))
-
-    def run(k: int) -> Any:
-        for _ in range(k):
-            c = tf.matmul(a, b)
-        return c
-    return run
 
 
 def save(model: keras.Model, path: Path) -> None:

@@ -24,7 +24,8 @@ def spread(values: list[float] | np.ndarray) -> dict[str, float]:
 def repeat(run: Callable[[int], Any], warmup: int, steps: int, repeats: int,
            sync: Callable[[Any], None] = lambda _: None) -> list[float]:
     """Seconds per step for each repeat: `run(n)` does n steps; `sync(result)` waits for async devices."""
-    sync(run(warmup))
+    if warmup:
+        sync(run(warmup))
     per_step = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -54,12 +55,11 @@ def rates(per_step_s: list[float], items_per_step: int) -> dict[str, float]:
             "step_time_ms_median": float(np.median(per_step_s) * 1e3)}
 
 
-def step_timings(take: Callable, step: Callable, sync: Callable, data: Any, batch_size: int, warmup: int,
-                 steps: int, repeats: int) -> list[float]:
-    """Per-step seconds of `step(*take(data, idx))` over shuffled in-memory batches, warmup excluded."""
-    n = len(data[1])
-    order = np.random.default_rng(0).permutation(n)
-    starts = list(range(0, max(n - batch_size, 0) + 1, batch_size))
+def step_timings(take: Callable, step: Callable, sync: Callable, data: Any, order: np.ndarray, batch_size: int,
+                 warmup: int, steps: int, repeats: int) -> tuple[float, list[float]]:
+    """(seconds of the first call, seconds per step of each repeat) of `step(*take(data, idx))`, idx running
+    through `order` in full batches (a partial batch would change shapes and make graphs retrace), cycling."""
+    starts = list(range(0, max(len(order) - batch_size, 0) + 1, batch_size))
     pos = [0]
 
     def run(k: int) -> Any:
@@ -69,4 +69,7 @@ def step_timings(take: Callable, step: Callable, sync: Callable, data: Any, batc
             pos[0] += 1
             out = step(*take(data, order[s:s + batch_size]))
         return out
-    return repeat(run, warmup, steps, repeats, sync)
+    t0 = time.perf_counter()
+    sync(run(1))  # the first step: tracing, compilation, allocator growth
+    first = time.perf_counter() - t0
+    return first, repeat(run, warmup - 1, steps, repeats, sync)

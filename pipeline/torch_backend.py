@@ -17,7 +17,9 @@ from pipeline.spec import Act, Conv, Dense, Dropout, Flatten, ModelSpec, Optim, 
 NAME = "torch"
 MODEL_SUFFIX = ".pt"
 DEFAULT = "eager"  # the variant `train` uses: each framework's everyday path
-VARIANTS = {"eager": "PyTorch eager (default)", "compile": "torch.compile(model), inductor backend"}
+VARIANTS = {"eager": "PyTorch eager (default)",
+            "compile": "torch.compile of the whole training step (forward, backward, optimizer update), static "
+                       "shapes, inductor"}
 _device = torch.device("cpu")
 
 
@@ -131,24 +133,31 @@ def _make_optimizer(model: nn.Module, o: Optim) -> torch.optim.Optimizer:
 
 
 def make_step(model: nn.Module, optim: Optim, variant: str) -> Callable[[Any, Any], tuple[Any, Any]]:
-    """One optimizer step on a batch: returns (loss summed over the batch, correct count), unsynchronised."""
+    """One optimizer step on a batch: returns (loss summed over the batch, correct count), unsynchronised.
+
+    `compile` hands the whole step (forward, loss, backward, optimizer update) to torch.compile with static
+    shapes, so it is compared with XLA's whole step, not with a compiled forward pass alone.
+    """
     opt = _make_optimizer(model, optim)
-    net = torch.compile(model) if variant == "compile" else model
 
     def step(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        model.train()
-        logits = net(xb)
+        logits = model(xb)
         loss = F.cross_entropy(logits, yb)  # mean over the batch, on logits
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return loss.detach() * len(yb), (logits.argmax(1) == yb).sum()
-    step.optimizer = opt  # type: ignore[attr-defined]  # tests inspect the optimizer's state
-    return step
+    run = torch.compile(step, dynamic=False) if variant == "compile" else step
+
+    def train_step(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        model.train()
+        return run(xb, yb)
+    train_step.optimizer = opt  # type: ignore[attr-defined]  # tests inspect the optimizer's state
+    return train_step
 
 
 def make_predict(model: nn.Module, variant: str) -> Callable[[Any], Any]:
-    net = torch.compile(model) if variant == "compile" else model
+    net = torch.compile(model, dynamic=False) if variant == "compile" else model
 
     def predict(xb: torch.Tensor) -> torch.Tensor:
         model.eval()
@@ -157,11 +166,12 @@ def make_predict(model: nn.Module, variant: str) -> Callable[[Any], Any]:
     return predict
 
 
-def train_timings(model: nn.Module, optim: Optim, data: Any, variant: str, batch_size: int, warmup: int,
-                  steps: int, repeats: int) -> list[float]:
-    """Seconds per training step for each timed repeat (warmup excluded)."""
-    return timing.step_timings(take, make_step(model, optim, variant), sync, data, batch_size, warmup, steps,
-                               repeats)
+def train_timings(model: nn.Module, optim: Optim, data: Any, order: np.ndarray, variant: str, batch_size: int,
+                  warmup: int, steps: int, repeats: int) -> tuple[float, list[float]]:
+    """(seconds of the first step, which includes any compilation; seconds per step of each timed repeat),
+    stepping through `order` in full batches as the train stage does."""
+    return timing.step_timings(take, make_step(model, optim, variant), sync, data, order, batch_size, warmup,
+                               steps, repeats)
 
 
 def numpy(t: Any) -> np.ndarray:
@@ -172,17 +182,6 @@ def sync(out: Any = None) -> None:
     """Wait for queued device work, so a timer measures it (CUDA kernels run asynchronously)."""
     if _device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def matmul(n: int) -> Callable[[int], Any]:
-    """run(k): k fp32 n x n matmuls on the device, for the roofline peak."""
-    a, b = torch.randn(n, n, device=_device), torch.randn(n, n, device=_device)
-
-    def run(k: int) -> Any:
-        for _ in range(k):
-            c = a @ b
-        return c
-    return run
 
 
 def save(model: nn.Module, path: Path) -> None:

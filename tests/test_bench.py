@@ -1,18 +1,18 @@
-"""The benchmark harness on tiny settings: well-formed, sane numbers, not speed."""
+"""Speed measurement: the decision rule, drift flagging, rounds, thread checks, variants, loud failures."""
 import math
 
 import numpy as np
 import pytest
 
-from pipeline import bench, loaders, params, spec as specs
+from pipeline import bench, compare, params, spec as specs
 from pipeline import torch_backend as tb
+from pipeline.errors import ChildError
 from tests.conftest import raw_params
 
 tb.setup(1, "cpu", 0)
-P = params.parse(raw_params(**{"bench.warmup": 1, "bench.steps": 2, "bench.repeats": 3, "bench.latency_calls": 20,
-                               "bench.infer_batch_sizes": [1, 16], "bench.batch_size": 8, "bench.matmul_size": 64,
-                               "bench.compile": [False]}))
-SPEC = specs.mlp((8, 8, 1), 10, [16], "relu", 0.1)
+P = params.parse(raw_params(**{"bench.warmup": 2, "bench.steps": 2, "bench.repeats": 2, "bench.latency_calls": 20,
+                               "bench.infer_batch_sizes": [1, 16], "bench.compile": [False]}))
+SPEC = specs.mlp((8, 8, 1), 10, [16], "relu", 0.0)
 OPTIM = specs.Optim("adam", 1e-3, 0.9, 0.9, 0.999, 1e-8)
 
 
@@ -20,64 +20,158 @@ def finite_positive(v):
     return isinstance(v, (int, float)) and math.isfinite(v) and v > 0
 
 
-def test_bench_rows_are_complete_and_sane():
-    x = np.random.default_rng(0).normal(size=(10, 8, 8, 1)).astype(np.float32)  # fewer than a batch: tiled
-    rows, peak = bench.bench(tb, SPEC, OPTIM, x, np.arange(10) % 10, P.bench, 1, ["eager"])
-    assert finite_positive(peak)
-    kinds = [(r["phase"], r["batch_size"]) for r in rows]
-    assert kinds == [("matmul", 64), ("train", 8), ("infer", 1), ("infer", 16), ("latency", 1)]
-    for r in rows:
-        assert r["status"] == "ok"
-        if r["phase"] in ("train", "infer"):
-            assert all(finite_positive(r[k]) for k in ("samples_per_s", "step_time_ms_median", "pct_of_peak"))
-            assert r["samples_per_s_q1"] <= r["samples_per_s"] <= r["samples_per_s_q3"]
-            assert r["repeats"] == 3
-        if r["phase"] == "latency":
-            assert 0 < r["latency_ms_p50"] <= r["latency_ms_p95"] <= r["latency_ms_p99"]
-    head = bench.headline(rows, "eager", P.bench, peak)
-    for key in ("train_samples_per_s", "train_step_time_ms_median", "train_pct_of_peak", "infer_samples_per_s",
-                "latency_ms_p50", "latency_ms_p99", "matmul_gflops"):
-        assert finite_positive(head[key]), key
-    assert head["infer_samples_per_s"] == rows[3]["samples_per_s"]  # the largest inference batch
+# --- the decision rule --------------------------------------------------------------------------------------------
+
+def simulate(true_ratio: float, noise: float, rounds: int, trials: int, seed: int) -> list[dict]:
+    """Verdicts on simulated runs: per round, each arm's rate = true speed x machine drift x process noise.
+    The drift is a slow random walk shared by both arms of a round (they run back to back)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(trials):
+        drift = np.exp(np.cumsum(rng.normal(0, 0.1, rounds)))  # the machine wanders by ~10% per round
+        a = true_ratio * drift * np.exp(rng.normal(0, noise, rounds))
+        b = drift * np.exp(rng.normal(0, noise, rounds))
+        out.append(compare.speed("A", "B", list(a / b), min_effect=0.05))
+    return out
 
 
-def test_unavailable_variant_is_recorded_not_fatal(monkeypatch):
-    real = tb.train_timings
-
-    def fails_for_compile(model, optim, data, variant, *a):
-        if variant == "compile":
-            raise RuntimeError("no C++ compiler found\nsecond line")
-        return real(model, optim, data, variant, *a)
-    monkeypatch.setattr(tb, "train_timings", fails_for_compile)
-    x = np.zeros((32, 8, 8, 1), np.float32)
-    rows, _ = bench.bench(tb, SPEC, OPTIM, x, np.arange(32) % 10, P.bench, 1, ["eager", "compile"])
-    bad = [r for r in rows if r["variant"] == "compile"]
-    assert bad == [{"phase": "train", "variant": "compile", "batch_size": 8, "threads": 1, "status": "unsupported",
-                    "reason": "RuntimeError: no C++ compiler found"}]
-    assert any(r["variant"] == "eager" and r["phase"] == "train" and r["status"] == "ok" for r in rows)
+def test_identical_frameworks_are_called_different_at_most_at_the_stated_level():
+    for noise in (0.02, 0.1, 0.3):  # from a quiet machine to these shared ones (up to 50% between processes)
+        verdicts = simulate(1.0, noise, rounds=6, trials=2000, seed=1)
+        false_positive = np.mean([v["winner"] is not None for v in verdicts])
+        assert false_positive <= compare.ALPHA, (noise, false_positive)
+    assert verdicts[0]["coverage"] == pytest.approx(1 - 2 / 2**6)  # the exact interval of 6 rounds: 96.9%
 
 
-def test_loader_sweep_and_best_setting():
-    lp = params.parse(raw_params(**{"loaders.workers": [0, 1], "loaders.warmup": 1, "loaders.batches": 2,
-                                    "loaders.repeats": 3, "loaders.batch_size": 8})).loaders
-    raw = {"x_train": np.random.default_rng(0).integers(0, 255, (40, 8, 8)).astype(np.uint8),
-           "y_train": np.arange(40) % 10, "mean": np.float32(0.5), "std": np.float32(0.3)}
-    rows = loaders.sweep(tb, raw, lp, {"mlp": (SPEC, OPTIM)}, seed=0)
-    assert [(r["workers"], r["what"]) for r in rows] == [("0", "loader"), ("0", "train-mlp"), ("1", "loader"),
-                                                          ("1", "train-mlp")]
-    assert all(finite_positive(r["samples_per_s"]) and r["repeats"] == 3 for r in rows)
-    s = loaders.summarise(rows)
-    best = max((r for r in rows if r["what"] == "loader"), key=lambda r: r["samples_per_s"])
-    assert s["loader_best_workers"] == best["workers"]
-    assert s["loader_best_speedup_x"] == pytest.approx(best["samples_per_s"] / rows[0]["samples_per_s"])
+def test_a_real_20_percent_difference_is_found_and_never_reversed():
+    verdicts = simulate(1.2, 0.05, rounds=6, trials=1000, seed=2)
+    winners = [v["winner"] for v in verdicts]
+    assert np.mean([w == "A" for w in winners]) >= 0.9
+    assert "B" not in winners
+    slower = simulate(1 / 1.2, 0.05, rounds=8, trials=300, seed=3)
+    assert np.mean([v["winner"] == "B" for v in slower]) >= 0.9
 
 
-def test_torch_loader_batches_are_normalised_and_shifted():
-    imgs = np.zeros((16, 6, 6), np.uint8)
-    imgs[:, 2:4, 2:4] = 255
-    it = tb.make_loader(imgs, np.zeros(16), 0.0, 1.0, 4, 0, 1, 0, False, False, 2)
-    xb, yb = next(it)
-    assert tuple(xb.shape) == (4, 1, 6, 6) and xb.max() == 1.0 and xb.sum() == 4 * 4  # shifted, never cropped
-    corners = {int(img.flatten().argmax()) for _ in range(5) for img in next(it)[0][:, 0]}
-    assert len(corners) > 1  # the block moved: the random shift is applied per sample
-    assert corners <= {r * 6 + c for r in (1, 2, 3) for c in (1, 2, 3)}  # by at most 1 pixel
+def test_a_difference_below_the_minimum_effect_is_not_called():
+    v = compare.speed("A", "B", [1.03, 1.02, 1.04, 1.03, 1.02, 1.03], min_effect=0.05)
+    assert v["ci_low"] > 1 and v["winner"] is None and v["text"].startswith("no clear difference")
+
+
+def test_too_few_rounds_give_no_verdict():
+    v = compare.speed("A", "B", [2.0] * 5, min_effect=0.05)
+    assert v["winner"] is None and "at least 6 are needed" in v["text"]
+
+
+# --- rounds and the drift monitor ---------------------------------------------------------------------------------
+
+FAKE = P.bench.model_copy(update={"infer_batch_sizes": [512], "max_drift": 0.1})  # what fake_child reports
+
+
+def fake_child(series: dict):
+    """run(arm, round) for run_rounds: rates and calibrations scripted per (round, arm)."""
+    calls = []
+
+    def run(arm, rd):
+        calls.append((rd, arm))
+        before, after, rate = series.get((rd, arm), (200.0, 200.0, 100.0 if arm.startswith("torch") else 80.0))
+        return [{"model": "mlp", "status": "ok", "variant": "eager", "train_samples_per_s": rate,
+                 "infer512_samples_per_s": rate, "calib_before_gflops": before, "calib_after_gflops": after}]
+    return run, calls
+
+
+def test_rounds_alternate_order_and_flagged_rounds_are_measured_again():
+    series = {(1, "tensorflow"): (200.0, 110.0, 10.0),   # slowed down mid-measurement
+              (3, "torch*"): (105.0, 104.0, 30.0)}      # stable, but the whole child at half the usual speed
+    run, calls = fake_child(series)
+    logged = []
+    rows = bench.run_rounds(run, ["torch", "tensorflow", "torch*"], rounds=6, max_drift=0.1, log=logged.append)
+    assert calls[:6] == [(0, "torch"), (0, "tensorflow"), (0, "torch*"), (1, "torch*"), (1, "tensorflow"),
+                         (1, "torch")]
+    assert sorted({r["round"] for r in rows}) == list(range(8))  # 6 clean rounds + 2 measured again
+    flags = {(r["round"], r["arm"]): r["flag"] for r in rows if r["flag"]}
+    assert flags == {(1, "tensorflow"): "machine speed changed -45% during the measurement",
+                     (3, "torch*"): "machine at 52% of the run's usual speed"}
+    assert len(logged) == 2 and "measured again" in logged[0]
+    r = bench.ratios(rows, "torch", "tensorflow", "mlp", "train_samples_per_s")
+    assert r == [1.25] * 6  # the flagged rounds' outliers (10 and 30 samples/s) are left out
+
+
+def test_rounds_stop_after_as_many_extra_rounds_as_planned():
+    run, calls = fake_child({(rd, "b"): (200.0, 100.0, 1.0) for rd in range(100)})  # the machine never settles
+    rows = bench.run_rounds(run, ["a", "b"], rounds=6, max_drift=0.1)
+    assert len(calls) == 2 * 12 and bench.clean_rounds(rows) == []
+    verdicts = bench.comparisons(rows, ["a", "b"], ["mlp"], FAKE.model_copy(update={"control": False}))
+    assert all(v["winner"] is None and "no verdict" in v["text"] for v in verdicts)
+
+
+def test_an_unstable_machine_gets_no_verdict_and_says_why():
+    series = {(rd, arm): (200.0 + 150 * (rd % 2), 200.0 + 150 * (rd % 2), 100.0 if arm == "a" else 50.0)
+              for rd in range(12) for arm in ("a", "b")}  # calibration alternates 200 / 350: CV ~ 30%
+    rows = bench.run_rounds(fake_child(series)[0], ["a", "b"], rounds=6, max_drift=0.9)
+    v = bench.comparisons(rows, ["a", "b"], ["mlp"], FAKE.model_copy(update={"control": False}))[0]
+    assert v["ratio"] == 2.0 and v["winner"] is None
+    assert v["text"].startswith("no verdict: the machine was too unstable (calibration CV ")
+    assert "over the clean rounds > 25%); measured ratio 2.00x" in v["text"]
+
+
+def test_control_arm_is_the_first_framework_again():
+    assert bench.arms(["torch", "tensorflow"], True) == ["torch", "tensorflow", "torch*"]
+    assert bench.framework_of("torch*") == "torch"
+    run, _ = fake_child({})
+    rows = bench.run_rounds(run, ["torch", "tensorflow", "torch*"], rounds=6, max_drift=0.1)
+    verdicts = bench.comparisons(rows, ["torch", "tensorflow"], ["mlp"], FAKE)
+    control = [v for v in verdicts if v["control"]]
+    assert [(v["a"], v["b"], v["phase"]) for v in control] == [("torch", "torch*", "train"),
+                                                                ("torch", "torch*", "infer")]
+    assert [v["ratio"] for v in verdicts] == [100 / 80, 1.0, 100 / 80, 1.0]
+    assert control[0]["text"].startswith("no clear difference (torch/torch again = 1.00x")
+    assert verdicts[0]["text"].startswith("torch is faster (torch/tensorflow = 1.25x")
+
+
+# --- one child's measurements -------------------------------------------------------------------------------------
+
+def test_child_rows_are_complete_and_calibrated():
+    x = np.random.default_rng(0).normal(size=(40, 8, 8, 1)).astype(np.float32)
+    rows = bench.child(tb, {"mlp": (SPEC, OPTIM)}, tb.put(x, np.arange(40) % 10), 40, P.bench, 8, 0, 1, ["eager"])
+    (r,) = rows
+    for key in ("train_samples_per_s", "train_step_time_ms_median", "infer16_samples_per_s", "infer1_samples_per_s",
+                "first_step_s", "calib_before_gflops", "calib_after_gflops"):
+        assert finite_positive(r[key]), key
+    assert r["train_samples_per_s_q1"] <= r["train_samples_per_s"] <= r["train_samples_per_s_q3"]
+    assert 0 < r["latency_ms_p50"] <= r["latency_ms_p95"] <= r["latency_ms_p99"]
+    assert r["drift"] == pytest.approx(abs(r["calib_after_gflops"] / r["calib_before_gflops"] - 1))
+
+
+def test_thread_counts_are_checked_not_hoped_for():
+    assert bench.check_threads({"framework": "torch", "intra_op_threads": 2, "inter_op_threads": 1}, 2) == {
+        "intra_op_threads": 2, "inter_op_threads": 1}
+    with pytest.raises(RuntimeError, match="torch runs with 4 intra-op / 1 inter-op threads; asked for 2 / 1"):
+        bench.check_threads({"framework": "torch", "intra_op_threads": 4, "inter_op_threads": 1}, 2)
+
+
+def test_known_unavailable_variant_is_a_row_but_any_other_failure_is_loud():
+    def no_compiler():
+        raise RuntimeError("InvalidCxxCompiler: No working C compiler found in torch._inductor\nmore")
+
+    def bug():
+        raise ValueError("shape mismatch")
+    row = bench.measure_or_unsupported(tb, "compile", no_compiler)
+    assert row == {"variant": "compile", "status": "unsupported",
+                   "reason": "RuntimeError: InvalidCxxCompiler: No working C compiler found in torch._inductor"}
+    with pytest.raises(ValueError):
+        bench.measure_or_unsupported(tb, "compile", bug)
+    with pytest.raises(RuntimeError):  # the default variant never becomes "unsupported"
+        bench.measure_or_unsupported(tb, "eager", no_compiler)
+
+
+def test_a_failing_child_fails_the_stage_in_one_line(tmp_path, capsys):
+    from pipeline import files
+    from pipeline.stages import bench as stage
+
+    with pytest.raises(SystemExit) as e:
+        files.run(lambda argv: stage.run_child(["--data", str(tmp_path / "missing.npz")], "torch", "round", 1,
+                                               "round 1 torch"))
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "error: bench child round 1 torch failed (exit 2); its error is printed above"
+    assert ChildError.__name__ == "ChildError"

@@ -132,3 +132,25 @@ def test_same_seed_reruns_give_the_same_history_with_dropout_on(be):
     # seed-to-seed difference asserted next.
     assert losses[0] == pytest.approx(losses[1], rel=1e-9, abs=0)
     assert losses[0] != pytest.approx(losses[2], rel=1e-4)  # the seed really drives the dropout masks
+
+
+@pytest.mark.parametrize("be", [tb, tfb], ids=lambda b: b.NAME)
+def test_every_timed_variant_does_the_same_training_work_as_the_default(be):
+    """Three steps of each benchmark variant (compiled whole step, XLA, Keras fit) on the same batches in the same
+    order (first step, one more warmup, one timed) leave the same weights as the default path's."""
+    s = specs.mlp((8, 8, 1), 10, [16], "tanh", 0.0)
+    w = specs.init_weights(s, 0)
+    x, y = batch(s, n=32, seed=5)
+    o = specs.Optim("momentum", 0.05, 0.9, 0.9, 0.999, 1e-8)
+    order = specs.batch_order(32, 0, 0)
+    after = {}
+    for variant in be.variants([False, True], True):
+        model = be.build(s, w)
+        first, per_step = be.train_timings(model, o, be.put(x, y), order, variant, 8, 2, 1, 1)  # 3 steps
+        assert first > 0 and len(per_step) == 1
+        after[variant] = be.get_weights(model, s)
+    assert set(after) == ({"eager", "compile"} if be is tb else {"function", "xla", "fit"})
+    default = after[be.DEFAULT]
+    assert max(np.abs(a - b).max() for a, b in zip(default, w)) > 1e-3  # the steps moved the weights
+    for variant, weights in after.items():
+        assert max(np.abs(a - b).max() for a, b in zip(weights, default)) <= 1e-5, variant

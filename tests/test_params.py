@@ -45,7 +45,8 @@ def test_every_key_in_params_yaml_has_a_comment():
     ({"schedule.mlp.lr": 0}, "params.yaml: schedule.mlp.lr: expected a number > 0"),
     ({"train.optimizer": "adamw"}, "params.yaml: train.optimizer: expected one of sgd | momentum | adam"),
     ({"train.batch_size": 0}, "params.yaml: train.batch_size: expected an integer >= 1"),
-    ({"bench.repeats": 1}, "params.yaml: bench.repeats: expected an integer >= 3"),
+    ({"bench.rounds": 5}, "params.yaml: bench.rounds: expected an integer >= 6 (an exact 95% interval of a median "
+                          "needs 6 values), got 5"),
     ({"bench.compile": ["yes"]}, "params.yaml: bench.compile[0]: expected boolean"),
     ({"loaders.workers": [0, -2]}, "params.yaml: loaders.workers: expected a non-empty list of distinct integers >= 0"),
     ({"train": 3}, "params.yaml: train: expected a mapping, got 3"),

@@ -14,26 +14,43 @@ from tests.conftest import write_params
 N_TEST = 200
 
 
-def bench_json(fw, model, train, infer):
-    default = {"torch": "eager", "tensorflow": "function"}[fw]
+def bench_records(root):
+    """reports/bench/records.json as the stage writes it, from scripted children run through pipeline/bench.py:
+    torch trains MLPs 2x as fast as TensorFlow in every round; inference rates are equal."""
+    from pipeline import bench, calib, params
+    from tests.conftest import raw_params
 
-    def rec(phase, bs, med, half, variant=default):
-        return {"phase": phase, "variant": variant, "batch_size": bs, "threads": 2, "status": "ok",
-                "samples_per_s": med, "samples_per_s_q1": med - half, "samples_per_s_q3": med + half,
-                "samples_per_s_iqr": 2 * half, "cv_pct": 1.0, "repeats": 5, "step_time_ms_p50": 1.0,
-                "pct_of_peak": 10.0}
-    records = [{"phase": "matmul", "variant": "fp32", "batch_size": 64, "threads": 2, "status": "ok", "gflops": 100.0,
-                "gflops_iqr": 1.0},
-               rec("train", 128, *train), rec("infer", 512, *infer),
-               {"phase": "latency", "variant": default, "batch_size": 1, "threads": 2, "status": "ok",
-                "latency_ms_p50": 0.5, "latency_ms_p95": 0.7, "latency_ms_p99": 0.9, "calls": 50},
-               {"phase": "train", "variant": "xla" if fw == "tensorflow" else "compile", "batch_size": 128,
-                "threads": 2, "status": "unsupported", "reason": "RuntimeError: no compiler"},
-               rec("threads-train", 128, train[0] / 2, 1, default) | {"threads": 1}]
-    return ({"framework": fw, "model": model, "default_variant": default, "variants": {default: "the default"},
-             "records": records},
-            {"train_samples_per_s": train[0], "infer_samples_per_s": infer[0], "latency_ms_p50": 0.5,
-             "latency_ms_p95": 0.7, "latency_ms_p99": 0.9})
+    cfg = params.parse(raw_params(**{"bench.infer_batch_sizes": [1, 512]})).bench
+    speed = {"torch": {"mlp": 1000.0, "cnn": 300.0}, "tensorflow": {"mlp": 500.0, "cnn": 310.0}}
+
+    def child(arm, rd, kind="round", threads=2, variant=None):
+        fw = bench.framework_of(arm)
+        jitter = 1 + 0.01 * ((rd or 0) % 3)
+        rows = []
+        for model in ("mlp", "cnn"):
+            rate = speed[fw][model] * jitter / (2 if threads == 1 else 1)
+            rows.append({"framework": fw, "model": model, "variant": variant or {"torch": "eager"}.get(fw, "function"),
+                         "status": "ok", "threads": threads, "train_samples_per_s": rate,
+                         "train_samples_per_s_iqr": 1.0, "train_repeats": 3, "infer512_samples_per_s": 5000.0 * jitter,
+                         "latency_ms_p50": 0.5, "latency_ms_p95": 0.7, "latency_ms_p99": 0.9, "first_step_s": 0.2,
+                         "calib_before_gflops": 200.0 * jitter, "calib_after_gflops": 201.0 * jitter,
+                         "description": "the default"})
+        return rows
+    rows = bench.run_rounds(child, bench.arms(["torch", "tensorflow"], True), cfg.rounds, cfg.max_drift)
+    rows += [r | {"kind": "variants", "round": None, "arm": fw, "flag": ""}
+             for fw in ("torch", "tensorflow") for r in child(fw, 0)]
+    rows += [{"framework": "tensorflow", "model": "mlp", "variant": "xla", "status": "unsupported",
+              "reason": "RuntimeError: no compiler", "kind": "variants", "round": None, "arm": "tensorflow",
+              "flag": "", "description": "XLA", "calib_before_gflops": 200.0, "calib_after_gflops": 200.0}]
+    rows += [r | {"kind": "threads", "round": None, "arm": fw, "flag": ""}
+             for fw in ("torch", "tensorflow") for r in child(fw, 0, threads=1)]
+    flops = {"mlp": 1000, "cnn": 100000}
+    stab = calib.stability(bench.calibrations(rows))
+    (root / "bench").mkdir(parents=True)
+    (root / "bench" / "records.json").write_text(json.dumps({
+        "threads": 2, "calibration": stab, "flagged": [], "records": rows,
+        "cells": bench.per_cell(rows, flops, stab["gflops_median"], 512),
+        "verdicts": bench.comparisons(rows, ["torch", "tensorflow"], ["mlp", "cnn"], cfg)}))
 
 
 def make_results(root, mlp_tf_wrong=0, cnn_tf_wrong=30):
@@ -64,12 +81,7 @@ def make_results(root, mlp_tf_wrong=0, cnn_tf_wrong=30):
             cm.rename_axis("true").to_csv(d / "confusion.tsv", sep="\t")
             np.savez(d / "predictions.npz", y_true=y, y_pred=pred, logits=np.zeros((N_TEST, 10), np.float32),
                      init_logits=init + (5e-6 if fw == "tensorflow" else 0))
-            b = root / "bench" / f"{fw}-{model}"
-            b.mkdir(parents=True)
-            speeds = {"torch": ((1000.0, 10.0), (5000.0, 400.0)), "tensorflow": ((500.0, 10.0), (5100.0, 400.0))}[fw]
-            records, metrics = bench_json(fw, model, *speeds)
-            (b / "records.json").write_text(json.dumps(records))
-            (b / "metrics.json").write_text(json.dumps(metrics))
+    bench_records(root)
     for fw in ("torch", "tensorflow"):
         recs = [{"workers": w, "what": "loader", "samples_per_s": s, "samples_per_s_q1": s - 5,
                  "samples_per_s_q3": s + 5, "samples_per_s_iqr": 10, "batches_per_s": s / 128, "cv_pct": 1,
@@ -102,14 +114,20 @@ def test_summary_has_the_numbers_and_noise_aware_wording(results):
     assert "dataset `digits`" in md and "Test CPU 9000" in md
     assert "| PyTorch     | mlp     | 100.00 ± 0.00" in md
     assert "85.00 ± 0.00" in md  # TensorFlow cnn: 30 of 200 wrong
-    assert "**mlp**: no clear difference (100.00% vs 100.00%, McNemar p = 1)" in md
+    assert "**mlp**: no clear difference (100.00% vs 100.00%; right only in PyTorch: 0, only in TensorFlow: 0; " \
+           "McNemar p = 1; one seed)" in md
     p = compare.mcnemar_p(np.ones(N_TEST, bool), np.r_[np.zeros(30, bool), np.ones(N_TEST - 30, bool)])
-    assert f"**cnn**: PyTorch is more accurate (100.00% vs 85.00%, McNemar p = {p:.3g})" in md
-    assert ("**mlp train** (default variants, batch 128): PyTorch is faster (1,000 vs 500 samples/s, "
-            "PyTorch/TensorFlow = 2.00x; interquartile ranges do not overlap)") in md
-    assert "**mlp infer** (default variants, batch 512): no clear difference (5,000 vs 5,100 samples/s" in md
-    assert "unsupported" in md and "RuntimeError: no compiler" in md
-    assert "**PyTorch loader**: best workers=2, 2.00x of workers=0: workers=2 is faster" in md
+    # one seed: the wording is about these two trained models, and the winner is the one McNemar points to
+    assert (f"**cnn**: these two trained models differ on the test set, PyTorch's is right more often (100.00% vs "
+            f"85.00%; right only in PyTorch: 30, only in TensorFlow: 0; McNemar p = {p:.3g}; one seed)") in md
+    assert "**mlp train**: torch is faster (torch/tensorflow = 2.00x, 96.9% CI 2.00–2.00, 6 rounds)" in md
+    assert "**mlp infer**: no clear difference (torch/tensorflow = 1.00x" in md
+    assert "**mlp train** — A/A control: no clear difference (torch/torch again = 1.00x" in md
+    assert "**cnn train**: no clear difference (torch/tensorflow = 0.97x" in md  # 3% < the 5% minimum effect
+    assert "Machine stability" in md and "No child saw the machine change speed" in md
+    assert "unsupported here: RuntimeError: no compiler" in md
+    assert "**PyTorch loader**: fastest with workers=2, 2.00x of workers=0 (1,800 vs 900 samples/s; repeats do " \
+           "not overlap within one process, a diagnostic)" in md
     assert "| mlp     | True" in md  # equivalence row
     diff = float(re.search(r"\| cnn .*\|\s+([0-9.e-]+) \| True\s+\|", md).group(1))
     assert diff == pytest.approx(5e-6, rel=0.01)  # initial logits max abs diff, from the two npz files
@@ -122,7 +140,11 @@ def test_results_csv_is_tidy(results):
     assert {"framework", "model", "source", "metric", "value", "unit", "spread"} <= set(df.columns)
     row = df[(df.framework == "torch") & (df.model == "mlp") & (df.metric == "train_samples_per_s")
              & (df.source == "bench")]
-    assert row.value.tolist() == [1000.0] and row.spread.tolist() == [20.0] and row.unit.tolist() == ["samples/s"]
+    per_round = [1000.0 * (1 + 0.01 * (rd % 3)) for rd in range(6)]  # the scripted rounds
+    assert row.value.tolist() == [np.median(per_round)] and row.unit.tolist() == ["samples/s"]
+    assert row.low.tolist() == [np.percentile(per_round, 25)] and row.high.tolist() == [np.percentile(per_round, 75)]
+    ratio = df[(df.metric == "train_ratio") & (df.model == "mlp") & (df.framework == "torch/tensorflow")]
+    assert ratio.value.tolist() == [2.0] and ratio.n.tolist() == [6] and "CI" in ratio.spread_kind.iloc[0]
     assert set(df[df.source == "loaders"].workers.astype(str)) == {"0", "2"}
 
 
@@ -131,8 +153,8 @@ def test_figures_are_valid_images_and_html_is_self_contained(results):
 
     run_report(results)
     figs = sorted((results / "figures").glob("*.png"))
-    assert [f.name for f in figs] == ["confusion.png", "learning_curves.png", "loaders.png", "samples.png",
-                                      "threads.png", "throughput.png"]
+    assert [f.name for f in figs] == ["confusion.png", "learning_curves.png", "loaders.png", "rounds.png",
+                                      "samples.png", "threads.png"]
     for f in figs:
         with Image.open(f) as im:
             im.verify()
@@ -141,19 +163,23 @@ def test_figures_are_valid_images_and_html_is_self_contained(results):
     assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", html)
     assert "http://" not in html and "https://" not in html
     assert html.count("data:image/png;base64,") == len(figs)
-    assert "<table" in html and "PyTorch is faster" in html
+    assert "<table" in html and "torch is faster" in html
 
 
-def test_two_seeds_use_welch_too():
-    txt = compare.accuracy("A", [0.99, 0.991, 0.989], "B", [0.98, 0.981, 0.979], p_mcnemar=0.001)
-    assert txt.startswith("A is more accurate") and "Welch t-test over seeds p =" in txt
-    txt = compare.accuracy("A", [0.99, 0.98], "B", [0.985, 0.986], p_mcnemar=0.001)
+def test_several_seeds_use_a_paired_test_over_seeds():
+    txt = compare.accuracy("A", [0.99, 0.991, 0.989], "B", [0.98, 0.981, 0.979], 0.001, 20, 2)
+    assert txt.startswith("A is more accurate") and "paired t-test over 3 seeds p =" in txt
+    # seed-to-seed spread larger than the difference: no claim, however small McNemar's p on one seed
+    txt = compare.accuracy("A", [0.99, 0.98], "B", [0.985, 0.986], 0.001, 20, 2)
     assert txt.startswith("no clear difference")
+    # pairing matters: B is better on every seed by a small, steady margin that an unpaired test would miss
+    a, b = [0.950, 0.970, 0.990, 0.960], [0.952, 0.9721, 0.9919, 0.9622]
+    assert compare.accuracy("A", a, "B", b, 0.5, 1, 2).startswith("B is more accurate")
 
 
 @pytest.mark.parametrize("breakage, message", [
-    (lambda r: (r / "bench" / "torch-cnn" / "records.json").unlink(), r"bench/torch-cnn/records.json: missing; run `dvc repro bench@torch-cnn` first"),
-    (lambda r: (r / "bench" / "torch-mlp" / "metrics.json").unlink(), r"bench/torch-mlp/metrics.json: missing"),
+    (lambda r: (r / "bench" / "records.json").unlink(), r"bench/records.json: missing; run `dvc repro bench` first"),
+    (lambda r: (r / "bench" / "records.json").write_text("{}"), r"bench/records.json: malformed \(missing records"),
     (lambda r: (r / "runs" / "tensorflow-mlp" / "metrics.json").write_text("{oops"), r"runs/tensorflow-mlp/metrics.json: malformed JSON"),
     (lambda r: (r / "runs" / "torch-mlp" / "history.tsv").write_text("epoch\tval_acc\n1\t0.5\n"), r"runs/torch-mlp/history.tsv: malformed \(missing columns train_loss"),
     (lambda r: (r / "loaders" / "torch" / "records.json").write_text("{}"), r"loaders/torch/records.json: malformed \(missing records\)"),

@@ -34,10 +34,17 @@ def test_spread_statistics():
     assert s["cv_pct"] == pytest.approx(100 * np.std([1, 2, 3, 4, 100], ddof=1) / 22)
 
 
-def test_step_timings_feed_full_batches_in_rotation():
+def test_step_timings_follow_the_order_in_full_batches_and_time_the_first_step_apart():
     seen = []
     data = (np.arange(10), np.arange(10))
-    per_step = timing.step_timings(lambda d, idx: (d[0][idx], d[1][idx]), lambda x, y: seen.append(len(x)),
-                                   lambda _: None, data, batch_size=4, warmup=2, steps=3, repeats=3)
-    assert len(per_step) == 3 and all(t > 0 for t in per_step)
-    assert seen == [4] * 11
+    order = np.array([3, 1, 4, 0, 5, 9, 2, 6, 8, 7])
+
+    def step(x, y):
+        seen.append(list(x))
+        time.sleep(0.2 if len(seen) == 1 else 0.001)  # the first step compiles
+    first, per_step = timing.step_timings(lambda d, idx: (d[0][idx], d[1][idx]), step, lambda _: None, data, order,
+                                          batch_size=4, warmup=2, steps=3, repeats=3)
+    assert first >= 0.2 and len(per_step) == 3 and max(per_step) < 0.05
+    assert len(seen) == 2 + 3 * 3
+    # full batches only (the last 2 samples would make a partial batch), in the given order, cycling
+    assert seen[:3] == [[3, 1, 4, 0], [5, 9, 2, 6], [3, 1, 4, 0]]

@@ -1,65 +1,105 @@
-"""Stage `bench@<framework>-<model>`: training/inference throughput, batch-1 latency, compile variants,
-thread scaling and % of a measured matmul peak, for one cell in its own process."""
+"""Stage `bench`: interleaved rounds of fresh benchmark processes (pipeline/bench.py), then variants and thread
+children; writes reports/bench/records.json (every row, env) and metrics.json (per cell, calibration, verdicts).
+
+Run with --child FRAMEWORK, the same script is one benchmark process: it prints its rows as one JSON line.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import resource
 import subprocess
 import sys
 from pathlib import Path
 
-from tqdm import tqdm
-
-from pipeline import backends, bench, files, params
+from pipeline import backends, bench, calib, files, params
 from pipeline.data import load_prepared, normalise, prepared_meta
-from pipeline.errors import DataError
+from pipeline.errors import ChildError
 
 log = logging.getLogger("bench")
 
 
+def run_child(argv: list[str], framework: str, kind: str, threads: int, label: str) -> list[dict]:
+    """One fresh process; its stderr passes through (tracebacks stay visible), its rows come back on stdout."""
+    cmd = [sys.executable, "-m", "pipeline.stages.bench", *argv, "--child", framework, "--kind", kind,
+           "--threads", str(threads)]
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if out.returncode:
+        raise ChildError(f"bench child {label} failed (exit {out.returncode}); its error is printed above")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child_main(a: argparse.Namespace, p: params.Params) -> None:
+    raw = load_prepared(a.data)
+    shape, classes = tuple(prepared_meta(raw)["image_shape"]), len(raw["classes"])
+    be = backends.load(a.child)
+    setup = be.setup(a.threads, p.device, p.seed)
+    checked = bench.check_threads(setup, a.threads)
+    specs = {m: (params.model_spec(p, m, shape, classes), params.optim(p, m)) for m in p.models}
+    x, y = normalise(raw["x_train"], raw["mean"], raw["std"]), raw["y_train"]
+    variants = be.variants(p.bench.compile, p.bench.keras_fit) if a.kind == "variants" else [be.DEFAULT]
+    rows = bench.child(be, specs, be.put(x, y), len(y), p.bench, p.train.batch_size, p.seed, a.threads, variants)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    info = {"framework": a.child, "framework_version": setup["framework_version"], "device": setup["device"],
+            "threads": a.threads, **checked, "peak_rss_mb": rss}
+    print(json.dumps([info | r | {"description": be.VARIANTS[r["variant"]]} for r in rows]))
+
+
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--framework", required=True, choices=("torch", "tensorflow"))
-    ap.add_argument("--model", required=True, choices=("mlp", "cnn"))
     ap.add_argument("--data", type=Path, required=True, help="prepared .npz")
-    ap.add_argument("--env", type=Path, required=True, help="env.json of the machine (recorded with the results)")
-    ap.add_argument("--out", type=Path, help="directory for metrics.json and records.json (not with --threads)")
-    ap.add_argument("--threads", type=int, help="thread-scaling child: this many threads, default variant only")
+    ap.add_argument("--env", type=Path, help="env.json of the machine (recorded with the results)")
+    ap.add_argument("--out", type=Path, help="directory for records.json and metrics.json")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--child", choices=("torch", "tensorflow"), help="be one benchmark process of this framework")
+    ap.add_argument("--kind", choices=("round", "variants", "threads"), default="round")
+    ap.add_argument("--threads", type=int)
     a = ap.parse_args(argv)
     p = params.load(a.params)
+    if a.child:
+        return child_main(a, p)
+    base = ["--data", str(a.data), "--params", str(a.params)]
+    threads = p.threads or len(os.sched_getaffinity(0))  # 0 = all cores, the same explicit count for both
+    cfg = p.bench
+
+    def child(arm: str, kind: str, t: int, label: str) -> list[dict]:
+        got = run_child(base, bench.framework_of(arm), kind, t, label)
+        log.info("%s: %s; calibration %.0f -> %.0f GFLOP/s", label, ", ".join(
+            f"{r['model']} {r['variant']} train {r.get('train_samples_per_s', float('nan')):,.0f} samples/s"
+            for r in got), got[0]["calib_before_gflops"], got[0]["calib_after_gflops"])
+        return got
+
+    arms = bench.arms(p.frameworks, cfg.control)
+    rows = bench.run_rounds(lambda arm, rd: child(arm, "round", threads, f"round {rd + 1} {arm}"), arms,
+                            cfg.rounds, cfg.max_drift, log.warning)
+    rows += [r | {"kind": "variants", "round": None, "arm": fw, "flag": ""}
+             for fw in p.frameworks for r in child(fw, "variants", threads, f"{fw} variants")]
+    rows += [r | {"kind": "threads", "round": None, "arm": fw, "flag": ""}
+             for fw in p.frameworks for t in cfg.thread_counts if t != threads
+             for r in child(fw, "threads", t, f"{fw} {t} threads")]
     raw = load_prepared(a.data)
-    spec = params.model_spec(p, a.model, tuple(prepared_meta(raw)["image_shape"]), len(raw["classes"]))
-    be = backends.load(a.framework)
-    threads = a.threads or p.threads
-    env = be.setup(threads, p.device, p.seed)
-    x, y = normalise(raw["x_train"][:bench.MAX_SAMPLES], raw["mean"], raw["std"]), raw["y_train"][:bench.MAX_SAMPLES]
-    optim = params.optim(p, a.model)
-    if a.threads:  # child process of the thread sweep: TF fixes its thread pools once per process
-        rows, _ = bench.bench(be, spec, optim, x, y, p.bench, threads, [be.DEFAULT])
-        print(json.dumps(rows))
-        return
-    variants = be.variants(p.bench.compile, p.bench.keras_fit)
-    rows, peak = bench.bench(be, spec, optim, x, y, p.bench, env["intra_op_threads"], variants)
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    for t in tqdm(p.bench.thread_counts, desc="threads", disable=None):
-        cmd = [sys.executable, "-m", "pipeline.stages.bench", *argv, "--threads", str(t)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode:
-            raise DataError(f"thread sweep child ({t} threads) failed: {out.stderr.strip()[-300:]}")
-        rows += [r | {"phase": "threads-" + r["phase"]} for r in json.loads(out.stdout.strip().splitlines()[-1])
-                 if r["phase"] in ("train", "infer")]
-    metrics = {**bench.headline(rows, be.DEFAULT, p.bench, peak), "peak_rss_mb": peak_rss_mb,
-               "params": spec.param_count(), "flops_per_sample": spec.flops_per_sample()}
+    shape = tuple(prepared_meta(raw)["image_shape"])
+    flops = {m: params.model_spec(p, m, shape, len(raw["classes"])).flops_per_sample() for m in p.models}
+    stab = calib.stability(bench.calibrations(rows))  # the whole run's machine; verdicts use their rounds' own
+    cells = bench.per_cell(rows, flops, stab["gflops_median"], max(cfg.infer_batch_sizes))
+    verdicts = bench.comparisons(rows, p.frameworks, p.models, cfg)
+    flagged = sorted({(r["round"], r["arm"], r["flag"]) for r in rows if r["flag"]})
     files.write_json(a.out / "records.json", {
-        "framework": a.framework, "model": a.model, "default_variant": be.DEFAULT,
-        "variants": {v: be.VARIANTS[v] for v in variants}, "setup": env, "env": files.read_json(a.env, "env"),
-        "records": rows})
-    files.write_json(a.out / "metrics.json", metrics)  # flat numbers with units in the names, for DVC
-    log.info("%s-%s: train %.0f samples/s, infer %.0f samples/s", a.framework, a.model,
-             metrics.get("train_samples_per_s", float("nan")), metrics.get("infer_samples_per_s", float("nan")))
+        "frameworks": p.frameworks, "models": p.models, "threads": threads, "arms": arms, "rounds": cfg.rounds,
+        "flops_per_sample": flops, "env": files.read_json(a.env, "env"), "calibration": stab,
+        "flagged": [{"round": rd, "arm": arm, "why": why} for rd, arm, why in flagged], "cells": cells,
+        "verdicts": verdicts, "records": rows})
+    files.write_json(a.out / "metrics.json", {  # last; numbers only, units in the names, for dvc metrics
+        "calib_gflops": stab["gflops_median"], "calib_cv_pct": stab["cv_pct"], "flagged_children": len(flagged),
+        **{f"{c['framework']}-{c['model']}": {k: v for k, v in c.items() if isinstance(v, (int, float))}
+           for c in cells},
+        **{f"{v['model']}_{v['phase']}_{'control' if v['control'] else 'ratio'}": {
+            "ratio": v["ratio"], "ci_low": v["ci_low"], "ci_high": v["ci_high"], "rounds": v["rounds"]}
+           for v in verdicts}})
+    for v in verdicts:
+        log.info("%s %s%s: %s", v["model"], v["phase"], " (A/A control)" if v["control"] else "", v["text"])
 
 
 if __name__ == "__main__":
