@@ -33,7 +33,8 @@ def min_rounds(alpha: float = ALPHA) -> int:
     return math.ceil(math.log2(2.0 / alpha))
 
 
-def speed(name_a: str, name_b: str, ratios: list[float], min_effect: float, alpha: float = ALPHA) -> dict:
+def speed(name_a: str, name_b: str, ratios: list[float], min_effect: float, alpha: float = ALPHA,
+          unit: str = "rounds") -> dict:
     """Verdict on per-round rate ratios a/b: a winner only when the median ratio's interval excludes 1 and the
     median itself is at least `min_effect` away from 1 (a difference too small to matter is not called)."""
     med = float(np.median(ratios)) if len(ratios) else float("nan")
@@ -41,11 +42,11 @@ def speed(name_a: str, name_b: str, ratios: list[float], min_effect: float, alph
     out = {"ratio": med, "ci_low": ci[1] if ci else float("nan"), "ci_high": ci[2] if ci else float("nan"),
            "coverage": ci[0] if ci else float("nan"), "rounds": len(ratios), "winner": None}
     if ci is None:
-        out["text"] = (f"no verdict ({len(ratios)} usable rounds; at least {min_rounds(alpha)} are needed "
+        out["text"] = (f"no verdict ({len(ratios)} usable {unit}; at least {min_rounds(alpha)} are needed "
                        f"for a {100 * (1 - alpha):.0f}% interval)")
         return out
     detail = (f"{name_a}/{name_b} = {med:.2f}x, {100 * ci[0]:.1f}% CI {ci[1]:.2f}–{ci[2]:.2f}, "
-              f"{len(ratios)} rounds")
+              f"{len(ratios)} {unit}")
     if ci[1] > 1.0 and med >= 1.0 + min_effect:
         out["winner"], out["text"] = name_a, f"{name_a} is faster ({detail})"
     elif ci[2] < 1.0 and med <= 1.0 / (1.0 + min_effect):

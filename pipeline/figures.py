@@ -69,6 +69,18 @@ def rounds(verdicts: list[dict], rows: pd.DataFrame, flagged: list[dict], path: 
     return _save(fig, path)
 
 
+def time_to_target(history: pd.DataFrame, targets: dict[str, float], path: Path) -> Path:
+    """Validation accuracy against training seconds (evaluation excluded), frameworks overlaid, target dashed."""
+    g = sns.relplot(data=history, x="train_s", y="val_acc", hue="framework", col="model", kind="line", marker="o",
+                    height=3.4, aspect=1.3, facet_kws={"sharex": False, "sharey": False})
+    for model, ax in g.axes_dict.items():
+        ax.axhline(targets[model], color="black", linestyle="--", linewidth=1, label="target")
+        low = history.loc[history["model"] == model, "val_acc"].min()
+        ax.set_ylim(max(low, targets[model] - 0.1), 1.0)
+    g.set_axis_labels("training time, s (evaluation excluded)", "validation accuracy")
+    return _save(g.figure, path)
+
+
 def loaders(rows: pd.DataFrame, path: Path) -> Path:
     """samples/s against workers (num_workers / num_parallel_calls), per framework, loader alone and training."""
     rows = rows.copy()

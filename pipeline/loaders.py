@@ -3,6 +3,7 @@ AUTOTUNE) over a per-sample pipeline, the loader alone and training fed by it; t
 from __future__ import annotations
 
 import gc
+import logging
 from typing import Any, Iterator
 
 from tqdm import tqdm
@@ -11,6 +12,8 @@ from pipeline import timing
 from pipeline.backends import Backend
 from pipeline.params import Loaders
 from pipeline.spec import ModelSpec, Optim, init_weights
+
+log = logging.getLogger("loaders")
 
 
 def _rate(per_batch_s: list[float], batch: int) -> dict:
@@ -34,6 +37,8 @@ def sweep(be: Backend, raw: dict, lp: Loaders, models: dict[str, tuple[ModelSpec
             rows.append({"workers": str(w), "what": f"train-{name}", **_rate(
                 timing.repeat(lambda k, it=it, step=step: [step(*next(it)) for _ in range(k)][-1], lp.warmup,
                               lp.batches, lp.repeats, be.sync), lp.batch_size)})
+        log.info("workers=%s: %s", w, ", ".join(f"{r['what']} {r['samples_per_s']:,.0f} samples/s"
+                                               for r in rows if r["workers"] == str(w)))
         del it  # shuts the worker processes down before the next setting starts its own
         gc.collect()
     return rows

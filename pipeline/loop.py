@@ -1,6 +1,8 @@
 """The training and evaluation loops, written once over the backend interface (torch_backend / tensorflow_backend)."""
 from __future__ import annotations
 
+import logging
+import sys
 import time
 from typing import Any, Callable
 
@@ -9,6 +11,9 @@ from tqdm import tqdm
 
 from pipeline.backends import Backend
 from pipeline.spec import Optim, batch_order
+from pipeline.timing import batches
+
+log = logging.getLogger("train")
 
 
 def cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
@@ -33,32 +38,58 @@ def evaluate(be: Backend, fn: Callable[[Any], Any], data: Any, y: np.ndarray,
     return cross_entropy(logits, y), float((logits.argmax(1) == y).mean()), logits
 
 
-def train(be: Backend, model: Any, optim: Optim, train_data: Any, val_data: Any, y_val: np.ndarray, epochs: int,
-          batch_size: int, eval_batch_size: int, seed: int, desc: str = "train") -> list[dict]:
-    """Train for `epochs` with the seed's batch order; one history row per epoch.
+def train(be: Backend, model: Any, optim: Optim, train_data: Any, val_data: Any, y_val: np.ndarray, *, epochs: int,
+          batch_size: int, eval_batch_size: int, eval_every: int, target: float, stop_at_target: bool, seed: int,
+          desc: str = "train") -> tuple[list[dict], dict]:
+    """Train with the seed's batch order, evaluating the validation split every `eval_every` steps (and at the end).
 
-    `train_s` times only the optimizer steps (its first epoch includes tracing/compilation, as a user's
-    run would); validation is timed apart.
+    The training clock runs only while optimizer steps (and the per-epoch gather) run: evaluation is timed apart.
+    Returns one history row per evaluation and the time-to-target outcome: the first training time, step and epoch
+    at which validation accuracy reached `target` (MLPerf-style; training ends there if `stop_at_target`).
     """
-    variant = be.DEFAULT  # each backend's default path
-    step, fn = be.make_step(model, optim, variant), be.make_predict(model, variant)
+    step_fn, predict_fn = be.make_step(model, optim, be.DEFAULT), be.make_predict(model, be.DEFAULT)
     n = len(train_data[1])
-    history = []
-    with tqdm(total=epochs * ((n + batch_size - 1) // batch_size), desc=desc, unit="step", disable=None) as bar:
+    per_epoch = n // batch_size  # full batches only (timing.batches)
+    total = epochs * per_epoch
+    history: list[dict] = []
+    outcome = {"target": target, "reached": False, "time_to_target_s": None, "steps_to_target": None,
+               "epochs_to_target": None}
+    clock, step, loss_sum, correct, seen, since = 0.0, 0, 0.0, 0, 0, 0.0
+    quiet = not sys.stderr.isatty()  # no bar without a terminal: a log line per evaluation instead
+    with tqdm(total=total, desc=desc, unit="step", disable=True if quiet else None) as bar:
         for epoch in range(epochs):
-            order = batch_order(n, seed, epoch)
-            loss_sum: Any = 0.0
-            correct: Any = 0
             t0 = time.perf_counter()
-            for i in range(0, n, batch_size):
-                l, c = step(*be.take(train_data, order[i:i + batch_size]))
-                loss_sum, correct = loss_sum + l, correct + c
+            for xb, yb in batches(be.take, train_data, batch_order(n, seed, epoch), batch_size):
+                loss, right = step_fn(xb, yb)
+                loss_sum, correct, seen, step = loss_sum + loss, correct + right, seen + batch_size, step + 1
                 bar.update()
-            row = {"epoch": epoch + 1, "train_loss": float(loss_sum) / n, "train_acc": float(correct) / n}
-            row["train_s"] = time.perf_counter() - t0  # float() above waited for the last step
-            t0 = time.perf_counter()
-            row["val_loss"], row["val_acc"], _ = evaluate(be, fn, val_data, y_val, eval_batch_size)
-            row["val_s"] = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_acc']:.4f}")
-            history.append(row)
-    return history
+                if step % eval_every and step != total:
+                    continue
+                loss_sum, correct = float(loss_sum), int(correct)  # waits for the queued steps
+                clock += time.perf_counter() - t0
+                row = {"step": step, "epoch": step / per_epoch, "train_loss": loss_sum / seen,
+                       "train_acc": correct / seen, "train_s": clock, "samples_per_s": seen / (clock - since)}
+                t0 = time.perf_counter()
+                row["val_loss"], row["val_acc"], _ = evaluate(be, predict_fn, val_data, y_val, eval_batch_size)
+                row["eval_s"] = time.perf_counter() - t0
+                history.append(row)
+                bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_acc']:.4f}")
+                if quiet:
+                    eta = (total - step) * clock / step
+                    log.info("%s step %d/%d (epoch %.2f): train loss %.4f, val acc %.4f, %.0f samples/s, %.0f s "
+                             "training, ETA %.0f s", desc, step, total, row["epoch"], row["train_loss"],
+                             row["val_acc"], row["samples_per_s"], clock, eta)
+                if row["val_acc"] >= target and not outcome["reached"]:
+                    outcome |= {"reached": True, "time_to_target_s": clock, "steps_to_target": step,
+                                "epochs_to_target": row["epoch"]}
+                    if stop_at_target:
+                        return history, outcome | _end(history)
+                loss_sum, correct, seen, since = 0.0, 0, 0, clock
+                t0 = time.perf_counter()
+            clock += time.perf_counter() - t0  # steps after the last evaluation of this epoch
+    return history, outcome | _end(history)
+
+
+def _end(history: list[dict]) -> dict:
+    return {"best_val_acc": max(h["val_acc"] for h in history), "stopped_at_step": history[-1]["step"],
+            "train_s": history[-1]["train_s"]}

@@ -96,6 +96,24 @@ class Schedules(_Section):
     cnn: Schedule
 
 
+Accuracy = Annotated[float, Field(gt=0, le=1)]
+
+
+class Targets(_Section):
+    mlp: Accuracy
+    cnn: Accuracy
+
+
+class TargetsByData(_Section):
+    mnist: Targets
+    fashion_mnist: Targets = Field(alias="fashion-mnist")
+    digits: Targets
+    idx: Targets
+
+    def of(self, dataset: str) -> Targets:
+        return getattr(self, dataset.replace("-", "_"))
+
+
 class Train(_Section):
     batch_size: Count
     optimizer: Literal["sgd", "momentum", "adam"]
@@ -104,6 +122,8 @@ class Train(_Section):
     beta2: Fraction01
     eps: Positive
     eval_batch_size: Count
+    eval_every: Count
+    stop_at_target: bool
     repeats: Count
 
 
@@ -147,6 +167,7 @@ class Params(_Section):
     mlp: MLP
     cnn: CNN
     schedule: Schedules
+    target: TargetsByData
     train: Train
     bench: Bench
     loaders: Loaders
@@ -241,7 +262,7 @@ def _field(loc: tuple) -> tuple[Any, list, type | None]:
     for part in loc:
         if isinstance(part, int):
             continue
-        fields = getattr(model, "model_fields", {})
+        fields = {info.alias or name: info for name, info in getattr(model, "model_fields", {}).items()}
         if part not in fields:
             return None, [], model
         info = fields[part]
@@ -267,7 +288,8 @@ def _message(err: dict, raw: Any) -> str:
         return f"params.yaml: {key}: missing key"
     if kind == "extra_forbidden":
         _, _, model = _field(loc[:-1])
-        return f"params.yaml: {key}: unknown key (allowed here: {', '.join(model.model_fields)})"
+        allowed = [info.alias or name for name, info in model.model_fields.items()]
+        return f"params.yaml: {key}: unknown key (allowed here: {', '.join(allowed)})"
     if kind in ("model_type", "dict_type", "model_attributes_type"):
         return f"params.yaml: {key or 'top level'}: expected a mapping, got {err['input']!r}"
     if kind in _TYPE_ERRORS:  # a wrong type is named where it sits, list index included

@@ -48,6 +48,41 @@ def equivalence(r: Results) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def time_to_target_blocks(r: Results, figdir: Path) -> list:
+    """The headline: per model, each framework's time to the target validation accuracy, paired over seeds."""
+    rows, lines = [], []
+    for cell, m in r.train.items():
+        fw, model = cell.split("-")
+        t = m.get("time_to_target_s")
+        rows.append({"model": model, "framework": LABEL[fw], "target val acc": m["target_val_acc"],
+                     "reached (seeds)": f"{m['reached_seeds']}/{m.get('seeds', 1)}",
+                     "time to target s [range]": f"{t:.1f} [{m['time_to_target_s_min']:.1f}–"
+                                                 f"{m['time_to_target_s_max']:.1f}]" if t is not None
+                     else f"not reached (best {m['best_val_acc']:.4f})",
+                     "epochs to target": f"{m['epochs_to_target']:.2f}" if t is not None else "—",
+                     "test acc at stop %": 100 * m["test_acc"]})
+    for model, ca, cb in pairs(r):
+        a, b = r.seeds[ca].set_index("seed"), r.seeds[cb].set_index("seed")
+        both = [s for s in a.index if s in b.index and a.at[s, "reached"] and b.at[s, "reached"]]
+        # per seed (same initial weights and batch order in both): B's time over A's, i.e. A's speed-up
+        ratios = [b.at[s, "time_to_target_s"] / a.at[s, "time_to_target_s"] for s in both]
+        v = compare.speed(LABEL[ca.split("-")[0]], LABEL[cb.split("-")[0]], ratios, r.bench["min_effect"],
+                          unit="seeds")  # the same rule and minimum effect as the speed verdicts
+        lines.append(f"**{model}**, time to target (speed ratio = the other's time / this one's): {v['text']}")
+    hist = history_rows(r).assign(framework=lambda d: d["framework"].map(LABEL))
+    targets = {c.split("-")[1]: m["target_val_acc"] for c, m in r.train.items()}
+    return [("h2", "Time to target accuracy"),
+            ("p", "What a user choosing a framework pays: training seconds (evaluation excluded) until validation "
+                  "accuracy first reaches the target, as MLPerf and DAWNBench measure it; training stops there "
+                  "(`train.stop_at_target`) and test accuracy is measured at the stop. Seed k starts both "
+                  "frameworks from the same weights and batch order, so seeds are paired; a verdict needs "
+                  f"{compare.min_rounds()} seeds or more (`train.repeats`). The train cells run as separate stages, "
+                  "minutes apart, so the machine's drift enters these times (see Speed for interleaved rates)."),
+            ("table", pd.DataFrame(rows)), *[("p", line) for line in lines],
+            ("img", figures.time_to_target(hist, targets, figdir / "time_to_target.png"),
+             "Validation accuracy against training time (first seed), both frameworks; dashed: the target")]
+
+
 def env_table(env: dict) -> pd.DataFrame:
     flat = {k: v for k, v in env.items() if not isinstance(v, (dict, list))}
     flat["gpus"] = ", ".join(env.get("gpus") or []) or "none"
@@ -89,7 +124,7 @@ def build(r: Results, params_text: str, prepared: dict, figdir: Path) -> list[re
              "per-round ratio between fresh, interleaved processes to exclude 1 (see Speed); accuracy claims need "
              f"p < {compare.ALPHA} in a paired t-test over seeds (or, with one seed, McNemar's test says only that "
              "the two trained models differ). Otherwise: no clear difference.")]
-    B += [("h2", "Environment"), ("table", env_table(r.env))]
+    B += time_to_target_blocks(r, figdir)
     acc = pd.DataFrame([{"framework": LABEL[c.split("-")[0]], "model": c.split("-")[1],
                          "test accuracy %": f"{100 * m['test_acc']:.2f} ± {100 * m['test_acc_std']:.2f}",
                          "seeds": m.get("seeds", 1), "params": m["params"], "epochs": m["epochs"],
@@ -121,4 +156,5 @@ def build(r: Results, params_text: str, prepared: dict, figdir: Path) -> list[re
         B += [("h2", "Equivalence evidence"),
               ("p", "Both cells of a model start from the same NumPy-drawn weights and batch order; their initial "
                     "logits on the same validation images must agree."), ("table", eq)]
-    return B + [("h2", "Parameters of this run"), ("pre", params_text)]
+    return B + [("h2", "Environment"), ("table", env_table(r.env)), ("h2", "Parameters of this run"),
+                ("pre", params_text)]

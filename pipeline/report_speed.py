@@ -40,7 +40,7 @@ def stability_text(r: Results) -> str:
 
 def gap_text(r: Results, c: dict, bench_rate: float) -> str | None:
     """Why the train stage's samples/s differs from the bench's by more than GAP, from the train stage's own
-    per-epoch times: the first epoch (tracing, warm-up) or the machine's speed at another time."""
+    history: its start (tracing, warm-up, first evaluation interval) or the machine's speed at another time."""
     cell = f"{c['framework']}-{c['model']}"
     if cell not in r.train:
         return None
@@ -48,18 +48,18 @@ def gap_text(r: Results, c: dict, bench_rate: float) -> str | None:
     gap = m["train_samples_per_s"] / bench_rate - 1
     if abs(gap) <= GAP:
         return None
-    n = m["train_samples_per_s"] * m["train_time_s"] / m["epochs"]  # samples per epoch
-    later = hist["train_s"].iloc[1:] if "train_s" in hist and len(hist) > 1 else pd.Series(dtype=float)
     head = (f"{LABEL[c['framework']]} {c['model']}: the train stage ran at {m['train_samples_per_s']:,.0f} "
             f"samples/s, {100 * gap:+.0f}% from the bench's {bench_rate:,.0f}. ")
-    if len(later):
-        steady = n * len(later) / later.sum()
-        if abs(steady / bench_rate - 1) <= GAP:
-            return head + (f"Its epochs after the first ran at {steady:,.0f} samples/s: the gap is the first epoch "
-                           "(tracing, compilation, allocator warm-up), which the bench times apart.")
-        return head + (f"Even its later epochs ran at {steady:,.0f} samples/s: the stages ran minutes apart, and "
-                       "this machine's speed drifts (see the calibration above); compare rates within one stage.")
-    return head + "With one epoch, the train stage's figure includes its tracing/warm-up, which the bench times apart."
+    if len(hist) < 2:
+        return head + "It evaluated once, so its figure includes its tracing/warm-up, which the bench times apart."
+    batch = r.run[cell].get("batch_size", 0)
+    steady = (hist["step"].iloc[-1] - hist["step"].iloc[0]) * batch / (hist["train_s"].iloc[-1] -
+                                                                       hist["train_s"].iloc[0])
+    if abs(steady / bench_rate - 1) <= GAP:
+        return head + (f"After its first evaluation it ran at {steady:,.0f} samples/s: the gap is its start "
+                       "(tracing, compilation, allocator warm-up), which the bench times apart.")
+    return head + (f"Even after its first evaluation it ran at {steady:,.0f} samples/s: the stages ran minutes apart "
+                   "and this machine's speed drifts (see the calibration above); compare rates within one stage.")
 
 
 def speed_blocks(r: Results, figdir: Path) -> list:

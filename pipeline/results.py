@@ -62,14 +62,16 @@ def collect(root: Path, frameworks: list[str], models: list[str]) -> Results:
     for cell in r.cells():
         d, stage = root / "runs" / cell, f"train@{cell}"
         r.train[cell] = _need(read_json(d / "metrics.json", stage), ["test_acc", "test_acc_std", "train_time_s",
-                                                                   "train_samples_per_s", "params", "epochs"],
+                                                                   "train_samples_per_s", "params", "epochs",
+                                                                   "target_val_acc", "reached_seeds",
+                                                                   "time_to_target_s", "best_val_acc"],
                               d / "metrics.json", stage)
         r.run[cell] = _need(read_json(d / "run.json", stage), ["init_weights_sha256", "batch_order_sha256",
                                                              "layer_param_counts", "readback_weights_sha256"],
                             d / "run.json", stage)
-        r.seeds[cell] = read_tsv(d / "seeds.tsv", stage, ["seed", "test_acc"])
-        r.history[cell] = read_tsv(d / "history.tsv", stage, ["epoch", "train_loss", "train_acc", "val_loss",
-                                                              "val_acc"])
+        r.seeds[cell] = read_tsv(d / "seeds.tsv", stage, ["seed", "test_acc", "reached", "time_to_target_s"])
+        r.history[cell] = read_tsv(d / "history.tsv", stage, ["step", "epoch", "train_loss", "train_acc", "train_s",
+                                                              "val_loss", "val_acc"])
         r.confusion[cell] = read_tsv(d / "confusion.tsv", stage, [], index=True)
         try:
             with np.load(d / "predictions.npz", allow_pickle=False) as f:
@@ -106,6 +108,10 @@ def tidy(r: Results) -> pd.DataFrame:
         base = {"framework": fw, "model": model, "source": "train"}
         out += [base | {"metric": "test_acc", "value": m["test_acc"], "unit": "fraction",
                         "spread": m["test_acc_std"], "spread_kind": "std over seeds", "n": m.get("seeds", 1)},
+                base | {"metric": "time_to_target_s", "value": m["time_to_target_s"], "unit": "s",
+                        "low": m.get("time_to_target_s_min"), "high": m.get("time_to_target_s_max"),
+                        "spread_kind": "range over seeds that reached it", "n": m["reached_seeds"],
+                        "note": f"target val acc {m['target_val_acc']}"},
                 base | {"metric": "train_time_s", "value": m["train_time_s"], "unit": "s"},
                 base | {"metric": "train_samples_per_s", "value": m["train_samples_per_s"], "unit": "samples/s"},
                 base | {"metric": "params", "value": m["params"], "unit": "count"}]

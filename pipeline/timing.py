@@ -6,7 +6,7 @@ Timed calls are grouped into repeats; a figure is the median over repeats with i
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -55,19 +55,31 @@ def rates(per_step_s: list[float], items_per_step: int) -> dict[str, float]:
             "step_time_ms_median": float(np.median(per_step_s) * 1e3)}
 
 
+def batches(take: Callable, data: Any, order: np.ndarray, batch_size: int) -> Iterator[tuple[Any, Any]]:
+    """One epoch's full batches in `order`: one gather into contiguous memory, then slices (views in PyTorch).
+
+    Full batches only: a last, smaller batch would change shapes (TensorFlow would retrace into a shape-generic
+    graph) and weigh its samples more. Both frameworks drop the same few samples, a different few each epoch.
+    """
+    full = len(order) // batch_size * batch_size
+    x, y = take(data, order[:full])
+    for i in range(0, full, batch_size):
+        yield x[i:i + batch_size], y[i:i + batch_size]
+
+
 def step_timings(take: Callable, step: Callable, sync: Callable, data: Any, order: np.ndarray, batch_size: int,
                  warmup: int, steps: int, repeats: int) -> tuple[float, list[float]]:
-    """(seconds of the first call, seconds per step of each repeat) of `step(*take(data, idx))`, idx running
-    through `order` in full batches (a partial batch would change shapes and make graphs retrace), cycling."""
-    starts = list(range(0, max(len(order) - batch_size, 0) + 1, batch_size))
-    pos = [0]
+    """(seconds of the first call, seconds per step of each repeat) of `step(x, y)` over the train stage's data
+    path (`batches` through `order`, cycling)."""
+    def endless() -> Iterator[tuple[Any, Any]]:
+        while True:
+            yield from batches(take, data, order, batch_size)
+    it = endless()
 
     def run(k: int) -> Any:
         out = None
         for _ in range(k):
-            s = starts[pos[0] % len(starts)]
-            pos[0] += 1
-            out = step(*take(data, order[s:s + batch_size]))
+            out = step(*next(it))
         return out
     t0 = time.perf_counter()
     sync(run(1))  # the first step: tracing, compilation, allocator growth

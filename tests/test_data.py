@@ -97,3 +97,17 @@ def test_digits_are_real_sklearn_digits_as_idx(tmp_path):
     assert len(a["y_train"]) + len(a["y_test"]) == len(load_digits().target) == 1797
     assert a["x_train"].shape[1:] == (8, 8) and a["x_train"].max() == 255
     assert classes == tuple("0123456789")
+
+
+def test_synthetic_mnist_shaped_data_is_28x28_idx_that_prepare_reads(tmp_path):
+    from pipeline import synth
+    from pipeline.data import prepare
+
+    synth.write(tmp_path, 300, 50, seed=0)
+    a = prepare(tmp_path, None, 0.1, 0)
+    assert a["x_train"].shape[1:] == (28, 28) and len(a["y_train"]) + len(a["y_val"]) == 300
+    assert a["x_test"].shape == (50, 28, 28) and set(np.unique(a["y_test"])) <= set(range(10))
+    x = a["x_train"].astype(float)
+    assert x[:, :2, :].mean() < 20 and x[:, 10:18, 10:18].mean() > 40  # ink in the middle, a quiet border
+    centres = {tuple(np.argwhere(img > 128).mean(0).round()) for img in a["x_train"][:50]}
+    assert len(centres) > 10  # digits sit at different shifts, not all in one place

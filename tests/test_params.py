@@ -101,6 +101,7 @@ def _rules() -> list[tuple[str, object]]:
 
     def walk(model, prefix, defaults):
         for name, info in model.model_fields.items():
+            name = info.alias or name  # params.yaml's spelling, e.g. fashion-mnist
             key, tp, meta, default = prefix + name, info.annotation, info.metadata, defaults[name]
             if isinstance(tp, type) and issubclass(tp, BaseModel):
                 walk(tp, key + ".", default)

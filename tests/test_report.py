@@ -48,7 +48,7 @@ def bench_records(root):
     stab = calib.stability(bench.calibrations(rows))
     (root / "bench").mkdir(parents=True)
     (root / "bench" / "records.json").write_text(json.dumps({
-        "threads": 2, "calibration": stab, "flagged": [], "records": rows,
+        "threads": 2, "rounds": cfg.rounds, "min_effect": cfg.min_effect, "calibration": stab, "flagged": [], "records": rows,
         "cells": bench.per_cell(rows, flops, stab["gflops_median"], 512),
         "verdicts": bench.comparisons(rows, ["torch", "tensorflow"], ["mlp", "cnn"], cfg)}))
 
@@ -67,16 +67,20 @@ def make_results(root, mlp_tf_wrong=0, cnn_tf_wrong=30):
             pred = y.copy()
             pred[:wrong] = (y[:wrong] + 1) % 10
             acc = float((pred == y).mean())
-            (d / "metrics.json").write_text(json.dumps({"test_acc": acc, "test_acc_std": 0.0, "train_time_s": 12.5,
-                                                        "train_samples_per_s": 4321.0, "params": 1234,
-                                                        "epochs": 3, "seeds": 1}))
+            ttt = {"torch": 10.0, "tensorflow": 12.5}[fw] if model == "mlp" else None  # CNNs never reach it
+            (d / "metrics.json").write_text(json.dumps({
+                "test_acc": acc, "test_acc_std": 0.0, "train_time_s": 12.5, "train_samples_per_s": 4321.0,
+                "params": 1234, "epochs": 3, "seeds": 1, "target_val_acc": 0.8, "reached_seeds": int(ttt is not None),
+                "time_to_target_s": ttt, "time_to_target_s_min": ttt, "time_to_target_s_max": ttt,
+                "epochs_to_target": 2.0 if ttt else None, "best_val_acc": 0.85 if ttt else 0.75}))
             (d / "run.json").write_text(json.dumps({"init_weights_sha256": f"w-{model}", "batch_order_sha256": "o",
                                                     "readback_weights_sha256": f"w-{model}",
                                                     "layer_param_counts": [10, 20]}))
-            pd.DataFrame({"seed": [0], "test_acc": [acc]}).to_csv(d / "seeds.tsv", sep="\t", index=False)
-            pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.5, 0.3], "train_acc": [0.6, 0.8, 0.9],
-                          "val_loss": [0.9, 0.6, 0.4], "val_acc": [0.7, 0.8, 0.85]}).to_csv(d / "history.tsv",
-                                                                                         sep="\t", index=False)
+            pd.DataFrame({"seed": [0], "test_acc": [acc], "reached": [ttt is not None],
+                          "time_to_target_s": [ttt]}).to_csv(d / "seeds.tsv", sep="\t", index=False)
+            pd.DataFrame({"step": [10, 20, 30], "epoch": [1, 2, 3], "train_loss": [1.0, 0.5, 0.3],
+                          "train_acc": [0.6, 0.8, 0.9], "train_s": [4.0, 8.0, 12.5], "val_loss": [0.9, 0.6, 0.4],
+                          "val_acc": [0.7, 0.8, 0.85]}).to_csv(d / "history.tsv", sep="\t", index=False)
             cm = pd.DataFrame(np.eye(10, dtype=int) * 20, index=list("0123456789"), columns=list("0123456789"))
             cm.rename_axis("true").to_csv(d / "confusion.tsv", sep="\t")
             np.savez(d / "predictions.npz", y_true=y, y_pred=pred, logits=np.zeros((N_TEST, 10), np.float32),
@@ -112,6 +116,12 @@ def run_report(root):
 def test_summary_has_the_numbers_and_noise_aware_wording(results):
     md = run_report(results)
     assert "dataset `digits`" in md and "Test CPU 9000" in md
+    # the headline comes first, the environment last
+    assert md.index("## Time to target accuracy") < md.index("## Accuracy") < md.index("## Environment")
+    assert "| mlp     | PyTorch     |              0.8 | 1/1               | 10.0 [10.0–10.0]           | 2.00 " in md
+    assert "| cnn     | TensorFlow  |              0.8 | 0/1               | not reached (best 0.7500)  | —    " in md
+    assert ("**mlp**, time to target (speed ratio = the other's time / this one's): no verdict (1 usable seeds; "
+            "at least 6 are needed") in md
     assert "| PyTorch     | mlp     | 100.00 ± 0.00" in md
     assert "85.00 ± 0.00" in md  # TensorFlow cnn: 30 of 200 wrong
     assert "**mlp**: no clear difference (100.00% vs 100.00%; right only in PyTorch: 0, only in TensorFlow: 0; " \
@@ -154,7 +164,7 @@ def test_figures_are_valid_images_and_html_is_self_contained(results):
     run_report(results)
     figs = sorted((results / "figures").glob("*.png"))
     assert [f.name for f in figs] == ["confusion.png", "learning_curves.png", "loaders.png", "rounds.png",
-                                      "samples.png", "threads.png"]
+                                      "samples.png", "threads.png", "time_to_target.png"]
     for f in figs:
         with Image.open(f) as im:
             im.verify()
@@ -181,7 +191,7 @@ def test_several_seeds_use_a_paired_test_over_seeds():
     (lambda r: (r / "bench" / "records.json").unlink(), r"bench/records.json: missing; run `dvc repro bench` first"),
     (lambda r: (r / "bench" / "records.json").write_text("{}"), r"bench/records.json: malformed \(missing records"),
     (lambda r: (r / "runs" / "tensorflow-mlp" / "metrics.json").write_text("{oops"), r"runs/tensorflow-mlp/metrics.json: malformed JSON"),
-    (lambda r: (r / "runs" / "torch-mlp" / "history.tsv").write_text("epoch\tval_acc\n1\t0.5\n"), r"runs/torch-mlp/history.tsv: malformed \(missing columns train_loss"),
+    (lambda r: (r / "runs" / "torch-mlp" / "history.tsv").write_text("step\tepoch\tval_acc\n1\t1\t0.5\n"), r"runs/torch-mlp/history.tsv: malformed \(missing columns train_loss"),
     (lambda r: (r / "loaders" / "torch" / "records.json").write_text("{}"), r"loaders/torch/records.json: malformed \(missing records\)"),
     (lambda r: (r / "runs" / "torch-cnn" / "predictions.npz").write_bytes(b"junk"), r"runs/torch-cnn/predictions.npz: unreadable"),
 ])

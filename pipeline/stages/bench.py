@@ -88,6 +88,7 @@ def main(argv: list[str]) -> None:
     flagged = sorted({(r["round"], r["arm"], r["flag"]) for r in rows if r["flag"]})
     files.write_json(a.out / "records.json", {
         "frameworks": p.frameworks, "models": p.models, "threads": threads, "arms": arms, "rounds": cfg.rounds,
+        "min_effect": cfg.min_effect,
         "flops_per_sample": flops, "env": files.read_json(a.env, "env"), "calibration": stab,
         "flagged": [{"round": rd, "arm": arm, "why": why} for rd, arm, why in flagged], "cells": cells,
         "verdicts": verdicts, "records": rows})

@@ -30,10 +30,9 @@ def main(argv: list[str]) -> None:
     rows = loaders.sweep(be, raw, p.loaders, models, p.seed)
     files.write_json(a.out / "records.json", {"framework": a.framework, "setup": env,
                                               "env": files.read_json(a.env, "env"), "records": rows})
-    files.write_json(a.out / "metrics.json", loaders.summarise(rows))  # flat, for DVC
-    for r in rows:
-        log.info("%-10s workers=%-8s %8.0f samples/s (IQR %.0f)", r["what"], r["workers"], r["samples_per_s"],
-                 r["samples_per_s_iqr"])
+    summary = loaders.summarise(rows)
+    files.write_json(a.out / "metrics.json", summary)  # flat, for DVC; last
+    log.info("best: %s", ", ".join(f"{k}={v}" for k, v in summary.items() if "best_workers" in k))
 
 
 if __name__ == "__main__":

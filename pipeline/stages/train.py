@@ -14,7 +14,8 @@ from pipeline import backends, files, params, runs
 from pipeline.data import load_prepared, normalise, prepared_meta
 
 log = logging.getLogger("train")
-SEED_COLUMNS = ("seed", "test_acc", "test_loss", "val_acc", "train_time_s", "wall_time_s", "train_samples_per_s")
+SEED_COLUMNS = ("seed", "test_acc", "test_loss", "val_acc", "reached", "time_to_target_s", "steps_to_target",
+                "epochs_to_target", "best_val_acc", "train_time_s", "wall_time_s", "train_samples_per_s")
 
 
 def main(argv: list[str]) -> None:
@@ -35,7 +36,8 @@ def main(argv: list[str]) -> None:
     d = {k: normalise(raw[k], raw["mean"], raw["std"]) if k.startswith("x_") else raw[k] for k in raw}
     optim, epochs = params.optim(p, a.model), getattr(p.schedule, a.model).epochs
     cell = f"{a.framework}-{a.model}"
-    seeds = [runs.run_seed(be, spec, optim, d, p.train, epochs, p.seed + r, f"{cell} seed {p.seed + r}")
+    target = getattr(p.target.of(meta["dataset"]), a.model)
+    seeds = [runs.run_seed(be, spec, optim, d, p.train, epochs, target, p.seed + r, f"{cell} seed {p.seed + r}")
              for r in range(p.train.repeats)]
     names = [str(c) for c in raw["classes"]]
     metrics, per_class = runs.summarise(seeds, raw["y_test"], len(names))
@@ -61,8 +63,9 @@ def main(argv: list[str]) -> None:
                                         **setup, "optimizer": optim.__dict__, "batch_size": p.train.batch_size,
                                         **ev})
     files.write_json(out / "metrics.json", metrics)  # last: its presence means every other output is there
-    log.info("%s: test accuracy %.4f (%d seed%s), %.0f samples/s", cell, metrics["test_acc"], len(seeds),
-             "s" * (len(seeds) > 1), metrics["train_samples_per_s"])
+    log.info("%s: target %.4f %s; test accuracy %.4f (%d seed%s), %.0f samples/s", cell, target,
+             f"reached in {metrics['time_to_target_s']:.1f} s (median)" if metrics["reached_seeds"] else "not reached",
+             metrics["test_acc"], len(seeds), "s" * (len(seeds) > 1), metrics["train_samples_per_s"])
 
 
 if __name__ == "__main__":
