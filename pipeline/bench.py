@@ -65,7 +65,7 @@ def measure(be: Backend, spec: ModelSpec, optim: Optim, data: object, n: int, cf
     return row
 
 
-def measure_or_unsupported(be: Backend, variant: str, run: callable) -> dict:
+def measure_or_unsupported(be: Backend, variant: str, run: Callable[[], dict]) -> dict:
     """run() for a non-default variant; a known "not on this machine" failure becomes an unsupported row."""
     try:
         return run() | {"status": "ok"}
@@ -161,6 +161,15 @@ def comparisons(rows: list[dict], frameworks: list[str], models: list[str], cfg:
                         f"no verdict: the machine was too unstable (calibration CV {stab['cv_pct']:.1f}% over the "
                         f"clean rounds > {cfg.max_calib_cv:g}%); measured ratio {verdict['ratio']:.2f}x")}
                 out.append({"model": model, "phase": phase, "a": a, "b": b, "control": control, **verdict})
+    # A control that tells identical runs apart shows this run's noise is beyond what the rule separates:
+    # no verdict for that model and phase, rather than one that may be chance.
+    tripped = {(v["model"], v["phase"]): v for v in out if v["control"] and v["winner"]}
+    for v in out:
+        c = tripped.get((v["model"], v["phase"]))
+        if c and not v["control"]:
+            v |= {"winner": None, "text": (f"no verdict: the A/A control told identical runs apart "
+                                           f"({c['ratio']:.2f}x), so this run's noise is beyond what the rule can "
+                                           f"separate; measured ratio {v['ratio']:.2f}x")}
     return out
 
 

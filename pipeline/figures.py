@@ -54,8 +54,9 @@ def rounds(verdicts: list[dict], rows: pd.DataFrame, flagged: list[dict], path: 
         labels.append(f"{v['model']} {v['phase']}: {v['a']}/{v['b']}" + (" (control)" if v["control"] else ""))
     ax.set_yticks(range(len(verdicts)), labels[::-1])
     ax.set_xscale("log")
-    for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
-        axis(matplotlib.ticker.FormatStrFormatter("%.2g"))  # 0.5, 1, 2 rather than 5x10^-1
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.2g"))  # 0.5, 1, 2 rather than 5x10^-1
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xlabel("rate ratio per round (log scale; 1 = same speed)")
     order = rows[rows["kind"] == "round"].drop_duplicates(["round", "arm"]).reset_index(drop=True)

@@ -41,7 +41,8 @@ def evaluate(be: Backend, fn: Callable[[Any], Any], data: Any, y: np.ndarray,
 def train(be: Backend, model: Any, optim: Optim, train_data: Any, val_data: Any, y_val: np.ndarray, *, epochs: int,
           batch_size: int, eval_batch_size: int, eval_every: int, target: float, stop_at_target: bool, seed: int,
           desc: str = "train") -> tuple[list[dict], dict]:
-    """Train with the seed's batch order, evaluating the validation split every `eval_every` steps (and at the end).
+    """Train with the seed's batch order, evaluating the validation split every `eval_every` steps (every epoch if
+    an epoch is shorter) and at the end.
 
     The training clock runs only while optimizer steps (and the per-epoch gather) run: evaluation is timed apart.
     Returns one history row per evaluation and the time-to-target outcome: the first training time, step and epoch
@@ -51,6 +52,7 @@ def train(be: Backend, model: Any, optim: Optim, train_data: Any, val_data: Any,
     n = len(train_data[1])
     per_epoch = n // batch_size  # full batches only (timing.batches)
     total = epochs * per_epoch
+    cadence = min(eval_every, per_epoch)  # small datasets: at least one evaluation per epoch
     history: list[dict] = []
     outcome = {"target": target, "reached": False, "time_to_target_s": None, "steps_to_target": None,
                "epochs_to_target": None}
@@ -63,7 +65,7 @@ def train(be: Backend, model: Any, optim: Optim, train_data: Any, val_data: Any,
                 loss, right = step_fn(xb, yb)
                 loss_sum, correct, seen, step = loss_sum + loss, correct + right, seen + batch_size, step + 1
                 bar.update()
-                if step % eval_every and step != total:
+                if step % cadence and step != total:
                     continue
                 loss_sum, correct = float(loss_sum), int(correct)  # waits for the queued steps
                 clock += time.perf_counter() - t0

@@ -89,7 +89,8 @@ def speed_blocks(r: Results, figdir: Path) -> list:
               "GEMM before and after. A verdict uses the ratio of two frameworks' rates measured back to back in "
               "each round: \"X is faster\" only when the exact confidence interval of the median ratio excludes "
               "1 and the median is at least the minimum effect away from 1; otherwise \"no clear difference\". "
-              "The control must read \"no clear difference\"; if it does not, distrust every verdict of this run."),
+              "The control must read \"no clear difference\"; when it tells identical runs apart, the framework verdict "
+              "of that model and phase is withheld."),
         ("p", stability_text(r)), ("table", table), *[("p", line) for line in lines],
         ("p", "Training counts 3× forward FLOPs. % peak: share of the run's median calibration GEMM rate; % own "
               "calib: share of each process's own calibration (comparable across runs and machines). Both can "

@@ -175,3 +175,16 @@ def test_a_failing_child_fails_the_stage_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "error: bench child round 1 torch failed (exit 2); its error is printed above"
     assert ChildError.__name__ == "ChildError"
+
+
+def test_a_tripped_control_withholds_the_verdict_it_would_have_given():
+    # torch* is 20% slower than torch in every round: the control trips, and torch vs tensorflow (a real 25%)
+    # gets no verdict for that model and phase
+    run, _ = fake_child({(rd, "torch*"): (200.0, 200.0, 80.0) for rd in range(6)})
+    rows = bench.run_rounds(run, ["torch", "tensorflow", "torch*"], rounds=6, max_drift=0.1)
+    verdicts = bench.comparisons(rows, ["torch", "tensorflow"], ["mlp"], FAKE)
+    train = {v["control"]: v for v in verdicts if v["phase"] == "train"}
+    assert train[True]["winner"] == "torch" and train[True]["text"].startswith("torch is faster")
+    assert train[False]["winner"] is None
+    assert train[False]["text"] == ("no verdict: the A/A control told identical runs apart (1.25x), so this run's "
+                                    "noise is beyond what the rule can separate; measured ratio 1.25x")

@@ -27,13 +27,14 @@ def scripted(monkeypatch):
     return use
 
 
-def run(target, stop, epochs=2):
+def run(target, stop, epochs=2, eval_every=2):
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(70, 8, 8, 1)).astype(np.float32), rng.integers(0, 10, 70)  # 70 // 16 = 4 full batches
     data = tb.put(x, y)
     t0 = time.perf_counter()
     out = loop.train(tb, tb.build(SPEC, specs.init_weights(SPEC, 0)), OPTIM, data, data, y, epochs=epochs,
-                     batch_size=16, eval_batch_size=70, eval_every=2, target=target, stop_at_target=stop, seed=0,
+                     batch_size=16, eval_batch_size=70, eval_every=eval_every, target=target, stop_at_target=stop,
+                     seed=0,
                      desc="t")
     return out, time.perf_counter() - t0
 
@@ -71,3 +72,9 @@ def test_without_a_terminal_each_evaluation_logs_a_line(scripted, caplog):
     assert len(lines) == 4  # pytest's stderr is not a TTY: no bar, one line per evaluation
     assert lines[1].startswith("t step 4/8 (epoch 1.00): train loss ") and "val acc 0.6000" in lines[1]
     assert "samples/s" in lines[1] and "ETA" in lines[1]
+
+
+def test_an_epoch_shorter_than_the_cadence_still_gets_an_evaluation(scripted):
+    scripted([0.5, 0.6, 0.7])
+    (history, _), _ = run(target=0.99, stop=True, epochs=3, eval_every=100)  # 4 steps per epoch
+    assert [h["step"] for h in history] == [4, 8, 12] and [h["epoch"] for h in history] == [1.0, 2.0, 3.0]
