@@ -53,6 +53,9 @@ class Backend(Protocol):
     def make_step(self, model: Model, optim: Optim, variant: str) -> Callable[[Any, Any], tuple[Any, Any]]:
         """step(x, y) -> (loss summed over the batch, correct count): one optimizer update."""
 
+    def set_lr(self, step: Callable, lr: float) -> None:
+        """Set the learning rate that the optimizer of `step` (from make_step) uses from its next call on."""
+
     def make_predict(self, model: Model, variant: str) -> Callable[[Any], Any]:
         """predict(x) -> logits, inference mode."""
 

@@ -10,7 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.backends import Backend
-from pipeline.spec import Optim, batch_order
+from pipeline.spec import Optim, batch_order, lr_at
 from pipeline.timing import batches
 
 log = logging.getLogger("train")
@@ -62,6 +62,8 @@ def train(be: Backend, model: Any, optim: Optim, train_data: Any, val_data: Any,
         for epoch in range(epochs):
             t0 = time.perf_counter()
             for xb, yb in batches(be.take, train_data, batch_order(n, seed, epoch), batch_size):
+                if not optim.constant():
+                    be.set_lr(step_fn, lr_at(optim, step, total, per_epoch))
                 loss, right = step_fn(xb, yb)
                 loss_sum, correct, seen, step = loss_sum + loss, correct + right, seen + batch_size, step + 1
                 bar.update()

@@ -67,6 +67,8 @@ class CNN(_Section):
 class Schedule(_Section):
     epochs: Count
     lr: Positive
+    warmup: Annotated[float, Field(ge=0)]
+    decay: Literal["none", "cosine", "linear"]
 
 
 class Schedules(_Section):
@@ -180,8 +182,8 @@ def model_spec(p: Params, model: str, in_shape: tuple[int, int, int], classes: i
 
 def optim(p: Params, model: str) -> spec.Optim:
     """The optimizer maths of `model`'s training: train.* hyperparameters and the model's learning rate."""
-    t = p.train
-    return spec.Optim(t.optimizer, getattr(p.schedule, model).lr, t.momentum, t.beta1, t.beta2, t.eps)
+    t, s = p.train, getattr(p.schedule, model)
+    return spec.Optim(t.optimizer, s.lr, t.momentum, t.beta1, t.beta2, t.eps, s.warmup, s.decay)
 
 
 def parse(raw: Any) -> Params:

@@ -9,6 +9,7 @@ This module knows nothing of params.yaml: `params.model_spec` translates params 
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import NamedTuple, Union
 
@@ -166,10 +167,30 @@ class Optim:
 
     sgd: w -= lr*g. momentum (heavy ball): b = momentum*b + g; w -= lr*b. adam (Kingma & Ba, Algorithm 1):
     m, v moving averages; w -= lr * m_hat / (sqrt(v_hat) + eps), eps added after bias correction.
+    lr follows lr_at(step) when a warmup or decay is set.
     """
     name: str
-    lr: float
+    lr: float          # the peak rate of the schedule
     momentum: float
     beta1: float
     beta2: float
     eps: float
+    warmup: float = 0.0    # epochs of linear warmup up to lr (in epochs, so small datasets are not all warmup)
+    decay: str = "none"    # none | cosine | linear: from lr after the warmup down to 0 at the last step
+
+    def constant(self) -> bool:
+        return self.warmup == 0 and self.decay == "none"
+
+
+def lr_at(o: Optim, step: int, total: int, per_epoch: int) -> float:
+    """The learning rate of step `step` (0-based) of `total`, `per_epoch` steps an epoch: written once, so every
+    framework gets the same rate at every step."""
+    warm = round(o.warmup * per_epoch)
+    if step < warm:
+        return o.lr * (step + 1) / warm
+    if o.decay == "none":
+        return o.lr
+    done = (step - warm) / max(total - warm - 1, 1)  # 0 at the first decayed step, 1 at the last
+    if o.decay == "linear":
+        return o.lr * (1.0 - done)
+    return o.lr * 0.5 * (1.0 + math.cos(math.pi * done))

@@ -150,6 +150,10 @@ def make_step(model: keras.Model, optim: Optim, variant: str) -> Callable[[Any, 
     return step
 
 
+def set_lr(step: Callable, lr: float) -> None:
+    step.optimizer.learning_rate.assign(lr)  # a variable the compiled step reads: no retrace
+
+
 def make_predict(model: keras.Model, variant: str) -> Callable[[Any], Any]:
     if variant == "fit":  # Keras' own inference path
         return lambda xb: model.predict_on_batch(xb)

@@ -156,6 +156,11 @@ def make_step(model: nn.Module, optim: Optim, variant: str) -> Callable[[Any, An
     return train_step
 
 
+def set_lr(step: Callable, lr: float) -> None:
+    for group in step.optimizer.param_groups:
+        group["lr"] = lr
+
+
 def make_predict(model: nn.Module, variant: str) -> Callable[[Any], Any]:
     net = torch.compile(model, dynamic=False) if variant == "compile" else model
 

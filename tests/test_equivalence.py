@@ -156,3 +156,41 @@ def test_every_timed_variant_does_the_same_training_work_as_the_default(be):
     assert max(np.abs(a - b).max() for a, b in zip(default, w)) > 1e-3  # the steps moved the weights
     for variant, weights in after.items():
         assert max(np.abs(a - b).max() for a, b in zip(weights, default)) <= 1e-5, variant
+
+
+def test_a_schedule_gives_both_frameworks_the_same_rate_at_every_step(monkeypatch):
+    s = SPECS["cnn"]
+    w = specs.init_weights(s, 0)
+    x, y = batch(s, n=64, seed=2)
+    o = specs.Optim("adam", 0.01, 0.9, 0.9, 0.999, 1e-3, warmup=0.75, decay="cosine")  # 3 of 4 steps an epoch
+    seen, hist, final = {}, {}, {}
+    for be in (tb, tfb):
+        calls = seen.setdefault(be.NAME, [])
+        real = be.set_lr
+        monkeypatch.setattr(be, "set_lr", lambda step, lr, real=real, calls=calls: (calls.append(lr),
+                                                                                     real(step, lr)))
+        model = be.build(s, w)
+        hist[be.NAME], _ = loop.train(be, model, o, be.put(x, y), be.put(x, y), y, epochs=2, batch_size=16,
+                                      eval_batch_size=64, eval_every=4, target=1.1, stop_at_target=True, seed=0)
+        final[be.NAME] = be.get_weights(model, s)
+    total = 2 * (64 // 16)
+    assert seen["torch"] == seen["tensorflow"] == [specs.lr_at(o, k, total, 4) for k in range(total)]
+    assert seen["torch"][0] < seen["torch"][2] == 0.01 > seen["torch"][-1]  # warmed up, then decayed
+    for a, b in zip(hist["torch"], hist["tensorflow"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    assert max(np.abs(a - b).max() for a, b in zip(final["torch"], final["tensorflow"])) <= 1e-4
+
+
+@pytest.mark.parametrize("be", [tb, tfb], ids=lambda b: b.NAME)
+def test_set_lr_really_changes_the_step(be):
+    s = SPECS["mlp"]
+    x, y = batch(s)
+    o = specs.Optim("sgd", 0.05, 0.0, 0.9, 0.999, 1e-8)
+    moved = []
+    for lr in (0.05, 0.0):
+        model = be.build(s, specs.init_weights(s, 0))
+        step = be.make_step(model, o, be.DEFAULT)
+        be.set_lr(step, lr)
+        step(*be.put(x, y))
+        moved.append(max(np.abs(a - b).max() for a, b in zip(be.get_weights(model, s), specs.init_weights(s, 0))))
+    assert moved[0] > 1e-3 and moved[1] == 0.0

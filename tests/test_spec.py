@@ -58,3 +58,16 @@ def test_spec_imports_no_params_code():
     code = "import sys, pipeline.spec; print(sorted(m for m in sys.modules if m.startswith('pipeline')))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['pipeline', 'pipeline.spec']"
+
+
+def test_learning_rate_schedule_maths():
+    o = spec.Optim("adam", 1.0, 0.9, 0.9, 0.999, 1e-8, warmup=0.5, decay="cosine")
+    lrs = [spec.lr_at(o, k, 13, per_epoch=8) for k in range(13)]  # half an epoch = 4 warmup steps, 9 decay steps
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]  # linear warmup, reaching the peak on its last step
+    assert lrs[4] == 1.0 and lrs[-1] == pytest.approx(0.0, abs=1e-12)  # cosine from the peak down to 0
+    assert lrs[8] == pytest.approx(0.5)  # halfway through the decay
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+    lin = spec.Optim("sgd", 2.0, 0.0, 0.9, 0.999, 1e-8, warmup=0, decay="linear")
+    assert [spec.lr_at(lin, k, 5, 5) for k in range(5)] == [2.0, 1.5, 1.0, 0.5, 0.0]
+    const = spec.Optim("sgd", 0.1, 0.0, 0.9, 0.999, 1e-8)
+    assert const.constant() and spec.lr_at(const, 7, 10, 5) == 0.1 and not o.constant()
