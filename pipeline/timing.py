@@ -10,6 +10,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from pipeline.errors import ParamsError
+
 
 def spread(values: list[float] | np.ndarray) -> dict[str, float]:
     """Median, quartiles, IQR and coefficient of variation (%) of repeated measurements."""
@@ -61,6 +63,9 @@ def batches(take: Callable, data: Any, order: np.ndarray, batch_size: int) -> It
     Full batches only: a last, smaller batch would change shapes (TensorFlow would retrace into a shape-generic
     graph) and weigh its samples more. Both frameworks drop the same few samples, a different few each epoch.
     """
+    if len(order) < batch_size:  # no full batch at all: training would divide by zero, the bench spin forever
+        raise ParamsError(f"params.yaml: train.batch_size: {batch_size} is more than the {len(order)} training "
+                          "images; lower it")
     full = len(order) // batch_size * batch_size
     x, y = take(data, order[:full])
     for i in range(0, full, batch_size):

@@ -48,3 +48,14 @@ def test_step_timings_follow_the_order_in_full_batches_and_time_the_first_step_a
     assert len(seen) == 2 + 3 * 3
     # full batches only (the last 2 samples would make a partial batch), in the given order, cycling
     assert seen[:3] == [[3, 1, 4, 0], [5, 9, 2, 6], [3, 1, 4, 0]]
+
+
+def test_a_batch_larger_than_the_training_set_is_a_params_error_not_a_hang():
+    from pipeline.errors import ParamsError
+
+    data = (np.arange(10), np.arange(10))
+    take = lambda d, idx: (d[0][idx], d[1][idx])  # noqa: E731
+    with pytest.raises(ParamsError, match=r"^params.yaml: train.batch_size: 16 is more than the 10 training images"):
+        next(timing.batches(take, data, np.arange(10), 16))
+    with pytest.raises(ParamsError):  # the bench's endless cycle stops at once instead of spinning
+        timing.step_timings(take, lambda x, y: None, lambda _: None, data, np.arange(10), 16, 2, 1, 1)
