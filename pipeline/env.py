@@ -13,7 +13,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("torch", "tensorflow", "keras", "numpy", "pandas", "scikit-learn", "dvc")
+PACKAGES = ("torch", "tensorflow", "keras", "numpy", "threadpoolctl", "pandas", "scikit-learn", "dvc")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                "OPENBLAS_CORETYPE")
 

@@ -17,7 +17,7 @@ from pipeline import spec
 from pipeline.errors import ParamsError
 from pipeline.validate import Distinct, Odd, cross, message
 
-FRAMEWORKS = ("torch", "tensorflow")
+FRAMEWORKS = ("torch", "tensorflow", "numpy")
 MODELS = ("mlp", "cnn")
 
 
@@ -141,7 +141,7 @@ class Params(_Section):
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)]
     threads: Annotated[int, Field(ge=0)]
     device: Literal["auto", "cpu", "cuda"]
-    frameworks: Annotated[list[Literal["torch", "tensorflow"]], Field(min_length=1), Distinct]
+    frameworks: Annotated[list[Literal["torch", "tensorflow", "numpy"]], Field(min_length=1), Distinct]
     models: Annotated[list[Literal["mlp", "cnn"]], Field(min_length=1), Distinct]
     data: Data
     mlp: MLP

@@ -14,11 +14,9 @@ from pipeline.data import prepared_meta
 from pipeline.results import LABEL, SHORT, Results, bench_rows, history_rows, loader_rows
 
 def pairs(r: Results) -> list[tuple[str, str, str]]:
-    """(model, cell A, cell B) for every model run in both frameworks: what the verdicts compare."""
-    if len(r.frameworks) < 2:
-        return []
-    a, b = r.frameworks[:2]
-    return [(m, f"{a}-{m}", f"{b}-{m}") for m in r.models]
+    """(model, cell A, cell B): the first framework against each other one, per model (as the bench compares)."""
+    a = r.frameworks[0]
+    return [(m, f"{a}-{m}", f"{b}-{m}") for m in r.models for b in r.frameworks[1:]]
 
 
 def accuracy_verdicts(r: Results) -> list[str]:
@@ -147,8 +145,9 @@ def build(r: Results, params_text: str, prepared: dict, figdir: Path) -> list[re
     B += report_speed.thread_blocks(r, figdir)
     table, verdicts = loaders_section(r)
     B += [("h2", "Data loading: num_workers / num_parallel_calls"),
-          ("p", "Per-sample pipeline (uint8 → float, normalise, random shift) through torch DataLoader or "
-                "tf.data; samples/s median [IQR]. `loader`: the loader alone; `train-*`: training fed by it."),
+          ("p", "Per-sample pipeline (uint8 → float, normalise, random shift) through torch DataLoader, "
+                "tf.data or (numpy) a thread pool; samples/s median [IQR]. `loader`: the loader alone; "
+                "`train-*`: training fed by it."),
           ("table", table)] + [("p", v) for v in verdicts]
     B.append(("img", figures.loaders(loader_rows(r), figdir / "loaders.png"), "samples/s against workers"))
     eq = equivalence(r)

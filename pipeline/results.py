@@ -14,8 +14,8 @@ import pandas as pd
 from pipeline.errors import DataError
 from pipeline.files import read_json
 
-LABEL = {"torch": "PyTorch", "tensorflow": "TensorFlow"}
-SHORT = {"torch": "torch", "tensorflow": "tf"}  # for figure labels with little room
+LABEL = {"torch": "PyTorch", "tensorflow": "TensorFlow", "numpy": "NumPy"}
+SHORT = {"torch": "torch", "tensorflow": "tf", "numpy": "np"}  # for figure labels with little room
 
 
 @dataclass

@@ -5,7 +5,7 @@ import inspect
 
 import pytest
 
-from pipeline import backends
+from pipeline import backends, params
 from pipeline.backends import Backend
 
 FUNCTIONS = {n for n, v in vars(Backend).items() if inspect.isfunction(v) and not n.startswith("_")}
@@ -27,7 +27,7 @@ def test_the_contract_is_not_empty():
     assert {"NAME", "DEFAULT", "VARIANTS", "MODEL_SUFFIX"} == CONSTANTS
 
 
-@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+@pytest.mark.parametrize("framework", params.FRAMEWORKS)
 def test_backend_exposes_exactly_the_contract(framework):
     be = backends.load(framework)
     assert public(be) == FUNCTIONS | CONSTANTS

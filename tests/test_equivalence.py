@@ -1,13 +1,19 @@
-"""The two backends against each other: same weights in, same logits and the same optimizer maths out."""
+"""The backends against each other: same weights in, same logits and the same optimizer maths out. PyTorch is the
+reference each other backend is held to."""
 import numpy as np
 import pytest
 
 from pipeline import loop, spec as specs
+from pipeline import numpy_backend as nb
 from pipeline import tensorflow_backend as tfb
 from pipeline import torch_backend as tb
 
 tb.setup(2, "cpu", 0)
 tfb.setup(2, "cpu", 0)
+nb.setup(2, "cpu", 0)
+ALL = [tb, tfb, nb]
+OTHERS = [tfb, nb]  # each checked against torch
+name_of = lambda b: b.NAME  # noqa: E731
 
 SPECS = {
     "mlp": specs.mlp((8, 8, 1), 10, [32, 16], "tanh", 0.0),
@@ -26,14 +32,15 @@ def test_same_parameter_counts_layer_by_layer(name):
     w = specs.init_weights(s, 0)
     torch_counts = [p.numel() for p in tb.build(s, w).parameters()]
     tf_counts = [int(np.prod(v.shape)) for v in tfb.build(s, w).weights]
-    assert torch_counts == tf_counts == [int(np.prod(x)) for x in s.param_shapes()]
+    np_counts = [p.size for p in nb.build(s, w).params]
+    assert torch_counts == tf_counts == np_counts == [int(np.prod(x)) for x in s.param_shapes()]
 
 
 @pytest.mark.parametrize("name", SPECS)
 def test_weights_load_and_read_back_exactly_in_both(name):
     s = SPECS[name]
     w = specs.init_weights(s, 3)
-    for be in (tb, tfb):
+    for be in ALL:
         back = be.get_weights(be.build(s, w), s)
         assert specs.digest(back) == specs.digest(w)
 
@@ -47,14 +54,15 @@ def test_torch_layout_conversion_really_permutes_the_flatten():
     np.testing.assert_array_equal(tb._from_native(s, native)[4], w[4])
 
 
+@pytest.mark.parametrize("other", OTHERS, ids=name_of)
 @pytest.mark.parametrize("name", SPECS)
-def test_same_weights_give_same_logits(name):
+def test_same_weights_give_same_logits(name, other):
     s = SPECS[name]
     w = specs.init_weights(s, 0)
     x, y = batch(s)
     lt = loop.predict(tb, tb.make_predict(tb.build(s, w), tb.DEFAULT), tb.put(x, y), 10)
-    lf = loop.predict(tfb, tfb.make_predict(tfb.build(s, w), tfb.DEFAULT), tfb.put(x, y), 10)
-    assert lt.shape == (24, 10)
+    lf = loop.predict(other, other.make_predict(other.build(s, w), other.DEFAULT), other.put(x, y), 10)
+    assert lt.shape == lf.shape == (24, 10)
     assert np.abs(lt - lf).max() <= 1e-4
     assert np.abs(lt).max() > 1e-2  # not trivially equal (e.g. all zeros)
 
@@ -65,19 +73,20 @@ OPTIMS = [specs.Optim("sgd", 0.05, 0.9, 0.9, 0.999, 1e-3), specs.Optim("momentum
           specs.Optim("adam", 0.01, 0.9, 0.8, 0.99, 1e-3)]
 
 
+@pytest.mark.parametrize("other", OTHERS, ids=name_of)
 @pytest.mark.parametrize("optim", OPTIMS, ids=lambda o: o.name)
 @pytest.mark.parametrize("name", SPECS)
-def test_optimizer_steps_give_same_weights(name, optim):
+def test_optimizer_steps_give_same_weights(name, optim, other):
     s = SPECS[name]
     w = specs.init_weights(s, 0)
     x, y = batch(s)
-    mt, mf = tb.build(s, w), tfb.build(s, w)
-    st, sf = tb.make_step(mt, optim, tb.DEFAULT), tfb.make_step(mf, optim, tfb.DEFAULT)
+    mt, mf = tb.build(s, w), other.build(s, w)
+    st, sf = tb.make_step(mt, optim, tb.DEFAULT), other.make_step(mf, optim, other.DEFAULT)
     for i in range(3):  # 3 steps: momentum buffers and Adam bias correction both matter after step 1
         lt, ct = st(*tb.take(tb.put(x, y), np.arange(i, 24, 2)))
-        lf, cf = sf(*tfb.take(tfb.put(x, y), np.arange(i, 24, 2)))
+        lf, cf = sf(*other.take(other.put(x, y), np.arange(i, 24, 2)))
         assert float(lt) == pytest.approx(float(lf), rel=1e-5) and int(ct) == int(cf)
-    wt, wf = tb.get_weights(mt, s), tfb.get_weights(mf, s)
+    wt, wf = tb.get_weights(mt, s), other.get_weights(mf, s)
     moved = max(np.abs(a - b).max() for a, b in zip(wt, w))
     assert moved > 1e-3  # the steps did change the weights
     assert max(np.abs(a - b).max() for a, b in zip(wt, wf)) <= 1e-5
@@ -108,17 +117,18 @@ def test_training_loops_track_each_other_with_same_batch_order():
     xv, yv = batch(s, n=16, seed=3)
     o = specs.Optim("momentum", 0.02, 0.9, 0.9, 0.999, 1e-8)
     hist = {}
-    for be in (tb, tfb):
+    for be in ALL:
         hist[be.NAME], _ = loop.train(be, be.build(s, w), o, be.put(x, y), be.put(xv, yv), yv, epochs=2,
                                       batch_size=16, eval_batch_size=8, eval_every=4, target=1.1,
                                       stop_at_target=True, seed=0)
-    for a, b in zip(hist["torch"], hist["tensorflow"]):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
-        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+    for other in ("tensorflow", "numpy"):
+        for a, b in zip(hist["torch"], hist[other], strict=True):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+            assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
     assert len(hist["torch"]) == 2 and hist["torch"][1]["train_loss"] != hist["torch"][0]["train_loss"]
 
 
-@pytest.mark.parametrize("be", [tb, tfb], ids=lambda b: b.NAME)
+@pytest.mark.parametrize("be", ALL, ids=name_of)
 def test_same_seed_reruns_give_the_same_history_with_dropout_on(be):
     s = specs.mlp((8, 8, 1), 10, [32], "relu", 0.5)
     x, y = batch(s, n=64, seed=4)
@@ -136,7 +146,7 @@ def test_same_seed_reruns_give_the_same_history_with_dropout_on(be):
     assert losses[0] != pytest.approx(losses[2], rel=1e-4)  # the seed really drives the dropout masks
 
 
-@pytest.mark.parametrize("be", [tb, tfb], ids=lambda b: b.NAME)
+@pytest.mark.parametrize("be", ALL, ids=name_of)
 def test_every_timed_variant_does_the_same_training_work_as_the_default(be):
     """Three steps of each benchmark variant (compiled whole step, XLA, Keras fit) on the same batches in the same
     order (first step, one more warmup, one timed) leave the same weights as the default path's."""
@@ -151,20 +161,20 @@ def test_every_timed_variant_does_the_same_training_work_as_the_default(be):
         first, per_step = be.train_timings(model, o, be.put(x, y), order, variant, 8, 2, 1, 1)  # 3 steps
         assert first > 0 and len(per_step) == 1
         after[variant] = be.get_weights(model, s)
-    assert set(after) == ({"eager", "compile"} if be is tb else {"function", "xla", "fit"})
+    assert set(after) == {tb: {"eager", "compile"}, tfb: {"function", "xla", "fit"}, nb: {"numpy"}}[be]
     default = after[be.DEFAULT]
     assert max(np.abs(a - b).max() for a, b in zip(default, w)) > 1e-3  # the steps moved the weights
     for variant, weights in after.items():
         assert max(np.abs(a - b).max() for a, b in zip(weights, default)) <= 1e-5, variant
 
 
-def test_a_schedule_gives_both_frameworks_the_same_rate_at_every_step(monkeypatch):
+def test_a_schedule_gives_every_framework_the_same_rate_at_every_step(monkeypatch):
     s = SPECS["cnn"]
     w = specs.init_weights(s, 0)
     x, y = batch(s, n=64, seed=2)
     o = specs.Optim("adam", 0.01, 0.9, 0.9, 0.999, 1e-3, warmup=0.75, decay="cosine")  # 3 of 4 steps an epoch
     seen, hist, final = {}, {}, {}
-    for be in (tb, tfb):
+    for be in ALL:
         calls = seen.setdefault(be.NAME, [])
         real = be.set_lr
         monkeypatch.setattr(be, "set_lr", lambda step, lr, real=real, calls=calls: (calls.append(lr),
@@ -174,14 +184,15 @@ def test_a_schedule_gives_both_frameworks_the_same_rate_at_every_step(monkeypatc
                                       eval_batch_size=64, eval_every=4, target=1.1, stop_at_target=True, seed=0)
         final[be.NAME] = be.get_weights(model, s)
     total = 2 * (64 // 16)
-    assert seen["torch"] == seen["tensorflow"] == [specs.lr_at(o, k, total, 4) for k in range(total)]
+    assert seen["torch"] == seen["tensorflow"] == seen["numpy"] == [specs.lr_at(o, k, total, 4) for k in range(total)]
     assert seen["torch"][0] < seen["torch"][2] == 0.01 > seen["torch"][-1]  # warmed up, then decayed
-    for a, b in zip(hist["torch"], hist["tensorflow"]):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
-    assert max(np.abs(a - b).max() for a, b in zip(final["torch"], final["tensorflow"])) <= 1e-4
+    for other in ("tensorflow", "numpy"):
+        for a, b in zip(hist["torch"], hist[other], strict=True):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert max(np.abs(a - b).max() for a, b in zip(final["torch"], final[other])) <= 1e-4
 
 
-@pytest.mark.parametrize("be", [tb, tfb], ids=lambda b: b.NAME)
+@pytest.mark.parametrize("be", ALL, ids=name_of)
 def test_set_lr_really_changes_the_step(be):
     s = SPECS["mlp"]
     x, y = batch(s)

@@ -53,7 +53,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--env", type=Path, help="env.json of the machine (recorded with the results)")
     ap.add_argument("--out", type=Path, help="directory for records.json and metrics.json")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--child", choices=("torch", "tensorflow"), help="be one benchmark process of this framework")
+    ap.add_argument("--child", choices=params.FRAMEWORKS, help="be one benchmark process of this framework")
     ap.add_argument("--kind", choices=("round", "variants", "threads"), default="round")
     ap.add_argument("--threads", type=int)
     a = ap.parse_args(argv)

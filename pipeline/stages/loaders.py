@@ -14,7 +14,7 @@ log = logging.getLogger("loaders")
 
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--framework", required=True, choices=("torch", "tensorflow"))
+    ap.add_argument("--framework", required=True, choices=params.FRAMEWORKS)
     ap.add_argument("--data", type=Path, required=True, help="prepared .npz")
     ap.add_argument("--env", type=Path, required=True, help="env.json of the machine (recorded with the results)")
     ap.add_argument("--out", type=Path, required=True, help="directory for metrics.json and records.json")

@@ -20,8 +20,8 @@ SEED_COLUMNS = ("seed", "test_acc", "test_loss", "val_acc", "reached", "time_to_
 
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--framework", required=True, choices=("torch", "tensorflow"))
-    ap.add_argument("--model", required=True, choices=("mlp", "cnn"))
+    ap.add_argument("--framework", required=True, choices=params.FRAMEWORKS)
+    ap.add_argument("--model", required=True, choices=params.MODELS)
     ap.add_argument("--data", type=Path, required=True, help="prepared .npz")
     ap.add_argument("--out", type=Path, required=True, help="directory for metrics, curves, predictions")
     ap.add_argument("--model-out", type=Path, required=True, help="directory for the saved model")
