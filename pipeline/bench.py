@@ -3,7 +3,7 @@
 A child (one fresh process, one framework) runs the calibration GEMM, measures every model, and runs the GEMM
 again. The driver runs `rounds` rounds; in each, every framework (and the A/A control, the first framework a second
 time) runs once, in alternating order (ABC, CBA, ...), so slow drift of the machine hits every arm alike. A verdict
-rests on the per-round ratios of two arms measured back to back (compare.speed), never on one process's repeats.
+rests on the per-round ratios of two arms measured back to back (verdict.speed), never on one process's repeats.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline import calib, compare, timing
+from pipeline import calib, timing, verdict
 from pipeline.backends import Backend
 from pipeline.params import Bench
 from pipeline.spec import ModelSpec, Optim, batch_order, init_weights
@@ -122,15 +122,17 @@ def run_rounds(run: Callable[[str, int], list[dict]], arm_names: list[str], roun
     return rows
 
 
-def clean_rounds(rows: list[dict]) -> list[dict]:
-    """The round rows that verdicts and medians use: rounds in which no child was flagged."""
-    bad = {r["round"] for r in rows if r["kind"] == "round" and r["flag"]}
-    return [r for r in rows if r["kind"] == "round" and r["round"] not in bad]
+def usable(rows: list[dict]) -> list[dict]:
+    """The round rows that verdicts and medians use: those of children the drift monitor did not flag. A ratio
+    needs both of its children usable in the same round; a third arm flagged in that round does not spoil it (each
+    child measured in its own process, at its own time), which matters once a round holds three frameworks and
+    the control."""
+    return [r for r in rows if r["kind"] == "round" and not r["flag"]]
 
 
 def ratios(rows: list[dict], arm_a: str, arm_b: str, model: str, key: str) -> list[float]:
-    """Per clean round, arm_a's figure over arm_b's, both measured back to back in that round."""
-    by = {(r["round"], r["arm"]): r[key] for r in clean_rounds(rows) if r["model"] == model and r["status"] == "ok"}
+    """Per round where both were usable, arm_a's figure over arm_b's, measured back to back in that round."""
+    by = {(r["round"], r["arm"]): r[key] for r in usable(rows) if r["model"] == model and r["status"] == "ok"}
     rounds = sorted({rd for rd, _ in by})
     return [by[(rd, arm_a)] / by[(rd, arm_b)] for rd in rounds if (rd, arm_a) in by and (rd, arm_b) in by]
 
@@ -144,7 +146,7 @@ def calibrations(rows: list[dict]) -> list[float]:
 
 def comparisons(rows: list[dict], frameworks: list[str], models: list[str], cfg: Bench) -> list[dict]:
     """Every verdict the report prints: framework pairs and the A/A control, per model, train and inference."""
-    stab = calib.stability(calibrations(clean_rounds(rows)) or [float("nan")] * 2)  # the evidence's machine
+    stab = calib.stability(calibrations(usable(rows)) or [float("nan")] * 2)  # the evidence's machine
     pairs = [(frameworks[0], f, False) for f in frameworks[1:]]
     if cfg.control:
         pairs.append((frameworks[0], frameworks[0] + CONTROL, True))
@@ -154,13 +156,13 @@ def comparisons(rows: list[dict], frameworks: list[str], models: list[str], cfg:
         for phase, key in (("train", "train_samples_per_s"), ("infer", infer_key)):
             for a, b, control in pairs:
                 per_round = ratios(rows, a, b, model, key)
-                verdict = compare.speed(framework_of(a), framework_of(b) + (" again" if control else ""),
-                                        per_round, cfg.min_effect) | {"ratios": per_round}
+                said = verdict.speed(framework_of(a), framework_of(b) + (" again" if control else ""),
+                                     per_round, cfg.min_effect) | {"ratios": per_round}
                 if stab["cv_pct"] > cfg.max_calib_cv:
-                    verdict |= {"winner": None, "text": (
+                    said |= {"winner": None, "text": (
                         f"no verdict: the machine was too unstable (calibration CV {stab['cv_pct']:.1f}% over the "
-                        f"clean rounds > {cfg.max_calib_cv:g}%); measured ratio {verdict['ratio']:.2f}x")}
-                out.append({"model": model, "phase": phase, "a": a, "b": b, "control": control, **verdict})
+                        f"usable rounds > {cfg.max_calib_cv:g}%); measured ratio {said['ratio']:.2f}x")}
+                out.append({"model": model, "phase": phase, "a": a, "b": b, "control": control, **said})
     # A control that tells identical runs apart shows this run's noise is beyond what the rule separates:
     # no verdict for that model and phase, rather than one that may be chance.
     tripped = {(v["model"], v["phase"]): v for v in out if v["control"] and v["winner"]}
@@ -176,7 +178,7 @@ def comparisons(rows: list[dict], frameworks: list[str], models: list[str], cfg:
 def per_cell(rows: list[dict], flops: dict[str, int], run_gflops: float, infer_batch: int) -> list[dict]:
     """Per (framework, model): medians over rounds with their between-process spread, normalised rates."""
     out = []
-    clean = clean_rounds(rows)
+    clean = usable(rows)
     for fw, model in dict.fromkeys((r["arm"], r["model"]) for r in clean if not r["arm"].endswith(CONTROL)):
         sub = [r for r in clean if r["arm"] == fw and r["model"] == model]
         row: dict = {"framework": fw, "model": model, "rounds": len(sub)}

@@ -1,88 +1,208 @@
-"""Wording that respects noise: call a difference only when the evidence excludes "the same".
+"""Compare DVC experiments: across params.yaml variations, and across machines (experiments met through git).
 
-Speed: one ratio per round (two fresh processes measured back to back), an exact distribution-free confidence
-interval for the median ratio (order statistics; the sign-test interval), and a minimum effect. Accuracy: a paired
-test over seeds (same initial weights and batch order in both frameworks), or McNemar on one seed's test set.
+    python -m pipeline.compare [EXP ...] [--baseline EXP] [--all] [--out reports/compare]
+
+Reads each experiment's committed results (pipeline/exps.py) and writes summary.md, results.csv (tidy rows with
+experiment, machine and the changed params as columns) and a self-contained index.html. Verdicts against the
+baseline use the same honesty rules as one run, adapted to runs that were not interleaved: the per-round rates of
+the two experiments, each divided by its own process's calibration GEMM (the machine's speed at that moment),
+compared as two independent samples (verdict.change: Hodges-Lehmann ratio, exact Mann-Whitney interval).
 """
 from __future__ import annotations
 
-import math
+import argparse
+import logging
+from datetime import datetime
+from pathlib import Path
 
 import numpy as np
-from scipy import stats
+import pandas as pd
 
-ALPHA = 0.05  # significance level of every verdict
+from pipeline import bench, exps, files, figures, render, verdict
+from pipeline.errors import DataError
+from pipeline.results import LABEL
 
-
-def median_ci(values: list[float], alpha: float = ALPHA) -> tuple[float, float, float] | None:
-    """(coverage, low, high): the narrowest order-statistic interval [x_(j), x_(n+1-j)] for the median with
-    coverage >= 1 - alpha, from the binomial(n, 1/2) law of how many values fall below the median.
-    None when n is too small for any such interval (n < 6 at alpha 0.05)."""
-    x = np.sort(np.asarray(values, dtype=np.float64))
-    n = len(x)
-    best = None
-    for j in range(1, n // 2 + 1):  # j-th smallest to j-th largest
-        coverage = 1.0 - 2.0 * stats.binom.cdf(j - 1, n, 0.5)
-        if coverage >= 1.0 - alpha:
-            best = (float(coverage), float(x[j - 1]), float(x[n - j]))
-    return best
+log = logging.getLogger("compare")
+# metric in results.csv -> (what the report calls it, source, higher is better)
+HEADLINE = {"time_to_target_s": ("time to target, s", "train", False),
+            "train_samples_per_s": ("training samples/s", "bench", True),
+            "train_pct_of_own_calib": ("training, % of own calibration GEMM", "bench", True),
+            "infer_samples_per_s": ("inference samples/s (largest batch)", "bench", True),
+            "latency_ms_p50": ("batch-1 latency p50, ms", "bench", False),
+            "test_acc": ("test accuracy", "train", True),
+            "loader_best_samples_per_s": ("data loader alone, best setting, samples/s", "loaders", True)}
 
 
-def min_rounds(alpha: float = ALPHA) -> int:
-    """The fewest rounds for which median_ci can reach 1 - alpha: 1 - 2 * 0.5**n >= 1 - alpha."""
-    return math.ceil(math.log2(2.0 / alpha))
+def changed(found: list[exps.Exp]) -> list[str]:
+    """The params that differ between the experiments (a key absent in some counts as differing)."""
+    keys = sorted({k for e in found for k in e.params})
+    return [k for k in keys if len({repr(e.params.get(k)) for e in found}) > 1]
 
 
-def speed(name_a: str, name_b: str, ratios: list[float], min_effect: float, alpha: float = ALPHA,
-          unit: str = "rounds") -> dict:
-    """Verdict on per-round rate ratios a/b: a winner only when the median ratio's interval excludes 1 and the
-    median itself is at least `min_effect` away from 1 (a difference too small to matter is not called)."""
-    med = float(np.median(ratios)) if len(ratios) else float("nan")
-    ci = median_ci(ratios, alpha)
-    out = {"ratio": med, "ci_low": ci[1] if ci else float("nan"), "ci_high": ci[2] if ci else float("nan"),
-           "coverage": ci[0] if ci else float("nan"), "rounds": len(ratios), "winner": None}
-    if ci is None:
-        out["text"] = (f"no verdict ({len(ratios)} usable {unit}; at least {min_rounds(alpha)} are needed "
-                       f"for a {100 * (1 - alpha):.0f}% interval)")
-        return out
-    detail = (f"{name_a}/{name_b} = {med:.2f}x, {100 * ci[0]:.1f}% CI {ci[1]:.2f}–{ci[2]:.2f}, "
-              f"{len(ratios)} {unit}")
-    if ci[1] > 1.0 and med >= 1.0 + min_effect:
-        out["winner"], out["text"] = name_a, f"{name_a} is faster ({detail})"
-    elif ci[2] < 1.0 and med <= 1.0 / (1.0 + min_effect):
-        out["winner"], out["text"] = name_b, f"{name_b} is faster ({detail})"
-    else:
-        out["text"] = f"no clear difference ({detail})"
+def _rows(e: exps.Exp) -> pd.DataFrame:
+    """The headline rows of one experiment's results.csv (aggregates only; loaders reduced to the best setting)."""
+    r = e.results
+    r = r[r["seed"].isna() & ~r["framework"].astype(str).str.contains("/")]
+    keep = r[[HEADLINE.get(m, ("", ""))[1] == s for m, s in zip(r["metric"], r["source"])]]
+    load = r[(r["source"] == "loaders") & (r["metric"] == "loader_samples_per_s")]
+    if len(load):
+        best = load.loc[load.groupby("framework")["value"].idxmax()].copy()
+        best["metric"], best["note"] = "loader_best_samples_per_s", "best at workers=" + best["workers"].astype(str)
+        keep = pd.concat([keep, best])
+    keep["low"] = keep["low"].where(keep["low"].notna(), keep["value"] - keep["spread"].fillna(0))
+    keep["high"] = keep["high"].where(keep["high"].notna(), keep["value"] + keep["spread"].fillna(0))
+    return keep
+
+
+def tidy(found: list[exps.Exp], keys: list[str]) -> pd.DataFrame:
+    out = []
+    for e in found:
+        rows = _rows(e).assign(experiment=e.name, machine=e.machine, rev=e.rev[:7],
+                               **{k: str(e.params.get(k)) for k in keys})
+        out.append(rows)
+    cols = ["experiment", "machine", "rev", *keys, "framework", "model", "source", "metric", "value", "unit", "low",
+            "high", "spread_kind", "n", "note"]
+    return pd.concat(out, ignore_index=True).reindex(columns=cols)
+
+
+def per_round(e: exps.Exp, fw: str, model: str, phase: str) -> list[float]:
+    """One experiment's per-round rates of one cell, each over its own process's calibration (GFLOP/s)."""
+    key = "train_samples_per_s" if phase == "train" else f"infer{max(e.params['bench.infer_batch_sizes'])}" \
+                                                           "_samples_per_s"
+    return [r[key] / ((r["calib_before_gflops"] + r["calib_after_gflops"]) / 2)
+            for r in bench.usable(e.bench["records"])
+            if r["arm"] == fw and r["model"] == model and r["status"] == "ok"]
+
+
+def verdicts(found: list[exps.Exp], base: exps.Exp) -> pd.DataFrame:
+    """Each experiment against the baseline, per framework, model and measure."""
+    min_effect = float(base.params.get("bench.min_effect", 0.05))
+    out = []
+    for e in found:
+        if e is base:
+            continue
+        for fw in [f for f in e.bench["frameworks"] if f in base.bench["frameworks"]]:
+            for model in [m for m in e.bench["models"] if m in base.bench["models"]]:
+                cell = f"{fw}-{model}"
+                for measure, a, b, faster_up, unit in (
+                        ("training rate", per_round(base, fw, model, "train"), per_round(e, fw, model, "train"),
+                         True, "rounds"),
+                        ("inference rate", per_round(base, fw, model, "infer"), per_round(e, fw, model, "infer"),
+                         True, "rounds"),
+                        ("time to target", _reached(base, cell), _reached(e, cell), False, "seeds")):
+                    v = verdict.change(f"{e.name}/{base.name}", a, b, min_effect, faster_up, unit)
+                    out.append({"experiment": e.name, "baseline": base.name, "framework": LABEL.get(fw, fw),
+                                "model": model, "measure": measure, "ratio": v["ratio"], "ci_low": v["ci_low"],
+                                "ci_high": v["ci_high"], "change": v["change"] or "no clear difference",
+                                "verdict": v["text"]})
+    return pd.DataFrame(out)
+
+
+def _reached(e: exps.Exp, cell: str) -> list[float]:
+    s = e.seeds[cell]
+    return list(s.loc[s["reached"].astype(bool), "time_to_target_s"].astype(float))
+
+
+def overlaps(found: list[exps.Exp]) -> list[str]:
+    """Experiments on the same machine whose bench measurements ran at the same time (parallel queue workers
+    share the cores: both sets of timings are spoiled)."""
+    out = []
+    span = {e.name: (datetime.fromisoformat(e.bench["started_utc"]), datetime.fromisoformat(e.bench["finished_utc"]))
+            for e in found}
+    for i, a in enumerate(found):
+        for b in found[i + 1:]:
+            (s1, f1), (s2, f2) = span[a.name], span[b.name]
+            if a.machine == b.machine and s1 < f2 and s2 < f1:
+                out.append(f"**Warning**: `{a.name}` and `{b.name}` measured on the same machine at overlapping times "
+                           f"({s1:%H:%M}–{f1:%H:%M} and {s2:%H:%M}–{f2:%H:%M} UTC): their timings competed for the "
+                           "cores. Run queues with one worker (`dvc queue start -j 1`).")
     return out
 
 
-def mcnemar_p(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
-    """Exact McNemar test on paired per-sample correctness (same test images, two models)."""
-    only_a = int(np.sum(correct_a & ~correct_b))
-    only_b = int(np.sum(~correct_a & correct_b))
-    if only_a + only_b == 0:
-        return 1.0
-    return float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
+def x_axis(found: list[exps.Exp], keys: list[str]) -> tuple[str, bool]:
+    """The figures' x: the one varied param when it is numeric, else the experiment (in creation order)."""
+    if len(keys) == 1 and all(isinstance(e.params.get(keys[0]), (int, float)) for e in found):
+        return keys[0], True
+    return "experiment", False
 
 
-def accuracy(name_a: str, seeds_a: list[float], name_b: str, seeds_b: list[float], p_mcnemar: float,
-             only_a: int, only_b: int) -> str:
-    """Verdict on test accuracy. Several seeds: a paired t-test over seeds (seed k of both frameworks shares its
-    initial weights and batch order), since seed-to-seed spread is the noise a framework choice must beat. One
-    seed: McNemar can only say that these two trained models differ on this test set, not that a framework is."""
-    ma, mb = float(np.mean(seeds_a)), float(np.mean(seeds_b))
-    if len(seeds_a) > 1 and len(seeds_a) == len(seeds_b):
-        diffs = np.subtract(seeds_a, seeds_b)
-        p = 1.0 if np.allclose(diffs, diffs[0]) and diffs[0] == 0 else float(stats.ttest_rel(seeds_a, seeds_b).pvalue)
-        p = 1.0 if np.isnan(p) else p
-        detail = f"{100 * ma:.2f}% vs {100 * mb:.2f}%, paired t-test over {len(seeds_a)} seeds p = {p:.3g}"
-        if p < ALPHA and ma != mb:
-            return f"{name_a if ma > mb else name_b} is more accurate ({detail})"
-        return f"no clear difference ({detail})"
-    detail = (f"{100 * ma:.2f}% vs {100 * mb:.2f}%; right only in {name_a}: {only_a}, only in {name_b}: {only_b}; "
-              f"McNemar p = {p_mcnemar:.3g}; one seed")
-    if p_mcnemar < ALPHA and only_a != only_b:
-        better = name_a if only_a > only_b else name_b
-        return (f"these two trained models differ on the test set, {better}'s is right more often ({detail}); "
-                "more seeds (train.repeats) are needed to say it of the framework")
-    return f"no clear difference ({detail})"
+def build(found: list[exps.Exp], skipped: list[exps.Skipped], base: exps.Exp, figdir: Path) -> tuple[list, pd.DataFrame]:
+    keys = changed(found)
+    rows = tidy(found, keys)
+    v = verdicts(found, base)
+    x, numeric = x_axis(found, keys)
+    machines = pd.DataFrame([{"experiment": e.name, "machine": e.machine, "commit": e.rev[:7],
+                              **{k: e.params.get(k) for k in keys},
+                              "calibration GFLOP/s": e.bench["calibration"]["gflops_median"],
+                              "calibration CV %": e.bench["calibration"]["cv_pct"],
+                              "measured (UTC)": f"{e.bench['started_utc'][:16]} → {e.bench['finished_utc'][11:16]}"}
+                             for e in found])
+    B: list = [("h1", f"mnist-bench: {len(found)} experiments compared"),
+               ("p", f"Baseline: `{base.name}`. Params that differ: "
+                     f"{', '.join(f'`{k}`' for k in keys) or 'none (same params; machines or times differ)'}. "
+                     "Rates are medians over each experiment's clean rounds with their IQR; `% of own calibration` "
+                     "divides every process's rate by the GEMM it measured beside it, so machines and moments of "
+                     "different speed compare (a CPU figure: on a GPU it measures the host).")]
+    B += [("p", w) for w in overlaps(found)]
+    if skipped:
+        B += [("h2", "Skipped"), ("table", pd.DataFrame([{"experiment": s.name, "reason": s.reason}
+                                                         for s in skipped]))]
+    B += [("h2", "Experiments and machines"), ("table", machines)]
+    if len(v):
+        shown = v.assign(ratio=[f"{r:.2f}x [{lo:.2f}–{hi:.2f}]" if np.isfinite(r) else "—"
+                                for r, lo, hi in zip(v.ratio, v.ci_low, v.ci_high)])
+        B += [("h2", f"Against the baseline `{base.name}`"),
+              ("p", "Ratio = this experiment over the baseline, with its interval. Rates: per-round rates over "
+                    "their own calibration, compared as two independent samples (the experiments were not "
+                    "interleaved); \"faster\"/\"slower\" only when the interval excludes 1 and the change is at least "
+                    f"`bench.min_effect` ({base.params.get('bench.min_effect')}). Time to target: seconds per seed "
+                    "that reached it (a ratio below 1 is faster)."),
+              ("table", shown[["experiment", "framework", "model", "measure", "change", "ratio", "verdict"]])]
+    B.append(("h2", "Headline metrics"))
+    for metric, (label, _, higher) in HEADLINE.items():
+        sub = rows[rows["metric"] == metric]
+        if sub.empty:
+            continue
+        table = sub.assign(cell=[f"{val:,.4g} [{lo:,.4g}–{hi:,.4g}]" for val, lo, hi in
+                                 zip(sub.value, sub.low, sub.high)])
+        B += [("p", f"**{label}** ({'higher' if higher else 'lower'} is better): median [spread]"),
+              ("table", table.pivot_table(index=["framework", "model"], columns="experiment", values="cell",
+                                          aggfunc="first", sort=False).reset_index()),
+              ("img", figures.against(sub.assign(framework=sub["framework"].map(lambda f: LABEL.get(f, f))), x,
+                                      numeric, label, figdir / f"{metric}.png"),
+               f"{label} against {x}; one line per framework, bars: spread; marker: machine")]
+    return B, rows
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("exps", nargs="*", metavar="EXP", help="experiment names or git revisions (default: the "
+                                                            "current commit's experiments)")
+    ap.add_argument("--baseline", help="the experiment the others are judged against (default: the first)")
+    ap.add_argument("--all", action="store_true", help="every experiment of every commit (all machines' pulled)")
+    ap.add_argument("--out", type=Path, default=Path("reports/compare"), help="output directory")
+    ap.add_argument("--repo", type=Path, default=Path("."), help="the git/DVC repository")
+    a = ap.parse_args(argv)
+    found, skipped = exps.gather(a.repo, a.exps, a.all)
+    for s in skipped:
+        log.warning("skipped %s: %s", s.name, s.reason)
+    if len(found) < 2:
+        what = f"only `{found[0].name}` has comparable results" if found else "no experiment has comparable results"
+        raise DataError(f"nothing to compare: {what} ({len(skipped)} skipped); run some with `dvc exp run`, or "
+                        "pull them with `dvc exp pull origin`")
+    names = [e.name for e in found]
+    if a.baseline and a.baseline not in names:
+        raise DataError(f"--baseline {a.baseline}: not among the compared experiments ({', '.join(names)})")
+    base = found[names.index(a.baseline)] if a.baseline else found[0]
+    blocks, rows = build(found, skipped, base, a.out / "figures")
+    with files.atomic_path(a.out / "results.csv") as tmp:
+        rows.to_csv(tmp, index=False)
+    files.write_text(a.out / "summary.md", render.markdown(blocks, a.out))
+    files.write_text(a.out / "index.html", render.page(blocks, "mnist-bench: experiments compared"))
+    log.info("compared %d experiments (%d skipped): %s", len(found), len(skipped), a.out / "summary.md")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    files.run(main)

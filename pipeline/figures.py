@@ -134,3 +134,30 @@ def samples(images: np.ndarray, y_true: np.ndarray, preds: dict[str, np.ndarray]
                 s.set(visible=True, color="crimson", linewidth=2)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def against(rows: pd.DataFrame, x: str, numeric: bool, label: str, path: Path) -> Path:
+    """One metric across experiments: against the varied param (or the experiment), a line per framework, a panel
+    per model, bars from each experiment's own spread, a marker per machine."""
+    rows = rows.assign(model=rows["model"].fillna("all"), low=rows["low"].fillna(rows["value"]),
+                       high=rows["high"].fillna(rows["value"]))
+    if numeric:
+        rows[x] = rows[x].astype(float)
+    models = list(dict.fromkeys(rows["model"]))
+    markers = dict(zip(dict.fromkeys(rows["machine"]), "osD^v<>p*"))
+    colors = dict(zip(dict.fromkeys(rows["framework"]), sns.color_palette()))
+    fig, axes = plt.subplots(1, len(models), figsize=(4.4 * len(models), 3.4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for (fw, machine), d in rows[rows["model"] == model].groupby(["framework", "machine"], sort=False):
+            d = d.sort_values(x) if numeric else d
+            name = fw if len(markers) == 1 else f"{fw} · {machine.split(' (')[0]}"
+            ax.errorbar(d[x], d["value"], yerr=[d["value"] - d["low"], d["high"] - d["value"]], color=colors[fw],
+                        marker=markers[machine], capsize=3, label=name)
+        ax.set(title=model, xlabel=x, ylabel=label)
+        if numeric:
+            ax.set_xticks(sorted(rows[x].unique()))
+        else:
+            ax.tick_params(axis="x", labelrotation=30)
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

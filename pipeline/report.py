@@ -1,6 +1,6 @@
 """The report as blocks (headings, prose, tables, figures) that render.py turns into Markdown and HTML.
 
-Every verdict goes through compare.py's noise-aware wording; every number comes from results.collect().
+Every verdict goes through verdict.py's noise-aware wording; every number comes from results.collect().
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import compare, figures, render, report_speed
+from pipeline import figures, render, report_speed, verdict
 from pipeline.data import prepared_meta
 from pipeline.results import LABEL, SHORT, Results, bench_rows, history_rows, loader_rows
 
@@ -19,13 +19,17 @@ def pairs(r: Results) -> list[tuple[str, str, str]]:
     return [(m, f"{a}-{m}", f"{b}-{m}") for m in r.models for b in r.frameworks[1:]]
 
 
+def _pair(ca: str, cb: str) -> str:
+    return f"{LABEL[ca.split('-')[0]]} vs {LABEL[cb.split('-')[0]]}"
+
+
 def accuracy_verdicts(r: Results) -> list[str]:
     out = []
     for model, ca, cb in pairs(r):
         y = r.preds[ca]["y_true"]
         right_a, right_b = r.preds[ca]["y_pred"] == y, r.preds[cb]["y_pred"] == y
-        p = compare.mcnemar_p(right_a, right_b)
-        out.append(f"**{model}**: " + compare.accuracy(
+        p = verdict.mcnemar_p(right_a, right_b)
+        out.append(f"**{model}**, {_pair(ca, cb)}: " + verdict.accuracy(
             LABEL[ca.split('-')[0]], list(r.seeds[ca]["test_acc"]), LABEL[cb.split('-')[0]],
             list(r.seeds[cb]["test_acc"]), p, int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))))
     return out
@@ -64,9 +68,10 @@ def time_to_target_blocks(r: Results, figdir: Path) -> list:
         both = [s for s in a.index if s in b.index and a.at[s, "reached"] and b.at[s, "reached"]]
         # per seed (same initial weights and batch order in both): B's time over A's, i.e. A's speed-up
         ratios = [b.at[s, "time_to_target_s"] / a.at[s, "time_to_target_s"] for s in both]
-        v = compare.speed(LABEL[ca.split("-")[0]], LABEL[cb.split("-")[0]], ratios, r.bench["min_effect"],
+        v = verdict.speed(LABEL[ca.split("-")[0]], LABEL[cb.split("-")[0]], ratios, r.bench["min_effect"],
                           unit="seeds")  # the same rule and minimum effect as the speed verdicts
-        lines.append(f"**{model}**, time to target (speed ratio = the other's time / this one's): {v['text']}")
+        lines.append(f"**{model}**, {_pair(ca, cb)}, time to target (speed ratio = the other's time / this one's): "
+                     f"{v['text']}")
     hist = history_rows(r).assign(framework=lambda d: d["framework"].map(LABEL))
     targets = {c.split("-")[1]: m["target_val_acc"] for c, m in r.train.items()}
     return [("h2", "Time to target accuracy"),
@@ -74,7 +79,7 @@ def time_to_target_blocks(r: Results, figdir: Path) -> list:
                   "accuracy first reaches the target, as MLPerf and DAWNBench measure it; training stops there "
                   "(`train.stop_at_target`) and test accuracy is measured at the stop. Seed k starts both "
                   "frameworks from the same weights and batch order, so seeds are paired; a verdict needs "
-                  f"{compare.min_rounds()} seeds or more (`train.repeats`). The train cells run as separate stages, "
+                  f"{verdict.min_rounds()} seeds or more (`train.repeats`). The train cells run as separate stages, "
                   "minutes apart, so the machine's drift enters these times (see Speed for interleaved rates)."),
             ("table", pd.DataFrame(rows)), *[("p", line) for line in lines],
             ("img", figures.time_to_target(hist, targets, figdir / "time_to_target.png"),
@@ -120,7 +125,7 @@ def build(r: Results, params_text: str, prepared: dict, figdir: Path) -> list[re
         "p", "Every number below comes from a file a stage wrote (see results.csv). A difference is called a "
              "difference only when it is beyond the noise: speed claims need the confidence interval of the median "
              "per-round ratio between fresh, interleaved processes to exclude 1 (see Speed); accuracy claims need "
-             f"p < {compare.ALPHA} in a paired t-test over seeds (or, with one seed, McNemar's test says only that "
+             f"p < {verdict.ALPHA} in a paired t-test over seeds (or, with one seed, McNemar's test says only that "
              "the two trained models differ). Otherwise: no clear difference.")]
     B += time_to_target_blocks(r, figdir)
     acc = pd.DataFrame([{"framework": LABEL[c.split("-")[0]], "model": c.split("-")[1],

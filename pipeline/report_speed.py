@@ -76,8 +76,8 @@ def speed_blocks(r: Results, figdir: Path) -> list:
         "infer samples/s [IQR]": _spread(c, "infer"), "infer % peak": c["infer_pct_of_peak"],
         "latency p50/p95/p99 ms": "/".join(f"{c[f'latency_ms_{q}']:.3g}" for q in ("p50", "p95", "p99")),
         "first step s": c["first_step_s"]} for c in cells])
-    lines = [f"**{v['model']} {v['phase']}**{' — A/A control' if v['control'] else ''}: {v['text']}"
-             for v in b["verdicts"]]
+    lines = [f"**{v['model']} {v['phase']}**, {_label(v['a'])} vs {_label(v['b'])}"
+             f"{' (A/A control)' if v['control'] else ''}: {v['text']}" for v in b["verdicts"]]
     gaps = [g for c in cells if (g := gap_text(r, c, c["train_samples_per_s"]))]
     return [
         ("h2", "Speed"),

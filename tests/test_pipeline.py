@@ -25,8 +25,8 @@ TINY = {"data.name": "digits", "mlp.hidden": [32], "cnn.channels": [4, 8], "cnn.
         "loaders.batches": 2, "loaders.repeats": 3}
 
 
-def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(list(cmd), cwd=repo, env=ENV, capture_output=True, text=True)
+def sh(repo: Path, *cmd: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    r = subprocess.run(list(cmd), cwd=repo, env=env or ENV, capture_output=True, text=True)
     if check and r.returncode:
         raise AssertionError(f"{' '.join(cmd)} exited {r.returncode}:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return r

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import compare
+from pipeline import verdict
 from pipeline.errors import DataError
 from pipeline.stages import report as stage
 from tests.conftest import write_params
@@ -120,20 +120,20 @@ def test_summary_has_the_numbers_and_noise_aware_wording(results):
     assert md.index("## Time to target accuracy") < md.index("## Accuracy") < md.index("## Environment")
     assert "| mlp     | PyTorch     |              0.8 | 1/1               | 10.0 [10.0–10.0]           | 2.00 " in md
     assert "| cnn     | TensorFlow  |              0.8 | 0/1               | not reached (best 0.7500)  | —    " in md
-    assert ("**mlp**, time to target (speed ratio = the other's time / this one's): no verdict (1 usable seeds; "
+    assert ("**mlp**, PyTorch vs TensorFlow, time to target (speed ratio = the other's time / this one's): no verdict (1 usable seeds; "
             "at least 6 are needed") in md
     assert "| PyTorch     | mlp     | 100.00 ± 0.00" in md
     assert "85.00 ± 0.00" in md  # TensorFlow cnn: 30 of 200 wrong
-    assert "**mlp**: no clear difference (100.00% vs 100.00%; right only in PyTorch: 0, only in TensorFlow: 0; " \
+    assert "**mlp**, PyTorch vs TensorFlow: no clear difference (100.00% vs 100.00%; right only in PyTorch: 0, only in TensorFlow: 0; " \
            "McNemar p = 1; one seed)" in md
-    p = compare.mcnemar_p(np.ones(N_TEST, bool), np.r_[np.zeros(30, bool), np.ones(N_TEST - 30, bool)])
+    p = verdict.mcnemar_p(np.ones(N_TEST, bool), np.r_[np.zeros(30, bool), np.ones(N_TEST - 30, bool)])
     # one seed: the wording is about these two trained models, and the winner is the one McNemar points to
-    assert (f"**cnn**: these two trained models differ on the test set, PyTorch's is right more often (100.00% vs "
+    assert (f"**cnn**, PyTorch vs TensorFlow: these two trained models differ on the test set, PyTorch's is right more often (100.00% vs "
             f"85.00%; right only in PyTorch: 30, only in TensorFlow: 0; McNemar p = {p:.3g}; one seed)") in md
-    assert "**mlp train**: torch is faster (torch/tensorflow = 2.00x, 96.9% CI 2.00–2.00, 6 rounds)" in md
-    assert "**mlp infer**: no clear difference (torch/tensorflow = 1.00x" in md
-    assert "**mlp train** — A/A control: no clear difference (torch/torch again = 1.00x" in md
-    assert "**cnn train**: no clear difference (torch/tensorflow = 0.97x" in md  # 3% < the 5% minimum effect
+    assert "**mlp train**, PyTorch vs TensorFlow: torch is faster (torch/tensorflow = 2.00x, 96.9% CI 2.00–2.00, 6 rounds)" in md
+    assert "**mlp infer**, PyTorch vs TensorFlow: no clear difference (torch/tensorflow = 1.00x" in md
+    assert "**mlp train**, PyTorch vs PyTorch again (A/A control): no clear difference (torch/torch again = 1.00x" in md
+    assert "**cnn train**, PyTorch vs TensorFlow: no clear difference (torch/tensorflow = 0.97x" in md  # 3% < the 5% minimum effect
     assert "Machine stability" in md and "No child saw the machine change speed" in md
     assert "unsupported here: RuntimeError: no compiler" in md
     assert "**PyTorch loader**: fastest with workers=2, 2.00x of workers=0 (1,800 vs 900 samples/s; repeats do " \
@@ -177,14 +177,14 @@ def test_figures_are_valid_images_and_html_is_self_contained(results):
 
 
 def test_several_seeds_use_a_paired_test_over_seeds():
-    txt = compare.accuracy("A", [0.99, 0.991, 0.989], "B", [0.98, 0.981, 0.979], 0.001, 20, 2)
+    txt = verdict.accuracy("A", [0.99, 0.991, 0.989], "B", [0.98, 0.981, 0.979], 0.001, 20, 2)
     assert txt.startswith("A is more accurate") and "paired t-test over 3 seeds p =" in txt
     # seed-to-seed spread larger than the difference: no claim, however small McNemar's p on one seed
-    txt = compare.accuracy("A", [0.99, 0.98], "B", [0.985, 0.986], 0.001, 20, 2)
+    txt = verdict.accuracy("A", [0.99, 0.98], "B", [0.985, 0.986], 0.001, 20, 2)
     assert txt.startswith("no clear difference")
     # pairing matters: B is better on every seed by a small, steady margin that an unpaired test would miss
     a, b = [0.950, 0.970, 0.990, 0.960], [0.952, 0.9721, 0.9919, 0.9622]
-    assert compare.accuracy("A", a, "B", b, 0.5, 1, 2).startswith("B is more accurate")
+    assert verdict.accuracy("A", a, "B", b, 0.5, 1, 2).startswith("B is more accurate")
 
 
 @pytest.mark.parametrize("breakage, message", [

@@ -12,6 +12,7 @@ import os
 import resource
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline import backends, bench, calib, files, params
@@ -63,6 +64,7 @@ def main(argv: list[str]) -> None:
     base = ["--data", str(a.data), "--params", str(a.params)]
     threads = p.threads or len(os.sched_getaffinity(0))  # 0 = all cores, the same explicit count for both
     cfg = p.bench
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     def child(arm: str, kind: str, t: int, label: str) -> list[dict]:
         got = run_child(base, bench.framework_of(arm), kind, t, label)
@@ -87,6 +89,8 @@ def main(argv: list[str]) -> None:
     verdicts = bench.comparisons(rows, p.frameworks, p.models, cfg)
     flagged = sorted({(r["round"], r["arm"], r["flag"]) for r in rows if r["flag"]})
     files.write_json(a.out / "records.json", {
+        # format 2: measurement times, so a comparison of experiments can tell when their measurements overlapped
+        "format": 2, "started_utc": started, "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "frameworks": p.frameworks, "models": p.models, "threads": threads, "arms": arms, "rounds": cfg.rounds,
         "min_effect": cfg.min_effect,
         "flops_per_sample": flops, "env": files.read_json(a.env, "env"), "calibration": stab,

@@ -1,0 +1,144 @@
+"""Wording that respects noise: call a difference only when the evidence excludes "the same".
+
+Speed: one ratio per round (two fresh processes measured back to back), an exact distribution-free confidence
+interval for the median ratio (order statistics; the sign-test interval), and a minimum effect. Accuracy: a paired
+test over seeds (same initial weights and batch order in both frameworks), or McNemar on one seed's test set.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+ALPHA = 0.05  # significance level of every verdict
+
+
+def median_ci(values: list[float], alpha: float = ALPHA) -> tuple[float, float, float] | None:
+    """(coverage, low, high): the narrowest order-statistic interval [x_(j), x_(n+1-j)] for the median with
+    coverage >= 1 - alpha, from the binomial(n, 1/2) law of how many values fall below the median.
+    None when n is too small for any such interval (n < 6 at alpha 0.05)."""
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    n = len(x)
+    best = None
+    for j in range(1, n // 2 + 1):  # j-th smallest to j-th largest
+        coverage = 1.0 - 2.0 * stats.binom.cdf(j - 1, n, 0.5)
+        if coverage >= 1.0 - alpha:
+            best = (float(coverage), float(x[j - 1]), float(x[n - j]))
+    return best
+
+
+def min_rounds(alpha: float = ALPHA) -> int:
+    """The fewest rounds for which median_ci can reach 1 - alpha: 1 - 2 * 0.5**n >= 1 - alpha."""
+    return math.ceil(math.log2(2.0 / alpha))
+
+
+def speed(name_a: str, name_b: str, ratios: list[float], min_effect: float, alpha: float = ALPHA,
+          unit: str = "rounds") -> dict:
+    """Verdict on per-round rate ratios a/b: a winner only when the median ratio's interval excludes 1 and the
+    median itself is at least `min_effect` away from 1 (a difference too small to matter is not called)."""
+    med = float(np.median(ratios)) if len(ratios) else float("nan")
+    ci = median_ci(ratios, alpha)
+    out = {"ratio": med, "ci_low": ci[1] if ci else float("nan"), "ci_high": ci[2] if ci else float("nan"),
+           "coverage": ci[0] if ci else float("nan"), "rounds": len(ratios), "winner": None}
+    if ci is None:
+        out["text"] = (f"no verdict ({len(ratios)} usable {unit}; at least {min_rounds(alpha)} are needed "
+                       f"for a {100 * (1 - alpha):.0f}% interval)")
+        return out
+    detail = (f"{name_a}/{name_b} = {med:.2f}x, {100 * ci[0]:.1f}% CI {ci[1]:.2f}–{ci[2]:.2f}, "
+              f"{len(ratios)} {unit}")
+    if ci[1] > 1.0 and med >= 1.0 + min_effect:
+        out["winner"], out["text"] = name_a, f"{name_a} is faster ({detail})"
+    elif ci[2] < 1.0 and med <= 1.0 / (1.0 + min_effect):
+        out["winner"], out["text"] = name_b, f"{name_b} is faster ({detail})"
+    else:
+        out["text"] = f"no clear difference ({detail})"
+    return out
+
+
+def mcnemar_p(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
+    """Exact McNemar test on paired per-sample correctness (same test images, two models)."""
+    only_a = int(np.sum(correct_a & ~correct_b))
+    only_b = int(np.sum(~correct_a & correct_b))
+    if only_a + only_b == 0:
+        return 1.0
+    return float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def accuracy(name_a: str, seeds_a: list[float], name_b: str, seeds_b: list[float], p_mcnemar: float,
+             only_a: int, only_b: int) -> str:
+    """Verdict on test accuracy. Several seeds: a paired t-test over seeds (seed k of both frameworks shares its
+    initial weights and batch order), since seed-to-seed spread is the noise a framework choice must beat. One
+    seed: McNemar can only say that these two trained models differ on this test set, not that a framework is."""
+    ma, mb = float(np.mean(seeds_a)), float(np.mean(seeds_b))
+    if len(seeds_a) > 1 and len(seeds_a) == len(seeds_b):
+        diffs = np.subtract(seeds_a, seeds_b)
+        p = 1.0 if np.allclose(diffs, diffs[0]) and diffs[0] == 0 else float(stats.ttest_rel(seeds_a, seeds_b).pvalue)
+        p = 1.0 if np.isnan(p) else p
+        detail = f"{100 * ma:.2f}% vs {100 * mb:.2f}%, paired t-test over {len(seeds_a)} seeds p = {p:.3g}"
+        if p < ALPHA and ma != mb:
+            return f"{name_a if ma > mb else name_b} is more accurate ({detail})"
+        return f"no clear difference ({detail})"
+    detail = (f"{100 * ma:.2f}% vs {100 * mb:.2f}%; right only in {name_a}: {only_a}, only in {name_b}: {only_b}; "
+              f"McNemar p = {p_mcnemar:.3g}; one seed")
+    if p_mcnemar < ALPHA and only_a != only_b:
+        better = name_a if only_a > only_b else name_b
+        return (f"these two trained models differ on the test set, {better}'s is right more often ({detail}); "
+                "more seeds (train.repeats) are needed to say it of the framework")
+    return f"no clear difference ({detail})"
+
+
+def _rank_sum_counts(n: int, m: int) -> np.ndarray:
+    """How many of the C(n+m, n) orderings of two samples give each Mann-Whitney U (0..n*m), with no ties."""
+    table = {(0, j): np.ones(1) for j in range(m + 1)} | {(i, 0): np.ones(1) for i in range(n + 1)}
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            counts = np.zeros(i * j + 1)
+            counts[j:] += table[(i - 1, j)]                  # the largest value is from the first sample: U + j
+            counts[:(i * (j - 1)) + 1] += table[(i, j - 1)]  # from the second: U unchanged
+            table[(i, j)] = counts
+    return table[(n, m)]
+
+
+def shift_ci(a: list[float], b: list[float], alpha: float = ALPHA) -> tuple[float, float, float, float] | None:
+    """(estimate, coverage, low, high) of b/a for two independent samples of positive values: the Hodges-Lehmann
+    estimate of the shift of log values and its exact distribution-free interval from the Mann-Whitney law (the
+    order statistics of all n*m pairwise differences). None when the samples are too small for 1 - alpha."""
+    la, lb = np.log(np.asarray(a, np.float64)), np.log(np.asarray(b, np.float64))
+    n, m = len(la), len(lb)
+    if n == 0 or m == 0:
+        return None
+    diffs = np.sort((lb[None, :] - la[:, None]).ravel())
+    cdf = np.cumsum(_rank_sum_counts(n, m)) / math.comb(n + m, n)
+    best = None
+    for k in range(1, n * m // 2 + 1):  # [d_(k), d_(nm+1-k)] covers with probability 1 - 2 P(U <= k - 1)
+        coverage = 1.0 - 2.0 * cdf[k - 1]
+        if coverage >= 1.0 - alpha:
+            best = (float(coverage), float(np.exp(diffs[k - 1])), float(np.exp(diffs[n * m - k])))
+    if best is None:
+        return None
+    return (float(np.exp(np.median(diffs))),) + best
+
+
+def change(name: str, before: list[float], after: list[float], min_effect: float, higher_is_faster: bool = True,
+           unit: str = "rounds", alpha: float = ALPHA) -> dict:
+    """Verdict on a change between two independent runs (two experiments: not interleaved, so unpaired):
+    `after`/`before` ratio with its interval; "faster"/"slower" only when the interval excludes 1 and the ratio is
+    at least `min_effect` away from it. For times (`higher_is_faster=False`) a ratio below 1 is faster."""
+    got = shift_ci(before, after, alpha)
+    out = {"ratio": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "coverage": float("nan"),
+           "n_before": len(before), "n_after": len(after), "change": None}
+    if got is None:
+        out["text"] = (f"no verdict ({len(before)} and {len(after)} {unit}; too few for a "
+                       f"{100 * (1 - alpha):.0f}% interval)")
+        return out
+    est, cov, low, high = got
+    out |= {"ratio": est, "ci_low": low, "ci_high": high, "coverage": cov}
+    detail = f"{name} {est:.2f}x, {100 * cov:.1f}% CI {low:.2f}–{high:.2f}, {len(before)} vs {len(after)} {unit}"
+    up, down = low > 1.0 and est >= 1.0 + min_effect, high < 1.0 and est <= 1.0 / (1.0 + min_effect)
+    if up or down:
+        out["change"] = "faster" if up == higher_is_faster else "slower"
+        out["text"] = f"{out['change']} ({detail})"
+    else:
+        out["text"] = f"no clear difference ({detail})"
+    return out
