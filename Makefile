@@ -8,7 +8,7 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: repro test venv clean
+.PHONY: repro test compare venv clean
 
 venv: $(VENV)/.installed
 
@@ -19,6 +19,10 @@ $(VENV)/.installed: requirements.txt
 
 repro: venv
 	$(BIN)/dvc repro
+
+# Compare DVC experiments (README "Comparing experiments"): EXPS="a b" BASELINE=a, or all of this commit's.
+compare: venv
+	$(BIN)/python -m pipeline.compare $(EXPS) $(if $(BASELINE),--baseline $(BASELINE))
 
 # pytest exits 5 when it collects no test: that is a failure here, not a pass.
 test: venv

@@ -65,13 +65,32 @@ def tidy(found: list[exps.Exp], keys: list[str]) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True).reindex(columns=cols)
 
 
-def per_round(e: exps.Exp, fw: str, model: str, phase: str) -> list[float]:
-    """One experiment's per-round rates of one cell, each over its own process's calibration (GFLOP/s)."""
+def per_round(e: exps.Exp, fw: str, model: str, phase: str, calibrated: bool) -> list[float]:
+    """One experiment's per-round rates of one cell; `calibrated`: each over its own process's calibration GEMM
+    (GFLOP/s), which takes out the machine's speed at that moment."""
     key = "train_samples_per_s" if phase == "train" else f"infer{max(e.params['bench.infer_batch_sizes'])}" \
                                                            "_samples_per_s"
-    return [r[key] / ((r["calib_before_gflops"] + r["calib_after_gflops"]) / 2)
+    return [r[key] / (((r["calib_before_gflops"] + r["calib_after_gflops"]) / 2) if calibrated else 1.0)
             for r in bench.usable(e.bench["records"])
             if r["arm"] == fw and r["model"] == model and r["status"] == "ok"]
+
+
+def rate_verdict(base: exps.Exp, e: exps.Exp, fw: str, model: str, phase: str, min_effect: float) -> dict:
+    """Raw and calibrated rates must agree. Two experiments ran at different times: on one machine a change is
+    called only when the raw rates and the calibration-normalised ones both show it (a change in raw rates that the
+    GEMM also saw is the machine drifting; a calibrated change the raw rates do not show is a GEMM that work bound
+    by Python overheads does not follow). Across machines the raw rates are the comparison (the machine is the
+    change), the calibrated ratio shown beside them."""
+    name = f"{e.name}/{base.name}"
+    raw, cal = (verdict.change(name, per_round(base, fw, model, phase, c), per_round(e, fw, model, phase, c),
+                               min_effect) for c in (False, True))
+    out = raw | {"cal_ratio": cal["ratio"], "cal_low": cal["ci_low"], "cal_high": cal["ci_high"]}
+    if base.machine != e.machine:
+        return out | {"text": f"{raw['text']}; different machines, raw rates"}
+    if raw["change"] != cal["change"]:
+        return out | {"change": None, "text": (f"no clear difference: raw {raw['text']}, but calibrated "
+                                               f"{cal['text']}; the machine's speed moved between the experiments")}
+    return out
 
 
 def verdicts(found: list[exps.Exp], base: exps.Exp) -> pd.DataFrame:
@@ -84,17 +103,17 @@ def verdicts(found: list[exps.Exp], base: exps.Exp) -> pd.DataFrame:
         for fw in [f for f in e.bench["frameworks"] if f in base.bench["frameworks"]]:
             for model in [m for m in e.bench["models"] if m in base.bench["models"]]:
                 cell = f"{fw}-{model}"
-                for measure, a, b, faster_up, unit in (
-                        ("training rate", per_round(base, fw, model, "train"), per_round(e, fw, model, "train"),
-                         True, "rounds"),
-                        ("inference rate", per_round(base, fw, model, "infer"), per_round(e, fw, model, "infer"),
-                         True, "rounds"),
-                        ("time to target", _reached(base, cell), _reached(e, cell), False, "seeds")):
-                    v = verdict.change(f"{e.name}/{base.name}", a, b, min_effect, faster_up, unit)
+                said = {"training rate": rate_verdict(base, e, fw, model, "train", min_effect),
+                        "inference rate": rate_verdict(base, e, fw, model, "infer", min_effect),
+                        "time to target": verdict.change(f"{e.name}/{base.name}", _reached(base, cell),
+                                                         _reached(e, cell), min_effect, False, "seeds")}
+                for measure, v in said.items():
                     out.append({"experiment": e.name, "baseline": base.name, "framework": LABEL.get(fw, fw),
                                 "model": model, "measure": measure, "ratio": v["ratio"], "ci_low": v["ci_low"],
-                                "ci_high": v["ci_high"], "change": v["change"] or "no clear difference",
-                                "verdict": v["text"]})
+                                "ci_high": v["ci_high"], "cal_ratio": v.get("cal_ratio", np.nan),
+                                "cal_low": v.get("cal_low", np.nan), "cal_high": v.get("cal_high", np.nan),
+                                "change": v["change"] or ("no verdict" if "no verdict" in v["text"] else
+                                                          "no clear difference"), "verdict": v["text"]})
     return pd.DataFrame(out)
 
 
@@ -105,14 +124,19 @@ def _reached(e: exps.Exp, cell: str) -> list[float]:
 
 def overlaps(found: list[exps.Exp]) -> list[str]:
     """Experiments on the same machine whose bench measurements ran at the same time (parallel queue workers
-    share the cores: both sets of timings are spoiled)."""
+    share the cores: both sets of timings are spoiled), and those that share one measurement (DVC's run cache)."""
     out = []
     span = {e.name: (datetime.fromisoformat(e.bench["started_utc"]), datetime.fromisoformat(e.bench["finished_utc"]))
             for e in found}
     for i, a in enumerate(found):
         for b in found[i + 1:]:
             (s1, f1), (s2, f2) = span[a.name], span[b.name]
-            if a.machine == b.machine and s1 < f2 and s2 < f1:
+            if a.machine != b.machine:
+                continue
+            if (s1, f1) == (s2, f2):  # not an overlap: DVC restored one bench run (its run cache) for both
+                out.append(f"`{a.name}` and `{b.name}` share one bench measurement (the bench params did not change, "
+                           "so DVC restored it from its run cache): their speed figures are the same numbers.")
+            elif s1 < f2 and s2 < f1:
                 out.append(f"**Warning**: `{a.name}` and `{b.name}` measured on the same machine at overlapping times "
                            f"({s1:%H:%M}–{f1:%H:%M} and {s2:%H:%M}–{f2:%H:%M} UTC): their timings competed for the "
                            "cores. Run queues with one worker (`dvc queue start -j 1`).")
@@ -124,6 +148,18 @@ def x_axis(found: list[exps.Exp], keys: list[str]) -> tuple[str, bool]:
     if len(keys) == 1 and all(isinstance(e.params.get(keys[0]), (int, float)) for e in found):
         return keys[0], True
     return "experiment", False
+
+
+def _ratios(r: pd.Series, low: pd.Series, high: pd.Series) -> list[str]:
+    return [f"{x:.2f}x [{lo:.2f}–{hi:.2f}]" if np.isfinite(x) else "—" for x, lo, hi in zip(r, low, high)]
+
+
+def _cell(value: float, low: float, high: float) -> str:
+    """A headline figure with its spread, if it has one; a time to target never reached says so."""
+    if not np.isfinite(value):
+        return "not reached"
+    spread = f" [{render.num(low)}–{render.num(high)}]" if np.isfinite(low) and low != high else ""
+    return render.num(value) + spread
 
 
 def build(found: list[exps.Exp], skipped: list[exps.Skipped], base: exps.Exp, figdir: Path) -> tuple[list, pd.DataFrame]:
@@ -140,7 +176,7 @@ def build(found: list[exps.Exp], skipped: list[exps.Skipped], base: exps.Exp, fi
     B: list = [("h1", f"mnist-bench: {len(found)} experiments compared"),
                ("p", f"Baseline: `{base.name}`. Params that differ: "
                      f"{', '.join(f'`{k}`' for k in keys) or 'none (same params; machines or times differ)'}. "
-                     "Rates are medians over each experiment's clean rounds with their IQR; `% of own calibration` "
+                     "Rates are medians over each experiment's usable rounds with their IQR; `% of own calibration` "
                      "divides every process's rate by the GEMM it measured beside it, so machines and moments of "
                      "different speed compare (a CPU figure: on a GPU it measures the host).")]
     B += [("p", w) for w in overlaps(found)]
@@ -149,22 +185,24 @@ def build(found: list[exps.Exp], skipped: list[exps.Skipped], base: exps.Exp, fi
                                                          for s in skipped]))]
     B += [("h2", "Experiments and machines"), ("table", machines)]
     if len(v):
-        shown = v.assign(ratio=[f"{r:.2f}x [{lo:.2f}–{hi:.2f}]" if np.isfinite(r) else "—"
-                                for r, lo, hi in zip(v.ratio, v.ci_low, v.ci_high)])
+        shown = v.assign(ratio=_ratios(v.ratio, v.ci_low, v.ci_high),
+                         calibrated=_ratios(v.cal_ratio, v.cal_low, v.cal_high))
         B += [("h2", f"Against the baseline `{base.name}`"),
-              ("p", "Ratio = this experiment over the baseline, with its interval. Rates: per-round rates over "
-                    "their own calibration, compared as two independent samples (the experiments were not "
-                    "interleaved); \"faster\"/\"slower\" only when the interval excludes 1 and the change is at least "
-                    f"`bench.min_effect` ({base.params.get('bench.min_effect')}). Time to target: seconds per seed "
-                    "that reached it (a ratio below 1 is faster)."),
-              ("table", shown[["experiment", "framework", "model", "measure", "change", "ratio", "verdict"]])]
+              ("p", "Ratio = this experiment over the baseline, with its interval: per-round rates compared as two "
+                    "independent samples (the experiments were not interleaved); calibrated: each rate over its own "
+                    "process's calibration GEMM. \"faster\"/\"slower\" only when the interval excludes 1, the change "
+                    f"is at least `bench.min_effect` ({base.params.get('bench.min_effect')}) and, on one machine, the "
+                    "raw and the calibrated rates agree. Time to target: seconds per seed that reached it (a ratio "
+                    "below 1 is faster)."),
+              ("table", shown[["experiment", "framework", "model", "measure", "change", "ratio", "calibrated",
+                               "verdict"]])]
     B.append(("h2", "Headline metrics"))
     for metric, (label, _, higher) in HEADLINE.items():
         sub = rows[rows["metric"] == metric]
         if sub.empty:
             continue
-        table = sub.assign(cell=[f"{val:,.4g} [{lo:,.4g}–{hi:,.4g}]" for val, lo, hi in
-                                 zip(sub.value, sub.low, sub.high)])
+        table = sub.assign(cell=[_cell(val, lo, hi) for val, lo, hi in zip(sub.value, sub.low, sub.high)],
+                           model=sub["model"].fillna("—"))
         B += [("p", f"**{label}** ({'higher' if higher else 'lower'} is better): median [spread]"),
               ("table", table.pivot_table(index=["framework", "model"], columns="experiment", values="cell",
                                           aggfunc="first", sort=False).reset_index()),

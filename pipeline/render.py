@@ -18,13 +18,13 @@ border:1px solid #eee}pre{background:#f7f7f7;padding:.8em;overflow:auto;font-siz
 font-size:13px}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}"""
 
 
-def _num(v: float) -> str:
+def num(v: float) -> str:
     # Thousands as grouped integers (24,520 samples/s), small values to 4 significant digits (5.007e-06).
     return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
 
 
 def _fmt(df: pd.DataFrame) -> pd.DataFrame:
-    return df.map(lambda v: _num(v) if isinstance(v, float) else v)
+    return df.map(lambda v: num(v) if isinstance(v, float) else v)
 
 
 def markdown(blocks: list[Block], rel_to: Path) -> str:

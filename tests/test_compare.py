@@ -23,9 +23,13 @@ def test_shift_interval_matches_a_brute_force_coverage():
     for pos in combinations(range(n + m), n):  # positions of the first sample among the sorted n + m values
         counts[sum(p - i for i, p in enumerate(pos))] += 1  # U = pairs (a, b) with b below a
     np.testing.assert_array_equal(verdict._rank_sum_counts(n, m), counts)
-    est, cov, low, high = verdict.shift_ci([1, 2, 3, 4], [10, 20, 30, 40, 50])
-    assert cov == pytest.approx(1 - 2 * counts[:1].sum() / counts.sum())  # k = 1: min and max of the ratios
-    assert (low, high) == pytest.approx((10 / 4, 50 / 1)) and low < est < high
+    a, b = [1, 2, 3, 4], [10, 20, 30, 40, 50]
+    est, cov, low, high = verdict.shift_ci(a, b)
+    # the narrowest [k-th smallest, k-th largest] of the 20 ratios b/a whose coverage 1 - 2 P(U < k) >= 95%
+    k = max(k for k in range(1, 11) if 1 - 2 * counts[:k].sum() / counts.sum() >= 0.95)
+    ratios = sorted(y / x for x in a for y in b)
+    assert cov == pytest.approx(1 - 2 * counts[:k].sum() / counts.sum())
+    assert (low, high) == pytest.approx((ratios[k - 1], ratios[-k])) and low < est < high
 
 
 def test_change_calls_a_regression_and_not_noise():
@@ -69,9 +73,10 @@ def test_overlapping_measurements_on_one_machine_are_warned_about():
     b = fake_exp("b", {}, "m1", "2026-01-01T10:04:00+00:00", "2026-01-01T10:09:00+00:00")
     c = fake_exp("c", {}, "m2", "2026-01-01T10:04:00+00:00", "2026-01-01T10:09:00+00:00")  # another machine
     d = fake_exp("d", {}, "m1", "2026-01-01T10:05:00+00:00", "2026-01-01T10:09:00+00:00")  # right after a
-    warned = compare.overlaps([a, b, c, d])
-    assert len(warned) == 2 and "`a` and `b`" in warned[0] and "`b` and `d`" in warned[1]
-    assert "dvc queue start -j 1" in warned[0]
+    e = fake_exp("e", {}, "m1", "2026-01-01T10:00:00+00:00", "2026-01-01T10:05:00+00:00")  # a's, from run cache
+    warned = compare.overlaps([a, b, c, d, e])
+    assert [w.split("`")[1:4:2] for w in warned] == [["a", "b"], ["a", "e"], ["b", "d"], ["b", "e"]]
+    assert "dvc queue start -j 1" in warned[0] and "share one bench measurement" in warned[1]
 
 
 SMALL = TINY | {"frameworks": ["numpy"], "models": ["mlp"], "bench.control": False, "bench.thread_counts": [2],
@@ -127,7 +132,9 @@ def test_experiments_from_two_machines_meet_through_git_and_a_dvc_remote(tmp_pat
     lines = [line for line in verdicts.splitlines() if line.startswith("| alpha-bs64 ")]
     rate = next(line for line in lines if "training rate" in line)
     assert "| faster " in rate  # four times the batch: far more samples/s per step overhead, on any machine
-    assert any("time to target" in line and "no verdict (1 and 1 seeds" in line for line in lines)
+    # tiny settings never reach the target: said, not hidden
+    assert any("time to target" in line and "| no verdict " in line and "(0 and 0 seeds" in line for line in lines)
+    assert "not reached" in md[md.index("**time to target"):]
     assert sum(line.startswith(("| alpha-bs64 ", "| beta-bs16 ", "| beta-bs64 ")) for line in
                verdicts.splitlines()) == 3 * 3  # 3 experiments x 3 measures (1 framework, 1 model)
     html = (out / "index.html").read_text()
