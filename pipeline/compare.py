@@ -162,7 +162,8 @@ def _cell(value: float, low: float, high: float) -> str:
     return render.num(value) + spread
 
 
-def build(found: list[exps.Exp], skipped: list[exps.Skipped], base: exps.Exp, figdir: Path) -> tuple[list, pd.DataFrame]:
+def build(found: list[exps.Exp], skipped: list[exps.Skipped], base: exps.Exp,
+          figdir: Path) -> tuple[list, pd.DataFrame]:
     keys = changed(found)
     rows = tidy(found, keys)
     v = verdicts(found, base)
@@ -201,13 +202,13 @@ def build(found: list[exps.Exp], skipped: list[exps.Skipped], base: exps.Exp, fi
         sub = rows[rows["metric"] == metric]
         if sub.empty:
             continue
+        sub = sub.assign(framework=sub["framework"].map(lambda f: LABEL.get(f, f)))
         table = sub.assign(cell=[_cell(val, lo, hi) for val, lo, hi in zip(sub.value, sub.low, sub.high)],
                            model=sub["model"].fillna("—"))
         B += [("p", f"**{label}** ({'higher' if higher else 'lower'} is better): median [spread]"),
               ("table", table.pivot_table(index=["framework", "model"], columns="experiment", values="cell",
                                           aggfunc="first", sort=False).reset_index()),
-              ("img", figures.against(sub.assign(framework=sub["framework"].map(lambda f: LABEL.get(f, f))), x,
-                                      numeric, label, figdir / f"{metric}.png"),
+              ("img", figures.against(sub, x, numeric, label, figdir / f"{metric}.png"),
                f"{label} against {x}; one line per framework, bars: spread; marker: machine")]
     return B, rows
 

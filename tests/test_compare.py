@@ -148,3 +148,13 @@ def test_comparing_one_experiment_says_so_in_one_line(tmp_path, monkeypatch):
                                                 r"\(1 skipped\)"):
         compare.main(["--out", str(tmp_path / "c")])
     assert not (tmp_path / "c").exists()
+
+
+def test_the_machine_name_comes_from_the_environment_or_the_host(monkeypatch):
+    import platform
+
+    from pipeline import env
+    monkeypatch.setenv("MNIST_BENCH_MACHINE", "lab-box")
+    assert env.fingerprint(2, "cpu")["machine_name"] == "lab-box"
+    monkeypatch.delenv("MNIST_BENCH_MACHINE")
+    assert env.fingerprint(2, "cpu")["machine_name"] == platform.node()
