@@ -101,12 +101,13 @@ def flag(child_rows: list[dict], reference: float, max_drift: float) -> str:
 
 def run_rounds(run: Callable[[str, int], list[dict]], arm_names: list[str], rounds: int, max_drift: float,
                log: Callable[[str], None] = lambda _: None) -> list[dict]:
-    """`rounds` clean rounds of run(arm, round_index) in alternating order. A round with a flagged child is kept
-    in the records (with the reason) but measured again, up to `rounds` extra times."""
+    """Rounds of run(arm, round_index) in alternating order until every verdict has `rounds` usable rounds (the
+    first arm and the other usable in the same round), at most 2 x `rounds`. A flagged child is kept in the records
+    (with the reason); its round counts for the pairs it is not part of."""
     rows: list[dict] = []
     calibrations: list[float] = []
-    clean = index = 0
-    while clean < rounds and index < 2 * rounds:
+    index = 0
+    while not _enough(rows, arm_names, rounds) and index < 2 * rounds:
         order = arm_names if index % 2 == 0 else list(reversed(arm_names))
         round_rows = []
         for arm in order:
@@ -117,9 +118,15 @@ def run_rounds(run: Callable[[str, int], list[dict]], arm_names: list[str], roun
             if why:
                 log(f"round {index + 1}, {arm}: {why}; the round will be measured again")
         rows += round_rows
-        clean += not any(r["flag"] for r in round_rows)
         index += 1
     return rows
+
+
+def _enough(rows: list[dict], arm_names: list[str], rounds: int) -> bool:
+    ok = {(r["round"], r["arm"]) for r in rows if not r["flag"]}
+    first, done = arm_names[0], {rd for rd, _ in ok}
+    pairs = [(first, arm) for arm in arm_names[1:]] or [(first, first)]
+    return all(sum((rd, a) in ok and (rd, b) in ok for rd in done) >= rounds for a, b in pairs)
 
 
 def usable(rows: list[dict]) -> list[dict]:

@@ -81,10 +81,10 @@ def speed_blocks(r: Results, figdir: Path) -> list:
     gaps = [g for c in cells if (g := gap_text(r, c, c["train_samples_per_s"]))]
     return [
         ("h2", "Speed"),
-        ("p", f"How this is measured: {b.get('rounds', measured - again)} clean rounds wanted, {measured} measured "
-              f"({again} measured again after the drift monitor flagged them); in each, every framework's default "
-              "variant runs once in its "
-              "own fresh process, in alternating order (ABC, CBA, …), so the machine's drift hits all alike; the "
+        ("p", f"How this is measured: {b.get('rounds', measured - again)} usable rounds wanted per comparison, "
+              f"{measured} measured ({again} with a child the drift monitor flagged; a flagged child's figures are "
+              "left out, its round still counts for the pairs it is not part of); in each, every framework's "
+              "default variant runs once in its own fresh process, in alternating order (ABC, CBA, …), so the machine's drift hits all alike; the "
               "first framework also runs a second time as an A/A control. Each process measures the calibration "
               "GEMM before and after. A verdict uses the ratio of two frameworks' rates measured back to back in "
               "each round: \"X is faster\" only when the exact confidence interval of the median ratio excludes "
