@@ -5,8 +5,8 @@
 Reads each experiment's committed results (pipeline/exps.py) and writes summary.md, results.csv (tidy rows with
 experiment, machine and the changed params as columns) and a self-contained index.html. Verdicts against the
 baseline use the same honesty rules as one run, adapted to runs that were not interleaved: the per-round rates of
-the two experiments, each divided by its own process's calibration GEMM (the machine's speed at that moment),
-compared as two independent samples (verdict.change: Hodges-Lehmann ratio, exact Mann-Whitney interval).
+the two experiments compared as two independent samples (verdict.change: Hodges-Lehmann ratio, exact Mann-Whitney
+interval), raw and divided by each process's own calibration GEMM; on one machine both must show the change.
 """
 from __future__ import annotations
 
