@@ -16,6 +16,7 @@ from pipeline.backends import Backend
 from pipeline.params import Bench
 from pipeline.spec import ModelSpec, Optim, batch_order, init_weights
 
+FORMAT = 2  # records.json format; 2 added measurement times, which comparing experiments needs (exps.py)
 CONTROL = "*"  # suffix of the control arm: "torch*" is torch measured again as if it were another framework
 # Errors that mean "this machine cannot run the variant" (no C compiler for inductor, no XLA device). Any other
 # failure is a bug and fails the stage.
@@ -116,13 +117,14 @@ def run_rounds(run: Callable[[str, int], list[dict]], arm_names: list[str], roun
             why = flag(got, float(np.median(calibrations)), max_drift)
             round_rows += [r | {"kind": "round", "round": index, "arm": arm, "flag": why} for r in got]
             if why:
-                log(f"round {index + 1}, {arm}: {why}; the round will be measured again")
+                log(f"round {index + 1}, {arm}: {why}; its figures are left out")
         rows += round_rows
         index += 1
     return rows
 
 
 def _enough(rows: list[dict], arm_names: list[str], rounds: int) -> bool:
+    """Whether every pair a verdict compares (the first arm against each other) has `rounds` usable rounds."""
     ok = {(r["round"], r["arm"]) for r in rows if not r["flag"]}
     first, done = arm_names[0], {rd for rd, _ in ok}
     pairs = [(first, arm) for arm in arm_names[1:]] or [(first, first)]

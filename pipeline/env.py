@@ -57,7 +57,8 @@ def fingerprint(threads: int, device: str) -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     # The name a comparison across machines groups by: set MNIST_BENCH_MACHINE (laptop, ci, gpu-box), else the host.
     return {"machine_name": os.environ.get("MNIST_BENCH_MACHINE") or platform.node(), "cpu": cpu_model(),
-            "machine": platform.machine(), "cores_available": cores, "cores_total": os.cpu_count(), "ram_gb": ram_gb(), "gpus": gpus(), "os": platform.platform(),
+            "machine": platform.machine(), "cores_available": cores, "cores_total": os.cpu_count(),
+            "ram_gb": ram_gb(), "gpus": gpus(), "os": platform.platform(),
             "python": sys.version.split()[0], "versions": versions, "threads_param": threads,
             "threads_used": threads or cores, "device_param": device,
             "thread_env": {k: os.environ.get(k) for k in THREAD_VARS if os.environ.get(k) is not None}}

@@ -17,9 +17,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from pipeline.bench import FORMAT
 from pipeline.errors import DataError
 
-FORMAT = 2  # reports/bench/records.json "format": 2 added measurement times and the machine name
 RESULTS = "reports/results.csv"
 ENV = "reports/env.json"
 BENCH = "reports/bench/records.json"

@@ -89,8 +89,8 @@ def main(argv: list[str]) -> None:
     verdicts = bench.comparisons(rows, p.frameworks, p.models, cfg)
     flagged = sorted({(r["round"], r["arm"], r["flag"]) for r in rows if r["flag"]})
     files.write_json(a.out / "records.json", {
-        # format 2: measurement times, so a comparison of experiments can tell when their measurements overlapped
-        "format": 2, "started_utc": started, "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "format": bench.FORMAT, "started_utc": started,
+        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "frameworks": p.frameworks, "models": p.models, "threads": threads, "arms": arms, "rounds": cfg.rounds,
         "min_effect": cfg.min_effect,
         "flops_per_sample": flops, "env": files.read_json(a.env, "env"), "calibration": stab,
