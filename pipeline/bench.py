@@ -139,6 +139,11 @@ def usable(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["kind"] == "round" and not r["flag"]]
 
 
+def rate_key(phase: str, infer_batch_sizes: list[int]) -> str:
+    """The record key of a phase's headline rate: training, or inference at the largest batch size."""
+    return "train_samples_per_s" if phase == "train" else f"infer{max(infer_batch_sizes)}_samples_per_s"
+
+
 def ratios(rows: list[dict], arm_a: str, arm_b: str, model: str, key: str) -> list[float]:
     """Per round where both were usable, arm_a's figure over arm_b's, measured back to back in that round."""
     by = {(r["round"], r["arm"]): r[key] for r in usable(rows) if r["model"] == model and r["status"] == "ok"}
@@ -160,9 +165,9 @@ def comparisons(rows: list[dict], frameworks: list[str], models: list[str], cfg:
     if cfg.control:
         pairs.append((frameworks[0], frameworks[0] + CONTROL, True))
     out = []
-    infer_key = f"infer{max(cfg.infer_batch_sizes)}_samples_per_s"
     for model in models:
-        for phase, key in (("train", "train_samples_per_s"), ("infer", infer_key)):
+        for phase in ("train", "infer"):
+            key = rate_key(phase, cfg.infer_batch_sizes)
             for a, b, control in pairs:
                 per_round = ratios(rows, a, b, model, key)
                 said = verdict.speed(framework_of(a), framework_of(b) + (" again" if control else ""),
@@ -191,8 +196,8 @@ def per_cell(rows: list[dict], flops: dict[str, int], run_gflops: float, infer_b
     for fw, model in dict.fromkeys((r["arm"], r["model"]) for r in clean if not r["arm"].endswith(CONTROL)):
         sub = [r for r in clean if r["arm"] == fw and r["model"] == model]
         row: dict = {"framework": fw, "model": model, "rounds": len(sub)}
-        for phase, key, work in (("train", "train_samples_per_s", 3), ("infer", f"infer{infer_batch}_samples_per_s",
-                                                                       1)):
+        for phase, work in (("train", 3), ("infer", 1)):
+            key = rate_key(phase, [infer_batch])
             rates = np.array([r[key] for r in sub])
             own = np.array([(r["calib_before_gflops"] + r["calib_after_gflops"]) / 2 for r in sub])
             q1, med, q3 = np.percentile(rates, [25, 50, 75])

@@ -68,8 +68,7 @@ def tidy(found: list[exps.Exp], keys: list[str]) -> pd.DataFrame:
 def per_round(e: exps.Exp, fw: str, model: str, phase: str, calibrated: bool) -> list[float]:
     """One experiment's per-round rates of one cell; `calibrated`: each over its own process's calibration GEMM
     (GFLOP/s), which takes out the machine's speed at that moment."""
-    key = "train_samples_per_s" if phase == "train" else f"infer{max(e.params['bench.infer_batch_sizes'])}" \
-                                                           "_samples_per_s"
+    key = bench.rate_key(phase, e.params["bench.infer_batch_sizes"])
     return [r[key] / (((r["calib_before_gflops"] + r["calib_after_gflops"]) / 2) if calibrated else 1.0)
             for r in bench.usable(e.bench["records"])
             if r["arm"] == fw and r["model"] == model and r["status"] == "ok"]
