@@ -22,7 +22,7 @@ repro: venv
 
 # Compare DVC experiments (README "Comparing experiments"): EXPS="a b" BASELINE=a, or all of this commit's.
 compare: venv
-	$(BIN)/python -m pipeline.compare $(EXPS) $(if $(BASELINE),--baseline $(BASELINE))
+	$(BIN)/python -m pipeline.report.compare $(EXPS) $(if $(BASELINE),--baseline $(BASELINE))
 
 # pytest exits 5 when it collects no test: that is a failure here, not a pass.
 test: venv

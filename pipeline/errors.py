@@ -1,4 +1,4 @@
-"""The two errors a user can fix, shared by every module; each message is one line naming the key, file or mirror.
+"""The two errors a user can fix, each a one-line message naming the key, file or mirror.
 
 `files.run` turns them into `error: <message>` and exit status 2, with no traceback.
 """

@@ -1,4 +1,4 @@
-"""Atomic output writing and the stage entry-point wrapper shared by every stage."""
+"""Atomic writes (old file or none, never half a file), JSON io, and the stage entry wrapper."""
 from __future__ import annotations
 
 import contextlib

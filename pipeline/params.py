@@ -1,4 +1,6 @@
-"""The one place that knows params.yaml's shape: a pydantic schema, every rule written on its field.
+"""params.yaml's schema: pydantic models with every rule on its field; unknown keys are errors.
+
+The one place that knows params.yaml's shape: a pydantic schema, every rule written on its field.
 
 Defaults live in params.yaml only; this module holds types, ranges and choices. Every stage calls `load()`
 first, so a bad key stops it before it writes anything, with one line naming the key:
@@ -11,14 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from pipeline import spec
+from pipeline.backends import FRAMEWORKS
+from pipeline.data.datasets import DATASETS
 from pipeline.errors import ParamsError
 from pipeline.validate import Distinct, Odd, cross, message
 
-FRAMEWORKS = ("torch", "tensorflow", "numpy")
-MODELS = ("mlp", "cnn")
+DATASET_NAMES = tuple(DATASETS)
 
 
 Count = Annotated[int, Field(ge=1)]
@@ -33,7 +36,7 @@ class _Section(BaseModel):
 
 
 class Data(_Section):
-    name: Literal["mnist", "fashion-mnist", "idx", "digits"]
+    name: Literal[DATASET_NAMES]
     mirrors: list[str]
     timeout_s: Positive
     retries: Count
@@ -53,7 +56,7 @@ class Data(_Section):
 
 class MLP(_Section):
     hidden: Annotated[list[Count], Field(min_length=1)]
-    activation: Literal["relu", "tanh", "sigmoid"]
+    activation: Literal[spec.ACTIVATIONS]
     dropout: Fraction01
 
 
@@ -71,27 +74,24 @@ class Schedule(_Section):
     decay: Literal["none", "cosine", "linear"]
 
 
-class Schedules(_Section):
-    mlp: Schedule
-    cnn: Schedule
+def _per(names: tuple[str, ...], field_type: Any, name: str, base: type = None) -> type:
+    """A section with one field of `field_type` per name of a list (models, datasets), so that list stays the one
+    place its names are written; a name with a dash is its own alias (fashion-mnist)."""
+    return create_model(name, __base__=base or _Section,
+                        **{n.replace("-", "_"): (field_type, Field(alias=n)) for n in names})
 
 
 Accuracy = Annotated[float, Field(gt=0, le=1)]
+Schedules = _per(spec.MODELS, Schedule, "Schedules")
+Targets = _per(spec.MODELS, Accuracy, "Targets")
 
 
-class Targets(_Section):
-    mlp: Accuracy
-    cnn: Accuracy
-
-
-class TargetsByData(_Section):
-    mnist: Targets
-    fashion_mnist: Targets = Field(alias="fashion-mnist")
-    digits: Targets
-    idx: Targets
-
-    def of(self, dataset: str) -> Targets:
+class _ByData(_Section):
+    def of(self, dataset: str) -> Any:
         return getattr(self, dataset.replace("-", "_"))
+
+
+TargetsByData = _per(DATASET_NAMES, Targets, "TargetsByData", _ByData)
 
 
 class Train(_Section):
@@ -141,8 +141,8 @@ class Params(_Section):
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)]
     threads: Annotated[int, Field(ge=0)]
     device: Literal["auto", "cpu", "cuda"]
-    frameworks: Annotated[list[Literal["torch", "tensorflow", "numpy"]], Field(min_length=1), Distinct]
-    models: Annotated[list[Literal["mlp", "cnn"]], Field(min_length=1), Distinct]
+    frameworks: Annotated[list[Literal[FRAMEWORKS]], Field(min_length=1), Distinct]
+    models: Annotated[list[Literal[spec.MODELS]], Field(min_length=1), Distinct]
     data: Data
     mlp: MLP
     cnn: CNN
@@ -154,7 +154,7 @@ class Params(_Section):
 
     @model_validator(mode="after")
     def _models_fit_the_images(self) -> "Params":
-        shape = spec.DATA_SHAPES.get(self.data.name)  # None for idx: checked again once the data is prepared
+        shape = DATASETS[self.data.name].shape  # None for idx: checked again once the data is prepared
         for model in self.models if shape else []:
             try:
                 _build_spec(self, model, shape, 10)
@@ -184,6 +184,11 @@ def optim(p: Params, model: str) -> spec.Optim:
     """The optimizer maths of `model`'s training: train.* hyperparameters and the model's learning rate."""
     t, s = p.train, getattr(p.schedule, model)
     return spec.Optim(t.optimizer, s.lr, t.momentum, t.beta1, t.beta2, t.eps, s.warmup, s.decay)
+
+
+def networks(p: Params, in_shape: tuple[int, int, int], classes: int) -> dict[str, tuple[spec.ModelSpec, spec.Optim]]:
+    """Every model of the run: its spec for these images and its optimizer maths."""
+    return {m: (model_spec(p, m, in_shape, classes), optim(p, m)) for m in p.models}
 
 
 def parse(raw: Any) -> Params:

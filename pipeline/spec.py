@@ -1,4 +1,6 @@
-"""Framework-neutral model spec: the layer list both backends build, its counts, and initial weights in NumPy.
+"""Framework-neutral networks (layer lists), initial weights, batch order, optimizer maths.
+
+Framework-neutral model spec: the layer list both backends build, its counts, and initial weights in NumPy.
 
 Canonical layouts (the ones every weight list in this project uses): images NHWC float32; conv kernels
 (kh, kw, c_in, c_out); dense kernels (in, out); `Flatten` emits features in (h, w, c) order. The PyTorch
@@ -15,8 +17,7 @@ from typing import NamedTuple, Union
 
 import numpy as np
 
-# Image shape (H, W, C) of the datasets whose shape is known before download; `idx` is known after prepare.
-DATA_SHAPES = {"mnist": (28, 28, 1), "fashion-mnist": (28, 28, 1), "digits": (8, 8, 1)}
+MODELS = ("mlp", "cnn")  # the one list of networks; each has a builder below
 ACTIVATIONS = ("relu", "tanh", "sigmoid")
 
 

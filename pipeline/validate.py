@@ -1,4 +1,6 @@
-"""What params.py's rules share: marker validators (Distinct, Odd), cross-field errors, and the one-line error
+"""The one-line params error text, derived from each field's own type and constraints.
+
+What params.py's rules share: marker validators (Distinct, Odd), cross-field errors, and the one-line error
 text, derived from a field's own type and constraints so that a rule and its message cannot drift apart:
 `params.yaml: train.batch_size: expected an integer >= 1, got 0`.
 """

@@ -48,7 +48,7 @@ def tiny_idx(n_train: int = 60, n_test: int = 20, size: int = 8, classes: int = 
         return x, y.astype(np.uint8)
     xtr, ytr = make(n_train)
     xte, yte = make(n_test)
-    from pipeline.data import FILES
+    from pipeline.data.datasets import FILES
     return dict(zip(FILES, (xtr, ytr, xte, yte)))
 
 

@@ -1,48 +1,95 @@
-"""Every backend provides exactly the contract in pipeline/backends.py, with the same parameters."""
+"""Every backend implements exactly the contract in pipeline/backends/base.py, with the same parameters, and holds
+its own state: the device and RNG live on the object, not in its module."""
 from __future__ import annotations
 
+import importlib
 import inspect
 
+import numpy as np
 import pytest
 
-from pipeline import backends, params
-from pipeline.backends import Backend
+from pipeline import backends, spec as specs
+from pipeline.backends.base import Backend
 
-FUNCTIONS = {n for n, v in vars(Backend).items() if inspect.isfunction(v) and not n.startswith("_")}
-CONSTANTS = set(Backend.__annotations__)
+ABSTRACT = set(Backend.__abstractmethods__) - {"__init__"}
+CONSTANTS = {"NAME", "MODEL_SUFFIX", "DEFAULT", "VARIANTS"}
 
 
-def public(module) -> set[str]:
-    """Names a backend defines itself: its functions and its UPPER-case constants (imports excluded)."""
-    return {n for n, v in vars(module).items() if not n.startswith("_") and
-            ((inspect.isfunction(v) and v.__module__ == module.__name__) or (n.isupper() and not inspect.ismodule(v)))}
+def module_of(framework: str):
+    return importlib.import_module(f"pipeline.backends.{framework}_backend")
+
+
+def own_public(cls: type) -> set[str]:
+    """Public names a backend class defines itself (not inherited from the contract)."""
+    return {n for n in vars(cls) if not n.startswith("_")}
 
 
 def shape(fn) -> list[tuple]:
-    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values() if p.name != "self"]
+    return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
 
 
 def test_the_contract_is_not_empty():
-    assert {"setup", "build", "make_step", "make_predict", "put", "take", "save", "load"} <= FUNCTIONS
-    assert {"NAME", "DEFAULT", "VARIANTS", "MODEL_SUFFIX"} == CONSTANTS
+    assert {"build", "make_step", "make_predict", "put", "take", "save", "load", "make_loader"} <= ABSTRACT
+    assert {"variants", "batches", "train_timings"} <= {n for n in vars(Backend) if not n.startswith("_")}
 
 
-@pytest.mark.parametrize("framework", params.FRAMEWORKS)
-def test_backend_exposes_exactly_the_contract(framework):
-    be = backends.load(framework)
-    assert public(be) == FUNCTIONS | CONSTANTS
-    for name in FUNCTIONS:
-        assert shape(getattr(be, name)) == shape(getattr(Backend, name)), name
-    assert be.NAME == framework and be.DEFAULT in be.VARIANTS
-    assert be.variants([False, True], True)[0] == be.DEFAULT
+@pytest.mark.parametrize("framework", backends.FRAMEWORKS)
+def test_backend_implements_exactly_the_contract(framework):
+    cls = module_of(framework).BACKEND
+    assert issubclass(cls, Backend) and not cls.__abstractmethods__
+    extra = own_public(cls) - ABSTRACT - CONSTANTS - {"train_timings"}  # an override of a shared method is allowed
+    assert not extra, f"{framework} adds {extra} beyond the contract"
+    for name in ABSTRACT | {"__init__"}:
+        assert shape(getattr(cls, name)) == shape(getattr(Backend, name)), name
+    assert cls.NAME == framework and cls.DEFAULT in cls.VARIANTS
 
 
-def test_a_missing_or_reshaped_function_is_caught():
-    class Fake:  # what a half-done third backend looks like
-        NAME, MODEL_SUFFIX, DEFAULT, VARIANTS = "fake", ".npz", "plain", {"plain": ""}
+@pytest.mark.parametrize("framework", backends.FRAMEWORKS)
+def test_variants_follow_the_params_and_the_default_comes_first(framework):
+    be = backends.create(framework, 1, "cpu", 0)
+    everything = be.variants([False, True], {"keras_fit": True})
+    assert everything[0] == be.DEFAULT and set(everything) == set(be.VARIANTS)
+    assert be.variants([False], {"keras_fit": False}) == [be.DEFAULT]
+    compiled = [n for n, v in be.VARIANTS.items() if v.compiled]
+    assert be.variants([True], {"keras_fit": False}) == compiled
 
-    fake = type(inspect)("pipeline.fake_backend")
-    vars(fake).update({k: v for k, v in vars(Fake).items() if k.isupper()})
-    exec("def setup(threads, device): pass", vars(fake))  # one function, missing a parameter
-    assert public(fake) != FUNCTIONS | CONSTANTS
-    assert shape(fake.setup) != shape(Backend.setup)
+
+def test_keras_fit_is_asked_for_by_its_own_switch_only():
+    be = backends.create("tensorflow", 1, "cpu", 0)
+    assert "fit" in be.variants([False], {"keras_fit": True}) and "fit" in be.variants([True], {"keras_fit": True})
+    assert "fit" not in be.variants([False, True], {"keras_fit": False})
+
+
+def test_a_missing_or_reshaped_method_is_caught():
+    class HalfDone(Backend):  # what a half-done fourth backend looks like
+        NAME, MODEL_SUFFIX, DEFAULT, VARIANTS = "fake", ".npz", "plain", {}
+
+        def __init__(self, threads, device):  # missing a parameter
+            pass
+    assert HalfDone.__abstractmethods__  # cannot be created
+    with pytest.raises(TypeError):
+        HalfDone(1, "cpu")
+    assert shape(HalfDone.__init__) != shape(Backend.__init__)
+
+
+def test_state_lives_on_the_object():
+    """Two numpy backends in one process keep their own dropout RNG: no module global shared between them."""
+    s = specs.mlp((4, 4, 1), 3, [8], "relu", 0.5)
+    x = np.ones((6, 4, 4, 1), np.float32)
+    a, b = backends.create("numpy", 1, "cpu", 1), backends.create("numpy", 1, "cpu", 2)
+    na, nb = a.build(s, specs.init_weights(s, 0)), b.build(s, specs.init_weights(s, 0))
+    first = na.forward(x, train=True)
+    b.reseed(7)  # reseeding b must not touch a's masks
+    nb.forward(x, train=True)
+    a.reseed(1)
+    assert np.array_equal(na.forward(x, train=True), first)
+
+
+@pytest.mark.parametrize("framework", backends.FRAMEWORKS)
+def test_no_backend_module_holds_state(framework):
+    """A module may define constants, classes and functions; anything else would be state shared by every backend
+    object of the process (what `_device = ...` globals used to be)."""
+    state = [n for n, v in vars(module_of(framework)).items()
+             if not n.startswith("__") and not n.isupper() and not inspect.ismodule(v) and not callable(v)
+             and n != "annotations"]
+    assert not state, f"{framework}_backend module state: {state}"

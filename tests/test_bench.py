@@ -4,12 +4,13 @@ import math
 import numpy as np
 import pytest
 
-from pipeline import bench, params, verdict, spec as specs
-from pipeline import torch_backend as tb
+from pipeline import backends, params, spec as specs
 from pipeline.errors import ChildError
+from pipeline.measure import bench, child, rounds, verdict
+from pipeline.records import Measurement, Rates, control_arm, framework_of
 from tests.conftest import raw_params
 
-tb.setup(1, "cpu", 0)
+tb = backends.create("torch", 1, "cpu", 0)
 P = params.parse(raw_params(**{"bench.warmup": 2, "bench.steps": 2, "bench.repeats": 2, "bench.latency_calls": 20,
                                "bench.infer_batch_sizes": [1, 16], "bench.compile": [False]}))
 SPEC = specs.mlp((8, 8, 1), 10, [16], "relu", 0.0)
@@ -74,8 +75,9 @@ def fake_child(series: dict):
     def run(arm, rd):
         calls.append((rd, arm))
         before, after, rate = series.get((rd, arm), (200.0, 200.0, 100.0 if arm.startswith("torch") else 80.0))
-        return [{"model": "mlp", "status": "ok", "variant": "eager", "train_samples_per_s": rate,
-                 "infer512_samples_per_s": rate, "calib_before_gflops": before, "calib_after_gflops": after}]
+        rates = Rates(rate, rate, rate, 0.0, 0.0, 1, 1.0)
+        return [Measurement("mlp", "eager", train=rates, infer={512: rates}, calib_before_gflops=before,
+                            calib_after_gflops=after)]
     return run, calls
 
 
@@ -84,25 +86,25 @@ def test_rounds_alternate_order_and_flagged_rounds_are_measured_again():
               (3, "torch*"): (105.0, 104.0, 30.0)}      # stable, but the whole child at half the usual speed
     run, calls = fake_child(series)
     logged = []
-    rows = bench.run_rounds(run, ["torch", "tensorflow", "torch*"], rounds=6, max_drift=0.1, log=logged.append)
+    rows = rounds.run_rounds(run, ["torch", "tensorflow", "torch*"], rounds=6, max_drift=0.1, log=logged.append)
     assert calls[:6] == [(0, "torch"), (0, "tensorflow"), (0, "torch*"), (1, "torch*"), (1, "tensorflow"),
                          (1, "torch")]
     # both pairs (torch/tensorflow, torch/torch*) have 6 usable rounds after 7: one round measured again, not two
-    assert sorted({r["round"] for r in rows}) == list(range(7))
-    flags = {(r["round"], r["arm"]): r["flag"] for r in rows if r["flag"]}
+    assert sorted({r.round for r in rows}) == list(range(7))
+    flags = {(r.round, r.arm): r.flag for r in rows if r.flag}
     assert flags == {(1, "tensorflow"): "machine speed changed -45% during the measurement",
                      (3, "torch*"): "machine at 52% of the run's usual speed"}
     assert len(logged) == 2 and "its figures are left out" in logged[0]
-    r = bench.ratios(rows, "torch", "tensorflow", "mlp", "train_samples_per_s")
+    r = rounds.ratios(rows, "torch", "tensorflow", "mlp", "train")
     # the flagged children's outliers (10 and 30 samples/s) are left out; round 4's flagged control does not
     # spoil that round's torch/tensorflow pair
-    assert r == [1.25] * 6 and bench.ratios(rows, "torch", "torch*", "mlp", "train_samples_per_s") == [1.0] * 6
+    assert r == [1.25] * 6 and rounds.ratios(rows, "torch", "torch*", "mlp", "train") == [1.0] * 6
 
 
 def test_rounds_stop_after_as_many_extra_rounds_as_planned():
     run, calls = fake_child({(rd, "b"): (200.0, 100.0, 1.0) for rd in range(100)})  # the machine never settles
-    rows = bench.run_rounds(run, ["a", "b"], rounds=6, max_drift=0.1)
-    assert len(calls) == 2 * 12 and {r["arm"] for r in bench.usable(rows)} == {"a"}
+    rows = rounds.run_rounds(run, ["a", "b"], rounds=6, max_drift=0.1)
+    assert len(calls) == 2 * 12 and {r.arm for r in rounds.usable(rows)} == {"a"}
     verdicts = bench.comparisons(rows, ["a", "b"], ["mlp"], FAKE.model_copy(update={"control": False}))
     assert all(v["winner"] is None and "no verdict" in v["text"] for v in verdicts)
 
@@ -110,7 +112,7 @@ def test_rounds_stop_after_as_many_extra_rounds_as_planned():
 def test_an_unstable_machine_gets_no_verdict_and_says_why():
     series = {(rd, arm): (200.0 + 150 * (rd % 2), 200.0 + 150 * (rd % 2), 100.0 if arm == "a" else 50.0)
               for rd in range(12) for arm in ("a", "b")}  # calibration alternates 200 / 350: CV ~ 30%
-    rows = bench.run_rounds(fake_child(series)[0], ["a", "b"], rounds=6, max_drift=0.9)
+    rows = rounds.run_rounds(fake_child(series)[0], ["a", "b"], rounds=6, max_drift=0.9)
     v = bench.comparisons(rows, ["a", "b"], ["mlp"], FAKE.model_copy(update={"control": False}))[0]
     assert v["ratio"] == 2.0 and v["winner"] is None
     assert v["text"].startswith("no verdict: the machine was too unstable (calibration CV ")
@@ -118,10 +120,10 @@ def test_an_unstable_machine_gets_no_verdict_and_says_why():
 
 
 def test_control_arm_is_the_first_framework_again():
-    assert bench.arms(["torch", "tensorflow"], True) == ["torch", "tensorflow", "torch*"]
-    assert bench.framework_of("torch*") == "torch"
+    assert rounds.arms(["torch", "tensorflow"], True) == ["torch", "tensorflow", "torch*"]
+    assert framework_of("torch*") == "torch" and control_arm("torch") == "torch*"
     run, _ = fake_child({})
-    rows = bench.run_rounds(run, ["torch", "tensorflow", "torch*"], rounds=6, max_drift=0.1)
+    rows = rounds.run_rounds(run, ["torch", "tensorflow", "torch*"], rounds=6, max_drift=0.1)
     verdicts = bench.comparisons(rows, ["torch", "tensorflow"], ["mlp"], FAKE)
     control = [v for v in verdicts if v["control"]]
     assert [(v["a"], v["b"], v["phase"]) for v in control] == [("torch", "torch*", "train"),
@@ -135,21 +137,23 @@ def test_control_arm_is_the_first_framework_again():
 
 def test_child_rows_are_complete_and_calibrated():
     x = np.random.default_rng(0).normal(size=(40, 8, 8, 1)).astype(np.float32)
-    rows = bench.child(tb, {"mlp": (SPEC, OPTIM)}, tb.put(x, np.arange(40) % 10), 40, P.bench, 8, 0, 1, ["eager"])
-    (r,) = rows
+    rows = child.child(tb, {"mlp": (SPEC, OPTIM)}, tb.put(x, np.arange(40) % 10), 40, P.bench, 8, 0, 1, ["eager"])
+    (m,) = rows
+    r = m.flat()  # the row records.json holds
     for key in ("train_samples_per_s", "train_step_time_ms_median", "infer16_samples_per_s", "infer1_samples_per_s",
                 "first_step_s", "calib_before_gflops", "calib_after_gflops"):
         assert finite_positive(r[key]), key
     assert r["train_samples_per_s_q1"] <= r["train_samples_per_s"] <= r["train_samples_per_s_q3"]
     assert 0 < r["latency_ms_p50"] <= r["latency_ms_p95"] <= r["latency_ms_p99"]
     assert r["drift"] == pytest.approx(abs(r["calib_after_gflops"] / r["calib_before_gflops"] - 1))
+    assert Measurement.from_flat(r) == m and m.rate("infer") == r["infer16_samples_per_s"]  # read back whole
 
 
 def test_thread_counts_are_checked_not_hoped_for():
-    assert bench.check_threads({"framework": "torch", "intra_op_threads": 2, "inter_op_threads": 1}, 2) == {
+    assert child.check_threads({"framework": "torch", "intra_op_threads": 2, "inter_op_threads": 1}, 2) == {
         "intra_op_threads": 2, "inter_op_threads": 1}
     with pytest.raises(RuntimeError, match="torch runs with 4 intra-op / 1 inter-op threads; asked for 2 / 1"):
-        bench.check_threads({"framework": "torch", "intra_op_threads": 4, "inter_op_threads": 1}, 2)
+        child.check_threads({"framework": "torch", "intra_op_threads": 4, "inter_op_threads": 1}, 2)
 
 
 def test_known_unavailable_variant_is_a_row_but_any_other_failure_is_loud():
@@ -158,22 +162,23 @@ def test_known_unavailable_variant_is_a_row_but_any_other_failure_is_loud():
 
     def bug():
         raise ValueError("shape mismatch")
-    row = bench.measure_or_unsupported(tb, "compile", no_compiler)
-    assert row == {"variant": "compile", "status": "unsupported",
-                   "reason": "RuntimeError: InvalidCxxCompiler: No working C compiler found in torch._inductor"}
+    row = child.measure_or_unsupported(tb, "mlp", "compile", no_compiler)
+    assert (row.model, row.variant, row.status, row.reason) == (
+        "mlp", "compile", "unsupported", "RuntimeError: InvalidCxxCompiler: No working C compiler found in "
+        "torch._inductor")
+    assert "train_samples_per_s" not in row.flat() and "first_step_s" not in row.flat()
     with pytest.raises(ValueError):
-        bench.measure_or_unsupported(tb, "compile", bug)
+        child.measure_or_unsupported(tb, "mlp", "compile", bug)
     with pytest.raises(RuntimeError):  # the default variant never becomes "unsupported"
-        bench.measure_or_unsupported(tb, "eager", no_compiler)
+        child.measure_or_unsupported(tb, "mlp", "eager", no_compiler)
 
 
 def test_a_failing_child_fails_the_stage_in_one_line(tmp_path, capsys):
     from pipeline import files
-    from pipeline.stages import bench as stage
 
     with pytest.raises(SystemExit) as e:
-        files.run(lambda argv: stage.run_child(["--data", str(tmp_path / "missing.npz")], "torch", "round", 1,
-                                               "round 1 torch"))
+        files.run(lambda argv: child.spawn(tmp_path / "missing.npz", tmp_path / "params.yaml", "torch", "round", 1,
+                                           "round 1 torch"))
     assert e.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "error: bench child round 1 torch failed (exit 2); its error is printed above"
@@ -184,7 +189,7 @@ def test_a_tripped_control_withholds_the_verdict_it_would_have_given():
     # torch* is 20% slower than torch in every round: the control trips, and torch vs tensorflow (a real 25%)
     # gets no verdict for that model and phase
     run, _ = fake_child({(rd, "torch*"): (200.0, 200.0, 80.0) for rd in range(6)})
-    rows = bench.run_rounds(run, ["torch", "tensorflow", "torch*"], rounds=6, max_drift=0.1)
+    rows = rounds.run_rounds(run, ["torch", "tensorflow", "torch*"], rounds=6, max_drift=0.1)
     verdicts = bench.comparisons(rows, ["torch", "tensorflow"], ["mlp"], FAKE)
     train = {v["control"]: v for v in verdicts if v["phase"] == "train"}
     assert train[True]["winner"] == "torch" and train[True]["text"].startswith("torch is faster")

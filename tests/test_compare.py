@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import compare, exps, verdict
+from pipeline.measure import verdict
+from pipeline.report import compare, exps
 from tests.conftest import ROOT, write_params
 from tests.test_pipeline import ENV, TINY, dvc, sh
 
@@ -113,7 +114,7 @@ def test_experiments_from_two_machines_meet_through_git_and_a_dvc_remote(tmp_pat
     dvc(laptop, "exp", "pull", "origin", *names["alpha"], *names["beta"])
     assert any((laptop / ".dvc/cache").rglob("*")), "the experiments' cached outputs came through the DVC remote"
     # an old-format experiment is listed as skipped, not dropped: its commit lacks the files
-    sh(laptop, sys.executable, "-m", "pipeline.compare", "--baseline", "alpha-bs16", "alpha-bs16", "alpha-bs64",
+    sh(laptop, sys.executable, "-m", "pipeline.report.compare", "--baseline", "alpha-bs16", "alpha-bs16", "alpha-bs64",
        "beta-bs16", "beta-bs64", "main")
     out = laptop / "reports/compare"
     rows = pd.read_csv(out / "results.csv")
@@ -153,7 +154,7 @@ def test_comparing_one_experiment_says_so_in_one_line(tmp_path, monkeypatch):
 def test_the_machine_name_comes_from_the_environment_or_the_host(monkeypatch):
     import platform
 
-    from pipeline import env
+    from pipeline.measure import env
     monkeypatch.setenv("MNIST_BENCH_MACHINE", "lab-box")
     assert env.fingerprint(2, "cpu")["machine_name"] == "lab-box"
     monkeypatch.delenv("MNIST_BENCH_MACHINE")

@@ -4,7 +4,9 @@ import struct
 import numpy as np
 import pytest
 
-from pipeline.data import DATASETS, FILES, load_raw, prepare, read_idx, write_digits, write_idx
+from pipeline.data.datasets import DATASETS, FILES
+from pipeline.data.idx import read_idx, write_digits, write_idx
+from pipeline.data.prepare import load_raw, prepare
 from pipeline.errors import DataError
 from tests.conftest import tiny_idx
 
@@ -100,8 +102,7 @@ def test_digits_are_real_sklearn_digits_as_idx(tmp_path):
 
 
 def test_synthetic_mnist_shaped_data_is_28x28_idx_that_prepare_reads(tmp_path):
-    from pipeline import synth
-    from pipeline.data import prepare
+    from pipeline.data import synth
 
     synth.write(tmp_path, 300, 50, seed=0)
     a = prepare(tmp_path, None, 0.1, 0)

@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from pipeline.data import validate_idx, write_idx
-from pipeline.download import fetch_all, fetch_file
+from pipeline.data.download import fetch_all, fetch_file
+from pipeline.data.idx import validate_idx, write_idx
 from pipeline.errors import DataError
 
 GOOD = gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x04" + bytes([1, 2, 3, 4]))

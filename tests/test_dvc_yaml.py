@@ -7,15 +7,46 @@ import re
 import pytest
 import yaml
 
-from pipeline import params
+from pipeline import backends, params
 from tests.conftest import ROOT
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 P = params.load(ROOT / "params.yaml")
 
 
+def _code(path: str) -> bool:
+    """Whether a module holds more than its docstring (a docstring-only package __init__ cannot change results)."""
+    body = ast.parse((ROOT / path).read_text()).body
+    return bool(body[1:] if body and isinstance(body[0], ast.Expr) else body)
+
+
+def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
+    """Every node except those under `if TYPE_CHECKING:` (imports for type hints only; never run)."""
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and getattr(node.test, "id", "") ==
+            "TYPE_CHECKING" for child in node.body for n in ast.walk(child)}
+    return [n for n in ast.walk(tree) if id(n) not in skip]
+
+
+def _creates_backend(tree: ast.AST) -> bool:
+    """Whether a module calls backends.create (or imports create from pipeline.backends)."""
+    return any((isinstance(n, ast.Attribute) and n.attr == "create" and getattr(n.value, "id", "") == "backends")
+               or (isinstance(n, ast.ImportFrom) and n.module == "pipeline.backends"
+                   and any(a.name == "create" for a in n.names)) for n in ast.walk(tree))
+
+
+def _files(module: str) -> list[str]:
+    """The files importing `module` runs: its own, and every package __init__ above it."""
+    parts = module.split(".")
+    out = [f"{'/'.join(parts[:k])}/__init__.py" for k in range(1, len(parts))]
+    for cand in (module.replace(".", "/") + ".py", module.replace(".", "/") + "/__init__.py"):
+        if (ROOT / cand).is_file():
+            out.append(cand)
+    return [f for f in out if (ROOT / f).is_file()]
+
+
 def imports(path: str) -> set[str]:
-    """pipeline/*.py files that the module at `path` imports (statically), and so on, transitively."""
+    """pipeline/ files that the module at `path` imports (statically), and so on, transitively; package
+    __init__ files count when they hold code."""
     seen: set[str] = set()
     todo = [path]
     while todo:
@@ -23,19 +54,18 @@ def imports(path: str) -> set[str]:
         if f in seen:
             continue
         seen.add(f)
-        for node in ast.walk(ast.parse((ROOT / f).read_text())):
+        tree = ast.parse((ROOT / f).read_text())
+        for node in _runtime_nodes(tree):
             names = []
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline"):
                 names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names if a.name.startswith("pipeline")]
             for n in names:
-                cand = n.replace(".", "/") + ".py"
-                if (ROOT / cand).is_file():
-                    todo.append(cand)
-        if f == "pipeline/backends.py":  # backends.load imports pipeline/<framework>_backend.py by name
-            todo += [f"pipeline/{fw}_backend.py" for fw in (CURRENT_FRAMEWORK or params.FRAMEWORKS)]
-    return seen - {"pipeline/__init__.py", "pipeline/stages/__init__.py"}
+                todo += _files(n)
+        if _creates_backend(tree):  # backends.create() imports pipeline/backends/<framework>_backend.py by name
+            todo += [f"pipeline/backends/{fw}_backend.py" for fw in (CURRENT_FRAMEWORK or backends.FRAMEWORKS)]
+    return {f for f in seen if not f.endswith("__init__.py") or _code(f)}
 
 
 CURRENT_FRAMEWORK: list[str] = []
@@ -65,7 +95,7 @@ def test_stage_deps_are_exactly_the_modules_it_imports(name, stage, item):
     module = re.search(r"python -m (pipeline\.stages\.\w+)", stage["cmd"]).group(1)
     CURRENT_FRAMEWORK[:] = [item["framework"]] if "framework" in item else []
     needed = imports(module.replace(".", "/") + ".py")
-    if "framework" not in item and "pipeline/backends.py" not in needed:  # no backend: none listed
+    if "framework" not in item and "pipeline/backends/__init__.py" not in needed:  # no backend: none listed
         assert not any(n.endswith("_backend.py") for n in needed), name
     listed = {fill(d, item) for d in stage.get("deps", []) if str(d).startswith("pipeline/")}
     assert listed == needed, f"{name}: missing {sorted(needed - listed)}, extra {sorted(listed - needed)}"
@@ -74,7 +104,10 @@ def test_stage_deps_are_exactly_the_modules_it_imports(name, stage, item):
 def test_the_import_walk_finds_indirect_imports():
     CURRENT_FRAMEWORK[:] = ["torch"]
     found = imports("pipeline/stages/train.py")
-    # train -> runs -> loop -> backends -> torch_backend -> timing: each only reachable through the one before
-    assert {"pipeline/runs.py", "pipeline/loop.py", "pipeline/torch_backend.py", "pipeline/timing.py",
+    # train -> cell -> loop -> backends -> torch_backend and measure/timing -> stats: each only reachable through
+    # the one before
+    assert {"pipeline/train/cell.py", "pipeline/train/loop.py", "pipeline/backends/__init__.py",
+            "pipeline/backends/torch_backend.py", "pipeline/measure/timing.py", "pipeline/measure/stats.py",
             "pipeline/errors.py"} <= found
-    assert "pipeline/tensorflow_backend.py" not in found
+    assert "pipeline/backends/tensorflow_backend.py" not in found
+    assert "pipeline/train/__init__.py" not in found  # a docstring only

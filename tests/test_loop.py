@@ -5,10 +5,10 @@ import time
 import numpy as np
 import pytest
 
-from pipeline import loop, spec as specs
-from pipeline import torch_backend as tb
+from pipeline import backends, spec as specs
+from pipeline.train import loop
 
-tb.setup(1, "cpu", 0)
+tb = backends.create("torch", 1, "cpu", 0)
 SPEC = specs.mlp((8, 8, 1), 10, [8], "relu", 0.0)
 OPTIM = specs.Optim("sgd", 0.01, 0.9, 0.9, 0.999, 1e-8)
 EVAL_S = 0.15

@@ -8,13 +8,16 @@ import pytest
 import threadpoolctl
 import torch
 
-from pipeline import numpy_backend as nb
-from pipeline import params, spec as specs
-from pipeline import torch_backend as tb
+from pipeline import backends, params, spec as specs
+from pipeline.backends import numpy_layers as nl
+from pipeline.backends.base import Feed
+from pipeline.backends.torch_backend import from_native
 from tests.conftest import ROOT
 
-nb.setup(2, "cpu", 0)
+nb = backends.create("numpy", 2, "cpu", 0)
+tb = backends.create("torch", 2, "cpu", 0)
 RNG = np.random.default_rng(7)
+MASKS = np.random.default_rng(3)  # the dropout layer's generator in the layer tests
 
 
 def numeric_grad(f, a: np.ndarray, picks: int = 12, h: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
@@ -38,15 +41,15 @@ def f64(*shape: int) -> np.ndarray:
 
 
 LAYERS = {  # (layer, input shape), float64; odd and non-square sizes catch index mix-ups
-    "linear": (lambda: nb.Linear(f64(6, 4), f64(4)), (5, 6)),
-    "conv3": (lambda: nb.Conv2D(f64(3, 3, 2, 3), f64(3)), (2, 5, 4, 2)),
-    "conv5": (lambda: nb.Conv2D(f64(5, 5, 1, 2), f64(2)), (2, 6, 7, 1)),
-    "maxpool": (lambda: nb.MaxPool(2), (2, 5, 7, 3)),
-    "reshape": (lambda: nb.Reshape(), (2, 3, 4, 2)),
-    "relu": (lambda: nb.ReLU(), (4, 7)),
-    "tanh": (lambda: nb.Tanh(), (4, 7)),
-    "sigmoid": (lambda: nb.Sigmoid(), (4, 7)),
-    "dropout": (lambda: nb.DropOut(0.4), (4, 7)),
+    "linear": (lambda: nl.Linear(f64(6, 4), f64(4)), (5, 6)),
+    "conv3": (lambda: nl.Conv2D(f64(3, 3, 2, 3), f64(3)), (2, 5, 4, 2)),
+    "conv5": (lambda: nl.Conv2D(f64(5, 5, 1, 2), f64(2)), (2, 6, 7, 1)),
+    "maxpool": (lambda: nl.MaxPool(2), (2, 5, 7, 3)),
+    "reshape": (lambda: nl.Reshape(), (2, 3, 4, 2)),
+    "relu": (lambda: nl.ReLU(), (4, 7)),
+    "tanh": (lambda: nl.Tanh(), (4, 7)),
+    "sigmoid": (lambda: nl.Sigmoid(), (4, 7)),
+    "dropout": (lambda: nl.DropOut(0.4, MASKS), (4, 7)),
 }
 
 
@@ -57,9 +60,12 @@ def test_every_layer_backward_matches_finite_differences(name):
     layer, x = make(), f64(*shape)
 
     def loss() -> float:
-        nb.reseed(3)  # dropout draws the same mask on every call
+        reseed()  # dropout draws the same mask on every call
         return float((layer.forward(x, True) * r).sum())
-    nb.reseed(3)
+
+    def reseed() -> None:
+        MASKS.bit_generator.state = np.random.default_rng(3).bit_generator.state
+    reseed()
     r = f64(*layer.forward(x, True).shape)
     loss()
     dx = layer.backward(r)
@@ -71,7 +77,7 @@ def test_every_layer_backward_matches_finite_differences(name):
 
 
 def test_softmax_cross_entropy_backward_matches_finite_differences():
-    fn, z, y = nb.SoftmaxCrossEntropy(), f64(6, 10) * 3, RNG.integers(0, 10, 6)
+    fn, z, y = nl.SoftmaxCrossEntropy(), f64(6, 10) * 3, RNG.integers(0, 10, 6)
     fn.forward(z, y)
     idx, numeric = numeric_grad(lambda: fn.forward(z, y), z, picks=30)
     fn.forward(z, y)
@@ -85,7 +91,7 @@ def test_whole_network_gradients_match_finite_differences(spec):
     weights = [w.astype(np.float64) for w in specs.init_weights(spec, 0)]
     for b in weights[1::2]:
         b += RNG.normal(size=b.shape) * 0.1  # non-zero biases: their gradients are tested too
-    net, fn = nb.Net(spec, weights), nb.SoftmaxCrossEntropy()
+    net, fn = nl.Net(spec, weights, MASKS), nl.SoftmaxCrossEntropy()
     x, y = f64(4, *spec.in_shape), RNG.integers(0, 10, 4)
     fn.forward(net.forward(x, True), y)
     grads = net.backward(fn.backward())
@@ -101,7 +107,7 @@ def spec_networks() -> dict[str, specs.ModelSpec]:
     p = params.load(ROOT / "params.yaml")
     out = {}
     for shape in ((28, 28, 1), (8, 8, 1)):
-        for model in params.MODELS:
+        for model in specs.MODELS:
             s = params.model_spec(p, model, shape, 10)
             out[f"{model}-{shape[0]}"] = specs.ModelSpec(s.name, s.in_shape, s.classes,
                                                          tuple(x for x in s.layers if not isinstance(x, specs.Dropout)))
@@ -113,13 +119,13 @@ def test_gradients_match_torch_autograd_on_the_spec_networks(name):
     s = spec_networks()[name]
     w = specs.init_weights(s, 1)
     x, y = RNG.normal(size=(16, *s.in_shape)).astype(np.float32), RNG.integers(0, 10, 16)
-    net, fn = nb.build(s, w), nb.SoftmaxCrossEntropy()
+    net, fn = nb.build(s, w), nl.SoftmaxCrossEntropy()
     loss = fn.forward(net.forward(x, True), y)
     ours = net.backward(fn.backward())
     model = tb.build(s, w)
     ref = torch.nn.functional.cross_entropy(model(tb.put(x, y)[0]), torch.from_numpy(y))
     ref.backward()
-    theirs = tb._from_native(s, [p.grad.numpy() for p in model.parameters()])  # canonical layouts
+    theirs = from_native(s, [p.grad.numpy() for p in model.parameters()])  # canonical layouts
     assert loss == pytest.approx(ref.item(), rel=1e-5)
     for a, b in zip(ours, theirs, strict=True):
         assert a.dtype == np.float32 and a.shape == b.shape
@@ -131,7 +137,7 @@ def test_max_pool_ties_send_the_gradient_to_the_first_maximum_like_torch():
     """Constant regions (an image's background after a conv and ReLU) tie in every window: the gradient must go
     to one input, not be copied to all four."""
     x = np.ones((1, 4, 4, 1), np.float32)
-    pool = nb.MaxPool(2)
+    pool = nl.MaxPool(2)
     pool.forward(x, True)
     dx = pool.backward(np.ones((1, 2, 2, 1), np.float32))
     xt = torch.ones(1, 1, 4, 4, requires_grad=True)
@@ -142,17 +148,17 @@ def test_max_pool_ties_send_the_gradient_to_the_first_maximum_like_torch():
 
 def test_setup_sets_the_blas_threads_it_reports():
     try:
-        got = nb.setup(1, "cpu", 0)
+        got = backends.create("numpy", 1, "cpu", 0).info
         blas = [b for b in threadpoolctl.threadpool_info() if b["user_api"] == "blas"]
         assert got["intra_op_threads"] == 1 and blas and all(b["num_threads"] == 1 for b in blas)
     finally:
-        nb.setup(2, "cpu", 0)
-    assert nb.setup(2, "cpu", 0)["intra_op_threads"] == 2
+        backends.create("numpy", 2, "cpu", 0)
+    assert backends.create("numpy", 2, "cpu", 0).info["intra_op_threads"] == 2
 
 
 def test_cuda_is_refused_in_one_line():
     with pytest.raises(params.ParamsError, match="device: cuda.*numpy backend runs on the CPU"):
-        nb.setup(2, "cuda", 0)
+        backends.create("numpy", 2, "cuda", 0)
 
 
 def test_loader_batches_do_not_depend_on_the_worker_count():
@@ -160,7 +166,7 @@ def test_loader_batches_do_not_depend_on_the_worker_count():
     labels = np.arange(40) % 10
     got = {}
     for workers in (0, 2):
-        it = nb.make_loader(images, labels, 0.5, 0.25, 8, workers, 1, 0, False, False, 2)
+        it = nb.make_loader(Feed(images, labels, 0.5, 0.25, 8, 1, 0, False, False, 2), workers)
         got[workers] = [next(it) for _ in range(7)]  # past one epoch (5 batches): a reshuffle
     for (x0, y0), (x2, y2) in zip(got[0], got[2]):
         np.testing.assert_array_equal(x0, x2)

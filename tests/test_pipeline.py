@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.data import write_idx
+from pipeline.data.idx import write_idx
 from tests.conftest import ROOT, tiny_idx, write_params
 
 BIN = str(Path(sys.executable).parent)

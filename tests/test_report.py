@@ -1,13 +1,15 @@
 """The report from a small fixed set of result files: numbers, wording, figures, HTML, and bad inputs."""
 import json
 import re
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import verdict
 from pipeline.errors import DataError
+from pipeline.measure import verdict
+from pipeline.records import CellMetrics
 from pipeline.stages import report as stage
 from tests.conftest import write_params
 
@@ -15,41 +17,44 @@ N_TEST = 200
 
 
 def bench_records(root):
-    """reports/bench/records.json as the stage writes it, from scripted children run through pipeline/bench.py:
+    """reports/bench/records.json as the stage writes it, from scripted children run through pipeline/measure:
     torch trains MLPs 2x as fast as TensorFlow in every round; inference rates are equal."""
-    from pipeline import bench, calib, params
+    from pipeline import params
+    from pipeline.measure import bench, rounds, speedo
+    from pipeline.records import Measurement, Rates, framework_of
     from tests.conftest import raw_params
 
     cfg = params.parse(raw_params(**{"bench.infer_batch_sizes": [1, 512]})).bench
     speed = {"torch": {"mlp": 1000.0, "cnn": 300.0}, "tensorflow": {"mlp": 500.0, "cnn": 310.0}}
 
     def child(arm, rd, kind="round", threads=2, variant=None):
-        fw = bench.framework_of(arm)
+        fw = framework_of(arm)
         jitter = 1 + 0.01 * ((rd or 0) % 3)
         rows = []
         for model in ("mlp", "cnn"):
             rate = speed[fw][model] * jitter / (2 if threads == 1 else 1)
-            rows.append({"framework": fw, "model": model, "variant": variant or {"torch": "eager"}.get(fw, "function"),
-                         "status": "ok", "threads": threads, "train_samples_per_s": rate,
-                         "train_samples_per_s_iqr": 1.0, "train_repeats": 3, "infer512_samples_per_s": 5000.0 * jitter,
-                         "latency_ms_p50": 0.5, "latency_ms_p95": 0.7, "latency_ms_p99": 0.9, "first_step_s": 0.2,
-                         "calib_before_gflops": 200.0 * jitter, "calib_after_gflops": 201.0 * jitter,
-                         "description": "the default"})
+            infer = 5000.0 * jitter
+            rows.append(Measurement(
+                model, variant or {"torch": "eager"}.get(fw, "function"), framework=fw, threads=threads,
+                train=Rates(rate, rate, rate, 1.0, 0.0, 3, 1.0), infer={512: Rates(infer, infer, infer, 0.0, 0.0, 3,
+                                                                                   1.0)},
+                latency_ms_p50=0.5, latency_ms_p95=0.7, latency_ms_p99=0.9, first_step_s=0.2,
+                calib_before_gflops=200.0 * jitter, calib_after_gflops=201.0 * jitter, description="the default",
+                kind=kind, arm=fw))
         return rows
-    rows = bench.run_rounds(child, bench.arms(["torch", "tensorflow"], True), cfg.rounds, cfg.max_drift)
-    rows += [r | {"kind": "variants", "round": None, "arm": fw, "flag": ""}
-             for fw in ("torch", "tensorflow") for r in child(fw, 0)]
-    rows += [{"framework": "tensorflow", "model": "mlp", "variant": "xla", "status": "unsupported",
-              "reason": "RuntimeError: no compiler", "kind": "variants", "round": None, "arm": "tensorflow",
-              "flag": "", "description": "XLA", "calib_before_gflops": 200.0, "calib_after_gflops": 200.0}]
-    rows += [r | {"kind": "threads", "round": None, "arm": fw, "flag": ""}
-             for fw in ("torch", "tensorflow") for r in child(fw, 0, threads=1)]
+    rows = rounds.run_rounds(child, rounds.arms(["torch", "tensorflow"], True), cfg.rounds, cfg.max_drift)
+    rows += [r for fw in ("torch", "tensorflow") for r in child(fw, 0, kind="variants")]
+    rows += [Measurement("mlp", "xla", status="unsupported", reason="RuntimeError: no compiler", kind="variants",
+                         arm="tensorflow", framework="tensorflow", description="XLA", calib_before_gflops=200.0,
+                         calib_after_gflops=200.0)]
+    rows += [r for fw in ("torch", "tensorflow") for r in child(fw, 0, kind="threads", threads=1)]
     flops = {"mlp": 1000, "cnn": 100000}
-    stab = calib.stability(bench.calibrations(rows))
+    stab = speedo.stability(rounds.calibrations(rows))
     (root / "bench").mkdir(parents=True)
     (root / "bench" / "records.json").write_text(json.dumps({
-        "threads": 2, "rounds": cfg.rounds, "min_effect": cfg.min_effect, "calibration": stab, "flagged": [], "records": rows,
-        "cells": bench.per_cell(rows, flops, stab["gflops_median"], 512),
+        "threads": 2, "rounds": cfg.rounds, "min_effect": cfg.min_effect, "calibration": stab, "flagged": [],
+        "records": [r.flat() for r in rows], "cells": [c.flat() for c in bench.per_cell(rows, flops,
+                                                                                          stab["gflops_median"])],
         "verdicts": bench.comparisons(rows, ["torch", "tensorflow"], ["mlp", "cnn"], cfg)}))
 
 
@@ -68,11 +73,12 @@ def make_results(root, mlp_tf_wrong=0, cnn_tf_wrong=30):
             pred[:wrong] = (y[:wrong] + 1) % 10
             acc = float((pred == y).mean())
             ttt = {"torch": 10.0, "tensorflow": 12.5}[fw] if model == "mlp" else None  # CNNs never reach it
-            (d / "metrics.json").write_text(json.dumps({
-                "test_acc": acc, "test_acc_std": 0.0, "train_time_s": 12.5, "train_samples_per_s": 4321.0,
-                "params": 1234, "epochs": 3, "seeds": 1, "target_val_acc": 0.8, "reached_seeds": int(ttt is not None),
-                "time_to_target_s": ttt, "time_to_target_s_min": ttt, "time_to_target_s_max": ttt,
-                "epochs_to_target": 2.0 if ttt else None, "best_val_acc": 0.85 if ttt else 0.75}))
+            (d / "metrics.json").write_text(json.dumps(asdict(CellMetrics(
+                test_acc=acc, test_acc_std=0.0, train_time_s=12.5, train_samples_per_s=4321.0,
+                params=1234, epochs=3, seeds=1, target_val_acc=0.8, reached_seeds=int(ttt is not None),
+                time_to_target_s=ttt, time_to_target_s_min=ttt, time_to_target_s_max=ttt,
+                epochs_to_target=2.0 if ttt else None, best_val_acc=0.85 if ttt else 0.75, test_loss=0.3,
+                val_acc=0.8, test_samples=N_TEST, macro_f1=acc, flops_per_sample=1000))))
             (d / "run.json").write_text(json.dumps({"init_weights_sha256": f"w-{model}", "batch_order_sha256": "o",
                                                     "readback_weights_sha256": f"w-{model}",
                                                     "layer_param_counts": [10, 20]}))
@@ -193,6 +199,9 @@ def test_several_seeds_use_a_paired_test_over_seeds():
     (lambda r: (r / "runs" / "tensorflow-mlp" / "metrics.json").write_text("{oops"), r"runs/tensorflow-mlp/metrics.json: malformed JSON"),
     (lambda r: (r / "runs" / "torch-mlp" / "history.tsv").write_text("step\tepoch\tval_acc\n1\t1\t0.5\n"), r"runs/torch-mlp/history.tsv: malformed \(missing columns train_loss"),
     (lambda r: (r / "loaders" / "torch" / "records.json").write_text("{}"), r"loaders/torch/records.json: malformed \(missing records\)"),
+    (lambda r: (r / "runs" / "torch-cnn" / "metrics.json").write_text(json.dumps({"test_acc": 0.9})),
+     r"runs/torch-cnn/metrics.json: malformed \(missing target_val_acc, reached_seeds, .*macro_f1, params, "
+     r"flops_per_sample, epochs\); rerun `dvc repro train@torch-cnn`"),
     (lambda r: (r / "runs" / "torch-cnn" / "predictions.npz").write_bytes(b"junk"), r"runs/torch-cnn/predictions.npz: unreadable"),
 ])
 def test_missing_or_malformed_result_file_is_named(results, breakage, message):

@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import data
+from pipeline.data import idx
+from pipeline.data.prepare import prepare, write_prepared
 from pipeline.errors import DataError
 from pipeline.stages import train as stage
 from tests.conftest import tiny_idx, write_params
@@ -19,10 +20,9 @@ def prepared(tmp_path):
     raw = tmp_path / "raw"
     raw.mkdir()
     for name, arr in tiny_idx(n_train=60, n_test=20, size=8).items():
-        data.write_idx(raw / name, arr)
-    arrays = data.prepare(raw, None, 0.2, 0)
-    meta = {"dataset": "idx", "image_shape": [8, 8, 1], "sizes": {"train": 48, "val": 12, "test": 20}}
-    np.savez(tmp_path / "prepared.npz", meta=np.array(json.dumps(meta)), **arrays)
+        idx.write_idx(raw / name, arr)
+    meta = write_prepared(tmp_path / "prepared.npz", prepare(raw, None, 0.2, 0), "idx")
+    assert meta == {"dataset": "idx", "image_shape": [8, 8, 1], "sizes": {"train": 48, "val": 12, "test": 20}}
     write_params(tmp_path / "params.yaml", **TINY)
     return tmp_path
 

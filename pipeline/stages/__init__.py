@@ -1,0 +1,1 @@
+"""One short script per dvc.yaml stage: read params, call one core function, write outputs."""

@@ -1,4 +1,4 @@
-"""Stage `download`: the four IDX files of data.name into --out (checksummed; digits is written offline)."""
+"""Stage `download`: the four IDX files of data.name, checksummed (digits written offline)."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from pipeline import files, params
-from pipeline.download import download
+from pipeline.data.download import download
 
 log = logging.getLogger("download")
 

@@ -1,10 +1,11 @@
-"""Stage `env` (always runs): write the machine and software fingerprint (pipeline/env.py) to --out."""
+"""Stage `env` (always runs): the machine and software fingerprint."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from pipeline import env, files, params
+from pipeline import files, params
+from pipeline.measure import env
 
 
 def main(argv: list[str]) -> None:

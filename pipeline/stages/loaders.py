@@ -1,4 +1,4 @@
-"""Stage `loaders@<framework>`: the num_workers / num_parallel_calls sweep (pipeline/loaders.py) for one framework."""
+"""Stage `loaders@<framework>`: the data-loader sweep (measure/loaders.py) of one framework."""
 from __future__ import annotations
 
 import argparse
@@ -6,15 +6,16 @@ import logging
 import warnings
 from pathlib import Path
 
-from pipeline import backends, files, loaders, params
-from pipeline.data import load_prepared, prepared_meta
+from pipeline import backends, files, params
+from pipeline.data.prepare import load_prepared, prepared_meta
+from pipeline.measure import loaders
 
 log = logging.getLogger("loaders")
 
 
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--framework", required=True, choices=params.FRAMEWORKS)
+    ap.add_argument("--framework", required=True, choices=backends.FRAMEWORKS)
     ap.add_argument("--data", type=Path, required=True, help="prepared .npz")
     ap.add_argument("--env", type=Path, required=True, help="env.json of the machine (recorded with the results)")
     ap.add_argument("--out", type=Path, required=True, help="directory for metrics.json and records.json")
@@ -22,13 +23,10 @@ def main(argv: list[str]) -> None:
     a = ap.parse_args(argv)
     p = params.load(a.params)
     raw = load_prepared(a.data)
-    shape = tuple(prepared_meta(raw)["image_shape"])
-    models = {m: (params.model_spec(p, m, shape, len(raw["classes"])), params.optim(p, m))
-              for m in p.models}
-    be = backends.load(a.framework)
-    env = be.setup(p.threads, p.device, p.seed)
+    models = params.networks(p, tuple(prepared_meta(raw)["image_shape"]), len(raw["classes"]))
+    be = backends.create(a.framework, p.threads, p.device, p.seed)
     rows = loaders.sweep(be, raw, p.loaders, models, p.seed)
-    files.write_json(a.out / "records.json", {"framework": a.framework, "setup": env,
+    files.write_json(a.out / "records.json", {"framework": a.framework, "setup": be.info,
                                               "env": files.read_json(a.env, "env"), "records": rows})
     summary = loaders.summarise(rows)
     files.write_json(a.out / "metrics.json", summary)  # flat, for DVC; last

@@ -1,15 +1,13 @@
-"""Stage `prepare`: IDX files -> one npz (uint8 images, labels, stratified validation split, mean/std)."""
+"""Stage `prepare`: IDX files -> one .npz (split, normalisation stats, metadata)."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from pipeline import files, params
-from pipeline.data import DATASETS, prepare
+from pipeline.data.datasets import DATASETS
+from pipeline.data.prepare import prepare, write_prepared
 
 log = logging.getLogger("prepare")
 
@@ -22,10 +20,7 @@ def main(argv: list[str]) -> None:
     args = ap.parse_args(argv)
     p = params.load(args.params)
     arrays = prepare(args.raw, DATASETS[p.data.name].classes, p.data.val_fraction, p.seed)
-    meta = {"dataset": p.data.name, "image_shape": list(arrays["x_train"].shape[1:]) + [1],
-            "sizes": {s: int(len(arrays[f"y_{s}"])) for s in ("train", "val", "test")}}
-    with files.atomic_path(args.out) as tmp, open(tmp, "wb") as f:
-        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+    meta = write_prepared(args.out, arrays, p.data.name)
     log.info("%s: %s, mean %.4f std %.4f -> %s", p.data.name, meta["sizes"], arrays["mean"], arrays["std"],
              args.out)
 

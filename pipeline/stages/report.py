@@ -1,12 +1,13 @@
-"""Stage `report`: every result file -> reports/results.csv, summary.md, figures/*.png, index.html."""
+"""Stage `report`: every result file -> results.csv, summary.md, figures, index.html."""
 from __future__ import annotations
 
 import argparse
 import logging
 from pathlib import Path
 
-from pipeline import files, params, render, report, results
-from pipeline.data import load_prepared
+from pipeline import files, params
+from pipeline.data.prepare import load_prepared
+from pipeline.report import render, results, sections
 
 log = logging.getLogger("report")
 
@@ -20,7 +21,7 @@ def main(argv: list[str]) -> None:
     p = params.load(a.params)
     r = results.collect(a.results, p.frameworks, p.models)
     prepared = load_prepared(a.data)
-    blocks = report.build(r, a.params.read_text(), prepared, a.results / "figures")
+    blocks = sections.build(r, a.params.read_text(), prepared, a.results / "figures")
     with files.atomic_path(a.results / "results.csv") as tmp:
         results.tidy(r).to_csv(tmp, index=False)
     files.write_text(a.results / "summary.md", render.markdown(blocks, a.results))

@@ -1,27 +1,30 @@
-"""Stage `train@<framework>-<model>`: train one cell over `train.repeats` seeds (pipeline/runs.py); write the
-model, curves, tables and predictions, then metrics.json last, so a failed stage never leaves a headline."""
+"""Stage `train@<framework>-<model>`: one train cell (train/cell.py) and its files.
+
+Stage `train@<framework>-<model>`: train one cell over `train.repeats` seeds (pipeline/train/cell.py); write the
+model, curves, tables and predictions, then metrics.json last, so a failed stage never leaves a headline.
+"""
 from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import confusion_matrix
 
-from pipeline import backends, files, params, runs
-from pipeline.data import load_prepared, normalise, prepared_meta
+from pipeline import backends, files, params, spec
+from pipeline.data.prepare import load_prepared, normalise, prepared_meta
+from pipeline.records import Cell
+from pipeline.train.cell import train_cell
 
 log = logging.getLogger("train")
-SEED_COLUMNS = ("seed", "test_acc", "test_loss", "val_acc", "reached", "time_to_target_s", "steps_to_target",
-                "epochs_to_target", "best_val_acc", "train_time_s", "wall_time_s", "train_samples_per_s")
 
 
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--framework", required=True, choices=params.FRAMEWORKS)
-    ap.add_argument("--model", required=True, choices=params.MODELS)
+    ap.add_argument("--framework", required=True, choices=backends.FRAMEWORKS)
+    ap.add_argument("--model", required=True, choices=spec.MODELS)
     ap.add_argument("--data", type=Path, required=True, help="prepared .npz")
     ap.add_argument("--out", type=Path, required=True, help="directory for metrics, curves, predictions")
     ap.add_argument("--model-out", type=Path, required=True, help="directory for the saved model")
@@ -30,42 +33,31 @@ def main(argv: list[str]) -> None:
     p = params.load(a.params)
     raw = load_prepared(a.data)
     meta = prepared_meta(raw)
-    spec = params.model_spec(p, a.model, tuple(meta["image_shape"]), len(raw["classes"]))
-    be = backends.load(a.framework)
-    setup = be.setup(p.threads, p.device, p.seed)
+    net = params.model_spec(p, a.model, tuple(meta["image_shape"]), len(raw["classes"]))
+    be = backends.create(a.framework, p.threads, p.device, p.seed)
     d = {k: normalise(raw[k], raw["mean"], raw["std"]) if k.startswith("x_") else raw[k] for k in raw}
     optim, epochs = params.optim(p, a.model), getattr(p.schedule, a.model).epochs
-    cell = f"{a.framework}-{a.model}"
     target = getattr(p.target.of(meta["dataset"]), a.model)
-    seeds = [runs.run_seed(be, spec, optim, d, p.train, epochs, target, p.seed + r, f"{cell} seed {p.seed + r}")
-             for r in range(p.train.repeats)]
-    names = [str(c) for c in raw["classes"]]
-    metrics, per_class = runs.summarise(seeds, raw["y_test"], len(names))
-    metrics |= {"params": spec.param_count(), "flops_per_sample": spec.flops_per_sample(), "epochs": epochs}
-    ev, init_logits = runs.evidence(be, spec, d, p.seed, epochs)
-    first, out = seeds[0], a.out
-    y_true, y_pred = raw["y_test"], first["logits"].argmax(1)
+    cell = Cell(a.framework, a.model)
+    t = train_cell(be, net, optim, d, p.train, epochs, target, p.seed, [str(c) for c in raw["classes"]], str(cell))
+    out = a.out
     with files.atomic_path(a.model_out / f"model{be.MODEL_SUFFIX}") as tmp:
-        be.save(first["model"], tmp)
+        be.save(t.model, tmp)
     with files.atomic_path(out / "predictions.npz") as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, y_true=y_true, y_pred=y_pred, logits=first["logits"].astype(np.float32),
-                            init_logits=init_logits.astype(np.float32))
-    for path, df in (
-        (out / "history.tsv", pd.DataFrame(first["history"])),
-        (out / "seeds.tsv", pd.DataFrame([{k: r[k] for k in SEED_COLUMNS} for r in seeds])),
-        (out / "per_class.tsv", pd.DataFrame({"class": names, **per_class})),
-        (out / "confusion.tsv", pd.DataFrame(confusion_matrix(y_true, y_pred, labels=np.arange(len(names))),
-                                             index=names, columns=names).rename_axis("true")),
-    ):
+        np.savez_compressed(f, y_true=raw["y_test"], y_pred=t.logits.argmax(1), logits=t.logits.astype(np.float32),
+                            init_logits=t.init_logits.astype(np.float32))
+    for path, df in ((out / "history.tsv", t.history), (out / "seeds.tsv", pd.DataFrame(map(asdict, t.seeds))),
+                     (out / "per_class.tsv", t.per_class), (out / "confusion.tsv", t.confusion)):
         with files.atomic_path(path) as tmp:
             df.to_csv(tmp, sep="\t", index=path.name == "confusion.tsv", float_format="%.6g")
     files.write_json(out / "run.json", {"framework": a.framework, "model": a.model, "dataset": meta["dataset"],
-                                        **setup, "optimizer": optim.__dict__, "batch_size": p.train.batch_size,
-                                        **ev})
-    files.write_json(out / "metrics.json", metrics)  # last: its presence means every other output is there
+                                        **be.info, "optimizer": asdict(optim), "batch_size": p.train.batch_size,
+                                        **t.evidence})
+    files.write_json(out / "metrics.json", asdict(t.metrics))  # last: its presence means every other output is there
+    m = t.metrics
     log.info("%s: target %.4f %s; test accuracy %.4f (%d seed%s), %.0f samples/s", cell, target,
-             f"reached in {metrics['time_to_target_s']:.1f} s (median)" if metrics["reached_seeds"] else "not reached",
-             metrics["test_acc"], len(seeds), "s" * (len(seeds) > 1), metrics["train_samples_per_s"])
+             f"reached in {m.time_to_target_s:.1f} s (median)" if m.reached_seeds else "not reached",
+             m.test_acc, m.seeds, "s" * (m.seeds > 1), m.train_samples_per_s)
 
 
 if __name__ == "__main__":

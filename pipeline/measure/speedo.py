@@ -1,4 +1,4 @@
-"""The machine's speedometer: a fixed fp32 GEMM measured before and after every benchmark child.
+"""The machine's speedometer: a fixed fp32 GEMM before and after every benchmark child.
 
 The same NumPy/BLAS kernel in every child, whatever framework it benchmarks, so it is one denominator for "% of
 peak", a drift detector (before vs after one measurement), and a normaliser that lets runs and machines be
@@ -10,6 +10,8 @@ import time
 
 import numpy as np
 from threadpoolctl import threadpool_limits
+
+from pipeline.measure.stats import spread
 
 SIZE = 512          # n of the n x n fp32 matmul: big enough to be compute-bound, small enough to run in ms
 SECONDS = 0.3       # wall time of one calibration (several timed bursts, median taken)
@@ -43,8 +45,5 @@ def drift(before: float, after: float) -> float:
 
 def stability(values: list[float]) -> dict:
     """The run's calibration figure with its spread: median, quartiles, and CV (%) over every calibration."""
-    v = np.asarray(values, dtype=np.float64)
-    q1, med, q3 = np.percentile(v, [25, 50, 75])
-    cv = float(100 * v.std(ddof=1) / v.mean()) if len(v) > 1 else 0.0
-    return {"gflops_median": float(med), "gflops_q1": float(q1), "gflops_q3": float(q3), "cv_pct": cv,
-            "n": int(len(v))}
+    s = spread(values)
+    return {"gflops_median": s.median, "gflops_q1": s.q1, "gflops_q3": s.q3, "cv_pct": s.cv_pct, "n": s.n}

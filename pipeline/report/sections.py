@@ -1,4 +1,6 @@
-"""The report as blocks (headings, prose, tables, figures) that render.py turns into Markdown and HTML.
+"""The report's sections: time to target, accuracy, loaders, equivalence, environment.
+
+The report as blocks (headings, prose, tables, figures) that render.py turns into Markdown and HTML.
 
 Every verdict goes through verdict.py's noise-aware wording; every number comes from results.collect().
 """
@@ -9,18 +11,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import figures, render, report_speed, verdict
-from pipeline.data import prepared_meta
-from pipeline.results import LABEL, SHORT, Results, bench_rows, history_rows, loader_rows
+from pipeline.backends import LABEL, SHORT
+from pipeline.data.prepare import prepared_meta
+from pipeline.measure import verdict
+from pipeline.records import Cell
+from pipeline.report import figures, render, speed
+from pipeline.report.results import Results, history_rows, loader_rows
 
-def pairs(r: Results) -> list[tuple[str, str, str]]:
+
+def pairs(r: Results) -> list[tuple[str, Cell, Cell]]:
     """(model, cell A, cell B): the first framework against each other one, per model (as the bench compares)."""
     a = r.frameworks[0]
-    return [(m, f"{a}-{m}", f"{b}-{m}") for m in r.models for b in r.frameworks[1:]]
+    return [(m, Cell(a, m), Cell(b, m)) for m in r.models for b in r.frameworks[1:]]
 
 
-def _pair(ca: str, cb: str) -> str:
-    return f"{LABEL[ca.split('-')[0]]} vs {LABEL[cb.split('-')[0]]}"
+def _pair(ca: Cell, cb: Cell) -> str:
+    return f"{LABEL[ca.framework]} vs {LABEL[cb.framework]}"
 
 
 def accuracy_verdicts(r: Results) -> list[str]:
@@ -30,7 +36,7 @@ def accuracy_verdicts(r: Results) -> list[str]:
         right_a, right_b = r.preds[ca]["y_pred"] == y, r.preds[cb]["y_pred"] == y
         p = verdict.mcnemar_p(right_a, right_b)
         out.append(f"**{model}**, {_pair(ca, cb)}: " + verdict.accuracy(
-            LABEL[ca.split('-')[0]], list(r.seeds[ca]["test_acc"]), LABEL[cb.split('-')[0]],
+            LABEL[ca.framework], list(r.seeds[ca]["test_acc"]), LABEL[cb.framework],
             list(r.seeds[cb]["test_acc"]), p, int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))))
     return out
 
@@ -54,26 +60,25 @@ def time_to_target_blocks(r: Results, figdir: Path) -> list:
     """The headline: per model, each framework's time to the target validation accuracy, paired over seeds."""
     rows, lines = [], []
     for cell, m in r.train.items():
-        fw, model = cell.split("-")
-        t = m.get("time_to_target_s")
-        rows.append({"model": model, "framework": LABEL[fw], "target val acc": m["target_val_acc"],
-                     "reached (seeds)": f"{m['reached_seeds']}/{m.get('seeds', 1)}",
-                     "time to target s [range]": f"{t:.1f} [{m['time_to_target_s_min']:.1f}–"
-                                                 f"{m['time_to_target_s_max']:.1f}]" if t is not None
-                     else f"not reached (best {m['best_val_acc']:.4f})",
-                     "epochs to target": f"{m['epochs_to_target']:.2f}" if t is not None else "—",
-                     "test acc at stop %": 100 * m["test_acc"]})
+        t = m.time_to_target_s
+        rows.append({"model": cell.model, "framework": LABEL[cell.framework], "target val acc": m.target_val_acc,
+                     "reached (seeds)": f"{m.reached_seeds}/{m.seeds}",
+                     "time to target s [range]": f"{t:.1f} [{m.time_to_target_s_min:.1f}–"
+                                                 f"{m.time_to_target_s_max:.1f}]" if t is not None
+                     else f"not reached (best {m.best_val_acc:.4f})",
+                     "epochs to target": f"{m.epochs_to_target:.2f}" if t is not None else "—",
+                     "test acc at stop %": 100 * m.test_acc})
     for model, ca, cb in pairs(r):
         a, b = r.seeds[ca].set_index("seed"), r.seeds[cb].set_index("seed")
         both = [s for s in a.index if s in b.index and a.at[s, "reached"] and b.at[s, "reached"]]
         # per seed (same initial weights and batch order in both): B's time over A's, i.e. A's speed-up
         ratios = [b.at[s, "time_to_target_s"] / a.at[s, "time_to_target_s"] for s in both]
-        v = verdict.speed(LABEL[ca.split("-")[0]], LABEL[cb.split("-")[0]], ratios, r.bench["min_effect"],
+        v = verdict.speed(LABEL[ca.framework], LABEL[cb.framework], ratios, r.bench["min_effect"],
                           unit="seeds")  # the same rule and minimum effect as the speed verdicts
         lines.append(f"**{model}**, {_pair(ca, cb)}, time to target (speed ratio = the other's time / this one's): "
                      f"{v['text']}")
     hist = history_rows(r).assign(framework=lambda d: d["framework"].map(LABEL))
-    targets = {c.split("-")[1]: m["target_val_acc"] for c, m in r.train.items()}
+    targets = {c.model: m.target_val_acc for c, m in r.train.items()}
     return [("h2", "Time to target accuracy"),
             ("p", "What a user choosing a framework pays: training seconds (evaluation excluded) until validation "
                   "accuracy first reaches the target, as MLPerf and DAWNBench measure it; training stops there "
@@ -128,10 +133,10 @@ def build(r: Results, params_text: str, prepared: dict, figdir: Path) -> list[re
              f"p < {verdict.ALPHA} in a paired t-test over seeds (or, with one seed, McNemar's test says only that "
              "the two trained models differ). Otherwise: no clear difference.")]
     B += time_to_target_blocks(r, figdir)
-    acc = pd.DataFrame([{"framework": LABEL[c.split("-")[0]], "model": c.split("-")[1],
-                         "test accuracy %": f"{100 * m['test_acc']:.2f} ± {100 * m['test_acc_std']:.2f}",
-                         "seeds": m.get("seeds", 1), "params": m["params"], "epochs": m["epochs"],
-                         "train time s": m["train_time_s"], "train samples/s": m["train_samples_per_s"]}
+    acc = pd.DataFrame([{"framework": LABEL[c.framework], "model": c.model,
+                         "test accuracy %": f"{100 * m.test_acc:.2f} ± {100 * m.test_acc_std:.2f}",
+                         "seeds": m.seeds, "params": m.params, "epochs": m.epochs,
+                         "train time s": m.train_time_s, "train samples/s": m.train_samples_per_s}
                         for c, m in r.train.items()])
     B += [("h2", "Accuracy"), ("p", f"Test set: {meta['sizes']['test']} images; mean ± std over seeds."),
           ("table", acc)] + [("p", v) for v in accuracy_verdicts(r)]
@@ -140,14 +145,12 @@ def build(r: Results, params_text: str, prepared: dict, figdir: Path) -> list[re
     B.append(("img", figures.confusions(r.confusion, figdir / "confusion.png"), "Confusion matrices (first seed)"))
     cnn_or_first = [m for m in r.models if m == "cnn"] or r.models
     model = cnn_or_first[0]
-    preds = {SHORT[f]: r.preds[f"{f}-{model}"]["y_pred"] for f in r.frameworks}
+    preds = {SHORT[f]: r.preds[Cell(f, model)]["y_pred"] for f in r.frameworks}
     B.append(("img", figures.samples(prepared["x_test"], prepared["y_test"], preds, list(prepared["classes"]),
                                      figdir / "samples.png"),
               f"Test images with true label and each framework's {model} prediction; red: a framework is wrong"))
-    var = bench_rows(r).query("kind == 'variants'")
-    described = dict(zip(var["variant"], var["description"]))
-    B += report_speed.speed_blocks(r, figdir) + report_speed.compile_blocks(r, described)
-    B += report_speed.thread_blocks(r, figdir)
+    B += speed.speed_blocks(r, figdir) + speed.compile_blocks(r)
+    B += speed.thread_blocks(r, figdir)
     table, verdicts = loaders_section(r)
     B += [("h2", "Data loading: num_workers / num_parallel_calls"),
           ("p", "Per-sample pipeline (uint8 → float, normalise, random shift) through torch DataLoader, "

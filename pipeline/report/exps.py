@@ -1,4 +1,6 @@
-"""Read DVC experiments' results out of git: which experiments exist, their params, and the result files their
+"""Read DVC experiments' params and committed results out of git.
+
+Read DVC experiments' results out of git: which experiments exist, their params, and the result files their
 pipeline committed (reports/results.csv, env.json, bench/records.json, each train cell's seeds.tsv).
 
 Experiments are listed through DVC's own API (Repo.experiments.ls) and read through git (`git show REV:PATH`): every
@@ -17,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from pipeline.bench import FORMAT
+from pipeline.records import FORMAT, Cell
 from pipeline.errors import DataError
 
 RESULTS = "reports/results.csv"
@@ -33,7 +35,7 @@ class Exp:
     env: dict                 # reports/env.json: the machine fingerprint
     results: pd.DataFrame     # reports/results.csv
     bench: dict               # reports/bench/records.json
-    seeds: dict[str, pd.DataFrame] = field(default_factory=dict)  # cell -> seeds.tsv
+    seeds: dict[Cell, pd.DataFrame] = field(default_factory=dict)  # seeds.tsv
 
     @property
     def machine(self) -> str:
@@ -117,12 +119,11 @@ def read(repo: Path, name: str, rev: str) -> Exp | Skipped:
         return Skipped(name, f"older results format ({BENCH} format {bench.get('format', 1)} < {FORMAT}: no "
                              "measurement times); run it again to compare it")
     seeds = {}
-    for fw in bench["frameworks"]:
-        for model in bench["models"]:
-            text = _show(repo, rev, f"reports/runs/{fw}-{model}/seeds.tsv")
-            if text is None:
-                return Skipped(name, f"reports/runs/{fw}-{model}/seeds.tsv not in commit {rev[:7]}")
-            seeds[f"{fw}-{model}"] = pd.read_csv(io.StringIO(text), sep="\t")
+    for cell in (Cell(fw, model) for fw in bench["frameworks"] for model in bench["models"]):
+        text = _show(repo, rev, f"reports/runs/{cell}/seeds.tsv")
+        if text is None:
+            return Skipped(name, f"reports/runs/{cell}/seeds.tsv not in commit {rev[:7]}")
+        seeds[cell] = pd.read_csv(io.StringIO(text), sep="\t")
     return Exp(name, rev, params, env, results, bench, seeds)
 
 

@@ -1,5 +1,8 @@
-"""The report's speed sections: rates over rounds, verdicts with their intervals, the A/A control, the machine's
-stability, compile variants and thread scaling. Blocks as in report.py."""
+"""The report's speed sections: verdicts, A/A control, stability, compile variants, threads.
+
+The report's speed sections: rates over rounds, verdicts with their intervals, the A/A control, the machine's
+stability, compile variants and thread scaling. Blocks as in sections.py.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,19 +10,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import figures
-from pipeline.results import LABEL, Results, bench_rows
+from pipeline.backends import LABEL
+from pipeline.records import BenchCell, Cell, framework_of, is_control
+from pipeline.report import figures
+from pipeline.report.results import Results, bench_rows
 
 GAP = 0.15  # a train-stage rate this far from the bench's gets an explanation
 
 
 def _label(arm: str) -> str:
-    return LABEL.get(arm.rstrip("*"), arm) + (" again" if arm.endswith("*") else "")
+    return LABEL.get(framework_of(arm), arm) + (" again" if is_control(arm) else "")
 
 
-def _spread(c: dict, phase: str) -> str:
-    return (f"{c[f'{phase}_samples_per_s']:,.0f} [{c[f'{phase}_samples_per_s_q1']:,.0f}–"
-            f"{c[f'{phase}_samples_per_s_q3']:,.0f}]")
+def _spread(c: BenchCell, phase: str) -> str:
+    s = getattr(c, phase)
+    return f"{s.samples_per_s:,.0f} [{s.samples_per_s_q1:,.0f}–{s.samples_per_s_q3:,.0f}]"
 
 
 def stability_text(r: Results) -> str:
@@ -38,17 +43,17 @@ def stability_text(r: Results) -> str:
     return text
 
 
-def gap_text(r: Results, c: dict, bench_rate: float) -> str | None:
+def gap_text(r: Results, c: BenchCell, bench_rate: float) -> str | None:
     """Why the train stage's samples/s differs from the bench's by more than GAP, from the train stage's own
     history: its start (tracing, warm-up, first evaluation interval) or the machine's speed at another time."""
-    cell = f"{c['framework']}-{c['model']}"
+    cell = Cell(c.framework, c.model)
     if cell not in r.train:
         return None
     m, hist = r.train[cell], r.history[cell]
-    gap = m["train_samples_per_s"] / bench_rate - 1
+    gap = m.train_samples_per_s / bench_rate - 1
     if abs(gap) <= GAP:
         return None
-    head = (f"{LABEL[c['framework']]} {c['model']}: the train stage ran at {m['train_samples_per_s']:,.0f} "
+    head = (f"{LABEL[c.framework]} {c.model}: the train stage ran at {m.train_samples_per_s:,.0f} "
             f"samples/s, {100 * gap:+.0f}% from the bench's {bench_rate:,.0f}. ")
     if len(hist) < 2:
         return head + "It evaluated once, so its figure includes its tracing/warm-up, which the bench times apart."
@@ -64,21 +69,22 @@ def gap_text(r: Results, c: dict, bench_rate: float) -> str | None:
 
 def speed_blocks(r: Results, figdir: Path) -> list:
     b = r.bench
-    cells = b["cells"]
+    cells = r.bench_cells
     measured = len({r["round"] for r in b["records"] if r["kind"] == "round"})
     again = len({f["round"] for f in b["flagged"]})
     table = pd.DataFrame([{
-        "framework": LABEL[c["framework"]], "model": c["model"],
-        "train samples/s [IQR over rounds]": _spread(c, "train"), "train CV %": c["train_cv_pct"],
-        "train stage samples/s": r.train.get(f"{c['framework']}-{c['model']}", {}).get("train_samples_per_s",
-                                                                                     np.nan),
-        "train % peak": c["train_pct_of_peak"], "train % own calib": c["train_pct_of_own_calib"],
-        "infer samples/s [IQR]": _spread(c, "infer"), "infer % peak": c["infer_pct_of_peak"],
-        "latency p50/p95/p99 ms": "/".join(f"{c[f'latency_ms_{q}']:.3g}" for q in ("p50", "p95", "p99")),
-        "first step s": c["first_step_s"]} for c in cells])
+        "framework": LABEL[c.framework], "model": c.model,
+        "train samples/s [IQR over rounds]": _spread(c, "train"), "train CV %": c.train.cv_pct,
+        "train stage samples/s": m.train_samples_per_s if (m := r.train.get(Cell(c.framework, c.model)))
+        else np.nan,
+        "train % peak": c.train.pct_of_peak, "train % own calib": c.train.pct_of_own_calib,
+        "infer samples/s [IQR]": _spread(c, "infer"), "infer % peak": c.infer.pct_of_peak,
+        "latency p50/p95/p99 ms": "/".join(f"{v:.3g}" for v in (c.latency_ms_p50, c.latency_ms_p95,
+                                                                 c.latency_ms_p99)),
+        "first step s": c.first_step_s} for c in cells])
     lines = [f"**{v['model']} {v['phase']}**, {_label(v['a'])} vs {_label(v['b'])}"
              f"{' (A/A control)' if v['control'] else ''}: {v['text']}" for v in b["verdicts"]]
-    gaps = [g for c in cells if (g := gap_text(r, c, c["train_samples_per_s"]))]
+    gaps = [g for c in cells if (g := gap_text(r, c, c.train.samples_per_s))]
     return [
         ("h2", "Speed"),
         ("p", f"How this is measured: {b.get('rounds', measured - again)} usable rounds wanted per comparison, "
@@ -103,22 +109,22 @@ def speed_blocks(r: Results, figdir: Path) -> list:
     ]
 
 
-def compile_blocks(r: Results, variants_described: dict[str, str]) -> list:
-    df = bench_rows(r)
-    var = df[df["kind"] == "variants"]
+def compile_blocks(r: Results) -> list:
+    var = r.of_kind("variants")
     rows = []
-    for rec in var.to_dict("records"):
-        ok = rec["status"] == "ok"
-        base = var[(var.framework == rec["framework"]) & (var.model == rec["model"]) & (var.status == "ok")]
-        default = base.iloc[0] if len(base) else None  # each child measures its default variant first
-        rows.append({"framework": LABEL[rec["framework"]], "model": rec["model"], "variant": rec["variant"],
-                     "train samples/s": rec["train_samples_per_s"] if ok else np.nan,
-                     "vs default (same process)": rec["train_samples_per_s"] / default["train_samples_per_s"]
+    for m in var:
+        ok = m.status == "ok"
+        # each child measures its default variant first
+        default = next((d for d in var if (d.framework, d.model, d.status) == (m.framework, m.model, "ok")), None)
+        rows.append({"framework": LABEL[m.framework], "model": m.model, "variant": m.variant,
+                     "train samples/s": m.rate("train") if ok else np.nan,
+                     "vs default (same process)": m.rate("train") / default.rate("train")
                      if ok and default is not None else np.nan,
-                     "first step s (compile)": rec["first_step_s"] if ok else np.nan,
-                     "note": "" if ok else f"unsupported here: {rec.get('reason', '')}"})
+                     "first step s (compile)": m.first_step_s if ok else np.nan,
+                     "note": "" if ok else f"unsupported here: {m.reason}"})
+    described = {m.variant: m.description for m in var}
     return [("h2", "Compilation"),
-            ("p", "; ".join(f"`{k}`: {v}" for k, v in variants_described.items())),
+            ("p", "; ".join(f"`{k}`: {v}" for k, v in described.items())),
             ("p", "One process per framework measures every variant on the same batches; \"vs default\" is a "
                   "within-process diagnostic, not a verdict. The first step (tracing, compilation) is timed apart "
                   "from the steady-state rate."),
@@ -126,13 +132,13 @@ def compile_blocks(r: Results, variants_described: dict[str, str]) -> list:
 
 
 def thread_blocks(r: Results, figdir: Path) -> list:
-    df = bench_rows(r)
-    th = df[df["kind"] == "threads"]
-    if th.empty:
+    th = r.of_kind("threads")
+    if not th:
         return []
-    rows = [{"framework": c["framework"], "model": c["model"], "threads": r.bench["threads"],
-             "train_samples_per_s": c["train_samples_per_s"]} for c in r.bench["cells"]]
-    rows += th[["framework", "model", "threads", "train_samples_per_s"]].to_dict("records")
+    rows = [{"framework": c.framework, "model": c.model, "threads": r.bench["threads"],
+             "train_samples_per_s": c.train.samples_per_s} for c in r.bench_cells]
+    rows += [{"framework": m.framework, "model": m.model, "threads": m.threads,
+              "train_samples_per_s": m.rate("train")} for m in th]
     long = pd.DataFrame(rows).assign(framework=lambda d: d["framework"].map(LABEL))
     table = long.pivot_table(index=["framework", "model"], columns="threads", values="train_samples_per_s",
                              sort=False).reset_index()

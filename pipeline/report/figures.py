@@ -1,4 +1,4 @@
-"""Seaborn figures for the report. Each function takes tidy DataFrames and writes one PNG atomically."""
+"""Seaborn figures for the report, each written atomically as one PNG."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -106,7 +106,7 @@ def confusions(mats: dict[str, pd.DataFrame], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(mats), figsize=(4.2 * len(mats), 3.8), squeeze=False)
     for ax, (cell, m) in zip(axes[0], mats.items()):
         sns.heatmap(m, ax=ax, cmap="Blues", cbar=False, annot=m.shape[0] <= 10, fmt="d", annot_kws={"size": 7})
-        ax.set(title=cell, xlabel="predicted", ylabel="true")
+        ax.set(title=str(cell), xlabel="predicted", ylabel="true")
     fig.tight_layout()
     return _save(fig, path)
 

@@ -1,4 +1,4 @@
-"""Render report blocks as Markdown (summary.md) and as one self-contained HTML page (index.html)."""
+"""Report blocks as Markdown (summary.md) and one self-contained HTML page (index.html)."""
 from __future__ import annotations
 
 import base64

@@ -1,4 +1,4 @@
-"""The training and evaluation loops, written once over the backend interface (torch_backend / tensorflow_backend)."""
+"""The training and evaluation loops, written once over the backend contract."""
 from __future__ import annotations
 
 import logging
@@ -9,9 +9,8 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.backends import Backend
+from pipeline.backends.base import Backend
 from pipeline.spec import Optim, batch_order, lr_at
-from pipeline.timing import batches
 
 log = logging.getLogger("train")
 
@@ -50,7 +49,7 @@ def train(be: Backend, model: Any, optim: Optim, train_data: Any, val_data: Any,
     """
     step_fn, predict_fn = be.make_step(model, optim, be.DEFAULT), be.make_predict(model, be.DEFAULT)
     n = len(train_data[1])
-    per_epoch = n // batch_size  # full batches only (timing.batches)
+    per_epoch = n // batch_size  # full batches only (Backend.batches)
     total = epochs * per_epoch
     cadence = min(eval_every, per_epoch)  # small datasets: at least one evaluation per epoch
     history: list[dict] = []
@@ -61,9 +60,9 @@ def train(be: Backend, model: Any, optim: Optim, train_data: Any, val_data: Any,
     with tqdm(total=total, desc=desc, unit="step", disable=True if quiet else None) as bar:
         for epoch in range(epochs):
             t0 = time.perf_counter()
-            for xb, yb in batches(be.take, train_data, batch_order(n, seed, epoch), batch_size):
+            for xb, yb in be.batches(train_data, batch_order(n, seed, epoch), batch_size):
                 if not optim.constant():
-                    be.set_lr(step_fn, lr_at(optim, step, total, per_epoch))
+                    step_fn.set_lr(lr_at(optim, step, total, per_epoch))
                 loss, right = step_fn(xb, yb)
                 loss_sum, correct, seen, step = loss_sum + loss, correct + right, seen + batch_size, step + 1
                 bar.update()

@@ -1,4 +1,4 @@
-"""Fetch files from an ordered list of mirrors with retries, checksums and no partial outputs.
+"""Fetch files from an ordered list of mirrors, with retries, checksums, no partial files.
 
 A mirror is an http(s) base URL or a local directory (offline users, tests). For each file, each mirror is
 tried `retries` times (transient failures only) before the next; a file lands only after its MD5 matches.
@@ -19,7 +19,8 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from pipeline.data import DATASETS, FILES, validate_idx, write_digits
+from pipeline.data.datasets import DATASETS, FILES
+from pipeline.data.idx import validate_idx, write_digits
 from pipeline.errors import DataError
 from pipeline.files import atomic_path
 

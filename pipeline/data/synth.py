@@ -1,8 +1,10 @@
-"""MNIST-shaped data offline: scikit-learn's real 8x8 handwritten digits, upscaled to 20x20 inside a 28x28 canvas
+"""MNIST-shaped 28x28 data offline, made from scikit-learn's real 8x8 digits.
+
+MNIST-shaped data offline: scikit-learn's real 8x8 handwritten digits, upscaled to 20x20 inside a 28x28 canvas
 (as MNIST centres its 20x20 digits), randomly shifted and lightly noised, written as the four IDX files.
 
 It lets anyone time the default pipeline on 28x28 images without the network:
-    python -m pipeline.synth --out data/mnist28       # 60,000 + 10,000 images, about 20 s
+    python -m pipeline.data.synth --out data/mnist28       # 60,000 + 10,000 images, about 20 s
     dvc exp run -S data.name=idx -S 'data.mirrors=[data/mnist28]'
 Not MNIST: accuracies on it say nothing about MNIST's; its shapes and sizes make the timings MNIST's.
 """
@@ -14,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from pipeline.data import FILES, write_idx
+from pipeline.data.datasets import FILES
+from pipeline.data.idx import write_idx
 from pipeline.files import atomic_path
 
 

@@ -1,4 +1,4 @@
-"""Read every result file the stages wrote, and flatten it into tidy rows.
+"""Every result file read back into typed records, and flattened into results.csv's rows.
 
 `collect` reads them (a missing or malformed file is a one-line error naming it and the stage to rerun);
 `bench_rows`, `loader_rows`, `history_rows` give DataFrames; `tidy` gives results.csv's rows.
@@ -13,9 +13,7 @@ import pandas as pd
 
 from pipeline.errors import DataError
 from pipeline.files import read_json
-
-LABEL = {"torch": "PyTorch", "tensorflow": "TensorFlow", "numpy": "NumPy"}
-SHORT = {"torch": "torch", "tensorflow": "tf", "numpy": "np"}  # for figure labels with little room
+from pipeline.records import PHASES, BenchCell, Cell, CellMetrics, Measurement, read
 
 
 @dataclass
@@ -23,17 +21,22 @@ class Results:
     frameworks: list[str]
     models: list[str]
     env: dict
-    train: dict[str, dict] = field(default_factory=dict)     # cell -> metrics.json
-    run: dict[str, dict] = field(default_factory=dict)       # cell -> run.json
-    seeds: dict[str, pd.DataFrame] = field(default_factory=dict)
-    history: dict[str, pd.DataFrame] = field(default_factory=dict)
-    confusion: dict[str, pd.DataFrame] = field(default_factory=dict)
-    preds: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    bench: dict = field(default_factory=dict)                # bench/records.json: rows, cells, verdicts
-    loaders: dict[str, dict] = field(default_factory=dict)   # framework -> records.json
+    train: dict[Cell, CellMetrics] = field(default_factory=dict)   # metrics.json
+    run: dict[Cell, dict] = field(default_factory=dict)            # run.json
+    seeds: dict[Cell, pd.DataFrame] = field(default_factory=dict)
+    history: dict[Cell, pd.DataFrame] = field(default_factory=dict)
+    confusion: dict[Cell, pd.DataFrame] = field(default_factory=dict)
+    preds: dict[Cell, dict[str, np.ndarray]] = field(default_factory=dict)
+    bench: dict = field(default_factory=dict)                      # bench/records.json: rows, verdicts, calibration
+    bench_cells: list[BenchCell] = field(default_factory=list)     # its per-cell figures
+    measured: list[Measurement] = field(default_factory=list)      # its children's measurements, every kind
 
-    def cells(self) -> list[str]:
-        return [f"{f}-{m}" for m in self.models for f in self.frameworks]
+    def of_kind(self, kind: str) -> list[Measurement]:
+        return [m for m in self.measured if m.kind == kind]
+    loaders: dict[str, dict] = field(default_factory=dict)         # framework -> records.json
+
+    def cells(self) -> list[Cell]:
+        return [Cell(f, m) for m in self.models for f in self.frameworks]
 
 
 def read_tsv(path: Path, stage: str, columns: list[str], index: bool = False) -> pd.DataFrame:
@@ -60,12 +63,8 @@ def _need(d: dict, keys: list[str], path: Path, stage: str) -> dict:
 def collect(root: Path, frameworks: list[str], models: list[str]) -> Results:
     r = Results(frameworks, models, read_json(root / "env.json", "env"))
     for cell in r.cells():
-        d, stage = root / "runs" / cell, f"train@{cell}"
-        r.train[cell] = _need(read_json(d / "metrics.json", stage), ["test_acc", "test_acc_std", "train_time_s",
-                                                                   "train_samples_per_s", "params", "epochs",
-                                                                   "target_val_acc", "reached_seeds",
-                                                                   "time_to_target_s", "best_val_acc"],
-                              d / "metrics.json", stage)
+        d, stage = root / "runs" / str(cell), f"train@{cell}"
+        r.train[cell] = read(CellMetrics, read_json(d / "metrics.json", stage), d / "metrics.json", stage)
         r.run[cell] = _need(read_json(d / "run.json", stage), ["init_weights_sha256", "batch_order_sha256",
                                                              "layer_param_counts", "readback_weights_sha256"],
                             d / "run.json", stage)
@@ -81,6 +80,8 @@ def collect(root: Path, frameworks: list[str], models: list[str]) -> Results:
     path = root / "bench" / "records.json"
     r.bench = _need(read_json(path, "bench"), ["records", "cells", "verdicts", "calibration", "flagged"], path,
                     "bench")
+    r.bench_cells = [BenchCell.from_flat(c, path) for c in r.bench["cells"]]
+    r.measured = [Measurement.from_flat(m) for m in r.bench["records"]]
     for fw in frameworks:
         p = root / "loaders" / fw / "records.json"
         r.loaders[fw] = _need(read_json(p, f"loaders@{fw}"), ["records"], p, f"loaders@{fw}")
@@ -97,39 +98,38 @@ def loader_rows(r: Results) -> pd.DataFrame:
 
 
 def history_rows(r: Results) -> pd.DataFrame:
-    return pd.concat([h.assign(framework=c.split("-")[0], model=c.split("-")[1]) for c, h in r.history.items()])
+    return pd.concat([h.assign(framework=c.framework, model=c.model) for c, h in r.history.items()])
 
 
 def tidy(r: Results) -> pd.DataFrame:
     """One row per measurement: framework, model, source, metric, value, unit, spread, n, and its context."""
     out = []
     for cell, m in r.train.items():
-        fw, model = cell.split("-")
-        base = {"framework": fw, "model": model, "source": "train"}
-        out += [base | {"metric": "test_acc", "value": m["test_acc"], "unit": "fraction",
-                        "spread": m["test_acc_std"], "spread_kind": "std over seeds", "n": m.get("seeds", 1)},
-                base | {"metric": "time_to_target_s", "value": m["time_to_target_s"], "unit": "s",
-                        "low": m.get("time_to_target_s_min"), "high": m.get("time_to_target_s_max"),
-                        "spread_kind": "range over seeds that reached it", "n": m["reached_seeds"],
-                        "note": f"target val acc {m['target_val_acc']}"},
-                base | {"metric": "train_time_s", "value": m["train_time_s"], "unit": "s"},
-                base | {"metric": "train_samples_per_s", "value": m["train_samples_per_s"], "unit": "samples/s"},
-                base | {"metric": "params", "value": m["params"], "unit": "count"}]
+        base = {"framework": cell.framework, "model": cell.model, "source": "train"}
+        out += [base | {"metric": "test_acc", "value": m.test_acc, "unit": "fraction",
+                        "spread": m.test_acc_std, "spread_kind": "std over seeds", "n": m.seeds},
+                base | {"metric": "time_to_target_s", "value": m.time_to_target_s, "unit": "s",
+                        "low": m.time_to_target_s_min, "high": m.time_to_target_s_max,
+                        "spread_kind": "range over seeds that reached it", "n": m.reached_seeds,
+                        "note": f"target val acc {m.target_val_acc}"},
+                base | {"metric": "train_time_s", "value": m.train_time_s, "unit": "s"},
+                base | {"metric": "train_samples_per_s", "value": m.train_samples_per_s, "unit": "samples/s"},
+                base | {"metric": "params", "value": m.params, "unit": "count"}]
         out += [base | {"metric": "test_acc", "value": s.test_acc, "unit": "fraction", "seed": int(s.seed)}
                 for s in r.seeds[cell].itertuples()]
     spread = "IQR over rounds (fresh processes)"
-    for c in r.bench["cells"]:
-        ctx = {"framework": c["framework"], "model": c["model"], "source": "bench", "n": c["rounds"]}
-        for phase in ("train", "infer"):
-            out += [ctx | {"metric": f"{phase}_samples_per_s", "value": c[f"{phase}_samples_per_s"],
-                           "unit": "samples/s", "low": c[f"{phase}_samples_per_s_q1"],
-                           "spread": c[f"{phase}_samples_per_s_q3"] - c[f"{phase}_samples_per_s_q1"],
-                           "high": c[f"{phase}_samples_per_s_q3"], "spread_kind": spread},
-                    ctx | {"metric": f"{phase}_pct_of_peak", "value": c[f"{phase}_pct_of_peak"],
+    for c in r.bench_cells:
+        ctx = {"framework": c.framework, "model": c.model, "source": "bench", "n": c.rounds}
+        for phase in PHASES:
+            s = getattr(c, phase)
+            out += [ctx | {"metric": f"{phase}_samples_per_s", "value": s.samples_per_s, "unit": "samples/s",
+                           "low": s.samples_per_s_q1, "spread": s.samples_per_s_q3 - s.samples_per_s_q1,
+                           "high": s.samples_per_s_q3, "spread_kind": spread},
+                    ctx | {"metric": f"{phase}_pct_of_peak", "value": s.pct_of_peak,
                            "unit": "% of the run's calibration GEMM"},
-                    ctx | {"metric": f"{phase}_pct_of_own_calib", "value": c[f"{phase}_pct_of_own_calib"],
+                    ctx | {"metric": f"{phase}_pct_of_own_calib", "value": s.pct_of_own_calib,
                            "unit": "% of each child's own calibration GEMM"}]
-        out += [ctx | {"metric": f"latency_ms_{q}", "value": c[f"latency_ms_{q}"], "unit": "ms"}
+        out += [ctx | {"metric": f"latency_ms_{q}", "value": getattr(c, f"latency_ms_{q}"), "unit": "ms"}
                 for q in ("p50", "p95", "p99")]
     for v in r.bench["verdicts"]:
         out.append({"framework": f"{v['a']}/{v['b']}", "model": v["model"], "source": "bench",
@@ -140,15 +140,16 @@ def tidy(r: Results) -> pd.DataFrame:
     out.append({"source": "bench", "metric": "calib_gflops", "value": cal["gflops_median"], "unit": "GFLOP/s",
                 "low": cal["gflops_q1"], "high": cal["gflops_q3"], "spread_kind": "IQR over every calibration",
                 "n": cal["n"], "note": f"CV {cal['cv_pct']:.1f}%"})
-    for rec in bench_rows(r).query("kind == 'variants'").to_dict("records"):
-        ctx = {k: rec.get(k) for k in ("framework", "model", "variant", "threads")} | {"source": "bench-variants"}
-        if rec["status"] != "ok":
-            out.append(ctx | {"metric": "train_status", "value": np.nan, "unit": "", "note": rec.get("reason")})
+    for m in r.of_kind("variants"):
+        ctx = {"framework": m.framework, "model": m.model, "variant": m.variant, "threads": m.threads,
+               "source": "bench-variants"}
+        if m.status != "ok":
+            out.append(ctx | {"metric": "train_status", "value": np.nan, "unit": "", "note": m.reason})
             continue
-        out += [ctx | {"metric": "train_samples_per_s", "value": rec["train_samples_per_s"], "unit": "samples/s",
-                       "spread": rec["train_samples_per_s_iqr"], "spread_kind": "IQR over repeats, one process",
-                       "n": rec["train_repeats"]},
-                ctx | {"metric": "first_step_s", "value": rec["first_step_s"], "unit": "s"}]
+        out += [ctx | {"metric": "train_samples_per_s", "value": m.train.samples_per_s, "unit": "samples/s",
+                       "spread": m.train.samples_per_s_iqr, "spread_kind": "IQR over repeats, one process",
+                       "n": m.train.repeats},
+                ctx | {"metric": "first_step_s", "value": m.first_step_s, "unit": "s"}]
     for rec in loader_rows(r).to_dict("records"):
         out.append({"framework": rec["framework"], "source": "loaders", "metric": f"{rec['what']}_samples_per_s",
                     "workers": rec["workers"], "value": rec["samples_per_s"], "unit": "samples/s",

@@ -1,4 +1,4 @@
-"""Plain NumPy backend: the same networks with backpropagation written by hand. Same contract as torch_backend.
+"""Hand-written forward and backward passes, layer by layer, and the optimizers in NumPy.
 
 Teaching code first. Each layer is a small class whose forward and backward passes sit side by side: `forward`
 keeps what `backward` needs; `backward(dy)` stores the weight gradients in `.grads` and returns dx. Shapes in the
@@ -9,25 +9,10 @@ lets the gradient checks run them in float64.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any, Callable, Iterator
-
 import numpy as np
-import threadpoolctl
 
-from pipeline import timing
-from pipeline.errors import ParamsError
 from pipeline.spec import Act, Conv, Dense, Dropout, Flatten, ModelSpec, Optim, Pool
 
-NAME = "numpy"
-MODEL_SUFFIX = ".npz"
-DEFAULT = "numpy"
-VARIANTS = {"numpy": "hand-written forward and backward passes, im2col convolution, one BLAS matmul per layer"}
-_rng = np.random.default_rng(0)  # dropout masks; reseed() re-seeds it in place, so built networks see it too
-
-
-# ---- layers: forward and backward side by side ------------------------------------------------------------------
 
 class Linear:
     """y = x W + b."""
@@ -157,13 +142,13 @@ class DropOut:
     """Inverted dropout: in training, zero each value with probability p and scale survivors by 1/(1-p), so
     inference needs no rescaling."""
 
-    def __init__(self, p: float):
-        self.p, self.params = p, []
+    def __init__(self, p: float, rng: np.random.Generator):
+        self.p, self.rng, self.params = p, rng, []
 
     def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
         if not train:
             return x
-        self.mask = (_rng.random(x.shape, dtype=np.float32) >= self.p).astype(x.dtype) / x.dtype.type(1 - self.p)
+        self.mask = (self.rng.random(x.shape, dtype=np.float32) >= self.p).astype(x.dtype) / x.dtype.type(1 - self.p)
         return x * self.mask
 
     def backward(self, dy: np.ndarray, want_dx: bool = True) -> np.ndarray:
@@ -188,11 +173,11 @@ class SoftmaxCrossEntropy:
 class Net:
     """The spec's layers in order; weights shared with the layers (updating them in place updates the net)."""
 
-    def __init__(self, spec: ModelSpec, weights: list[np.ndarray]):
+    def __init__(self, spec: ModelSpec, weights: list[np.ndarray], rng: np.random.Generator):
         it = iter(weights)
         make = {Conv: lambda _: Conv2D(next(it), next(it)), Dense: lambda _: Linear(next(it), next(it)),
                 Pool: lambda layer: MaxPool(layer.size), Flatten: lambda _: Reshape(),
-                Dropout: lambda layer: DropOut(layer.p),
+                Dropout: lambda layer: DropOut(layer.p, rng),
                 Act: lambda layer: {"relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}[layer.fn]()}
         self.layers = [make[type(layer)](layer) for layer in spec.layers]
         self.params = [p for layer in self.layers for p in layer.params]
@@ -234,126 +219,3 @@ class Optimizer:
                 v += (1 - o.beta2) * (g * g - v)
                 m_hat, v_hat = m / (1 - o.beta1 ** self.t), v / (1 - o.beta2 ** self.t)
                 w -= lr * m_hat / (np.sqrt(v_hat) + o.eps)
-
-
-# ---- the backend contract (backends.Backend) --------------------------------------------------------------------
-
-def setup(threads: int, device: str, seed: int) -> dict:
-    if device == "cuda":
-        raise ParamsError("params.yaml: device: cuda, but the numpy backend runs on the CPU only (use auto or cpu)")
-    if threads:  # the BLAS pool is NumPy's only parallelism; limit it for the whole process
-        threadpoolctl.threadpool_limits(threads, user_api="blas")
-    reseed(seed)
-    blas = threadpoolctl.threadpool_info()
-    return {"framework": NAME, "framework_version": np.__version__, "device": "cpu",
-            "blas": ", ".join(f"{b['internal_api']} {b['version']}" for b in blas if b["user_api"] == "blas"),
-            "intra_op_threads": max(b["num_threads"] for b in blas if b["user_api"] == "blas"),
-            "inter_op_threads": 1}
-
-
-def reseed(seed: int) -> None:
-    _rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
-
-
-def variants(compile: list[bool], keras_fit: bool) -> list[str]:
-    return [DEFAULT]  # nothing to compile
-
-
-def build(spec: ModelSpec, weights: list[np.ndarray]) -> Net:
-    return Net(spec, [np.array(w, np.float32) for w in weights])  # copies: training must not change the caller's
-
-
-def get_weights(model: Net, spec: ModelSpec) -> list[np.ndarray]:
-    return [p.copy() for p in model.params]
-
-
-def put(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return np.ascontiguousarray(x, np.float32), y.astype(np.int64)
-
-
-def take(data: tuple[np.ndarray, np.ndarray], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return data[0][idx], data[1][idx]
-
-
-def make_step(model: Net, optim: Optim, variant: str) -> Callable[[Any, Any], tuple[Any, Any]]:
-    opt, loss_fn = Optimizer(optim, model.params), SoftmaxCrossEntropy()
-
-    def step(xb: np.ndarray, yb: np.ndarray) -> tuple[float, int]:
-        logits = model.forward(xb, train=True)
-        loss = loss_fn.forward(logits, yb)
-        opt.update(model.params, model.backward(loss_fn.backward()))
-        return loss * len(yb), int((logits.argmax(axis=1) == yb).sum())
-    step.optimizer = opt  # type: ignore[attr-defined]  # set_lr and tests reach the optimizer through the step
-    return step
-
-
-def set_lr(step: Callable, lr: float) -> None:
-    step.optimizer.lr = lr
-
-
-def make_predict(model: Net, variant: str) -> Callable[[Any], Any]:
-    return lambda xb: model.forward(xb, train=False)
-
-
-def train_timings(model: Net, optim: Optim, data: Any, order: np.ndarray, variant: str, batch_size: int,
-                  warmup: int, steps: int, repeats: int) -> tuple[float, list[float]]:
-    return timing.step_timings(take, make_step(model, optim, variant), sync, data, order, batch_size, warmup,
-                               steps, repeats)
-
-
-def numpy(t: Any) -> np.ndarray:
-    return np.asarray(t)
-
-
-def sync(out: Any = None) -> None:
-    """Nothing is asynchronous: a NumPy call returns when its work is done."""
-
-
-def save(model: Net, path: Path) -> None:
-    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to a temporary path
-        np.savez(f, *model.params)
-
-
-def load(spec: ModelSpec, path: Path) -> Net:
-    with np.load(path, allow_pickle=False) as z:
-        return build(spec, [z[f"arr_{i}"] for i in range(len(z.files))])
-
-
-def loader_settings(workers: list[int]) -> list[int | str]:
-    return list(workers)
-
-
-def make_loader(images: np.ndarray, labels: np.ndarray, mean: float, std: float, batch_size: int,
-                workers: int | str, shift: int, seed: int, pin_memory: bool, persistent_workers: bool,
-                prefetch: int) -> Iterator[tuple[Any, Any]]:
-    """Endless shuffled batches, per-sample work in Python as in torch's Dataset. With workers > 0, a pool of that
-    many threads prepares `prefetch` batches per worker ahead. Threads, not processes: NumPy releases the GIL only
-    inside its larger kernels, so per-sample work mostly serialises, and the sweep shows what that costs."""
-    rng = np.random.default_rng(seed)
-    h, w = images.shape[1:3]
-    scale, offset = np.float32(1 / (255.0 * std)), np.float32(mean / std)
-
-    def one(i: int, dy: int, dx: int) -> np.ndarray:  # uint8 (H, W) -> normalised, shifted float32 (H, W, 1)
-        x = images[i].astype(np.float32) * scale - offset
-        if shift:
-            x = np.pad(x, shift)[dy:dy + h, dx:dx + w]
-        return x[..., None]
-
-    def batch(idx: np.ndarray, moves: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return np.stack([one(i, dy, dx) for i, (dy, dx) in zip(idx, moves)]), labels[idx].astype(np.int64)
-
-    def plan() -> Iterator[tuple[np.ndarray, np.ndarray]]:  # order and shifts drawn here: same for any workers
-        while True:
-            perm = rng.permutation(len(labels))
-            for i in range(0, len(perm) - batch_size + 1, batch_size):
-                yield perm[i:i + batch_size], rng.integers(0, 2 * shift + 1, (batch_size, 2))
-
-    if not workers:
-        for idx, moves in plan():
-            yield batch(idx, moves)
-    with ThreadPoolExecutor(int(workers)) as pool:
-        ahead, todo = [], plan()
-        while True:
-            while len(ahead) < max(1, prefetch) * int(workers):
-                ahead.append(pool.submit(batch, *next(todo)))
-            yield ahead.pop(0).result()

@@ -1,5 +1,8 @@
-"""The data-loader parallelism sweep: PyTorch DataLoader num_workers / tf.data num_parallel_calls (plus
-AUTOTUNE) over a per-sample pipeline, the loader alone and training fed by it; the best setting per measurement."""
+"""The data-loader sweep (num_workers, num_parallel_calls): loader alone, and feeding training.
+
+The data-loader parallelism sweep: PyTorch DataLoader num_workers / tf.data num_parallel_calls (plus
+AUTOTUNE) over a per-sample pipeline, the loader alone and training fed by it; the best setting per measurement.
+"""
 from __future__ import annotations
 
 import gc
@@ -8,8 +11,8 @@ from typing import Any, Iterator
 
 from tqdm import tqdm
 
-from pipeline import timing
-from pipeline.backends import Backend
+from pipeline.backends.base import Backend, Feed
+from pipeline.measure import timing
 from pipeline.params import Loaders
 from pipeline.spec import ModelSpec, Optim, init_weights
 
@@ -18,17 +21,17 @@ log = logging.getLogger("loaders")
 
 def _rate(per_batch_s: list[float], batch: int) -> dict:
     r = timing.rates(per_batch_s, batch)
-    return r | {"batches_per_s": r["samples_per_s"] / batch}  # median(b/t) = b * median(1/t)
+    return r.flat() | {"batches_per_s": r.samples_per_s / batch}  # median(b/t) = b * median(1/t)
 
 
 def sweep(be: Backend, raw: dict, lp: Loaders, models: dict[str, tuple[ModelSpec, Optim]],
           seed: int) -> list[dict]:
     """One row per (setting, what): the loader alone, then training each model fed by the loader."""
     rows = []
+    feed = Feed(raw["x_train"], raw["y_train"], float(raw["mean"]), float(raw["std"]), lp.batch_size, lp.shift, seed,
+                lp.pin_memory, lp.persistent_workers, lp.prefetch)
     for w in tqdm(be.loader_settings(lp.workers), desc="workers", disable=None):
-        it: Iterator[Any] = be.make_loader(raw["x_train"], raw["y_train"], float(raw["mean"]), float(raw["std"]),
-                                           lp.batch_size, w, lp.shift, seed, lp.pin_memory,
-                                           lp.persistent_workers, lp.prefetch)
+        it: Iterator[Any] = be.make_loader(feed, w)
         rows.append({"workers": str(w), "what": "loader", **_rate(
             timing.repeat(lambda k, it=it: [next(it) for _ in range(k)][-1], lp.warmup, lp.batches, lp.repeats,
                           be.sync), lp.batch_size)})

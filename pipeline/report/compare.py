@@ -1,8 +1,8 @@
-"""Compare DVC experiments: across params.yaml variations, and across machines (experiments met through git).
+"""Compare DVC experiments across params and machines (`make compare`).
 
-    python -m pipeline.compare [EXP ...] [--baseline EXP] [--all] [--out reports/compare]
+    python -m pipeline.report.compare [EXP ...] [--baseline EXP] [--all] [--out reports/compare]
 
-Reads each experiment's committed results (pipeline/exps.py) and writes summary.md, results.csv (tidy rows with
+Reads each experiment's committed results (exps.py) and writes summary.md, results.csv (tidy rows with
 experiment, machine and the changed params as columns) and a self-contained index.html. Verdicts against the
 baseline use the same honesty rules as one run, adapted to runs that were not interleaved: the per-round rates of
 the two experiments compared as two independent samples (verdict.change: Hodges-Lehmann ratio, exact Mann-Whitney
@@ -18,9 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import bench, exps, files, figures, render, verdict
+from pipeline import files
+from pipeline.backends import LABEL
 from pipeline.errors import DataError
-from pipeline.results import LABEL
+from pipeline.measure import rounds, verdict
+from pipeline.records import Cell, Measurement
+from pipeline.report import exps, figures, render
 
 log = logging.getLogger("compare")
 # metric in results.csv -> (what the report calls it, source, higher is better)
@@ -68,10 +71,9 @@ def tidy(found: list[exps.Exp], keys: list[str]) -> pd.DataFrame:
 def per_round(e: exps.Exp, fw: str, model: str, phase: str, calibrated: bool) -> list[float]:
     """One experiment's per-round rates of one cell; `calibrated`: each over its own process's calibration GEMM
     (GFLOP/s), which takes out the machine's speed at that moment."""
-    key = bench.rate_key(phase, e.params["bench.infer_batch_sizes"])
-    return [r[key] / (((r["calib_before_gflops"] + r["calib_after_gflops"]) / 2) if calibrated else 1.0)
-            for r in bench.usable(e.bench["records"])
-            if r["arm"] == fw and r["model"] == model and r["status"] == "ok"]
+    return [r.rate(phase) / (r.own_calib_gflops() if calibrated else 1.0)
+            for r in rounds.usable([Measurement.from_flat(d) for d in e.bench["records"]])
+            if r.arm == fw and r.model == model and r.status == "ok"]
 
 
 def rate_verdict(base: exps.Exp, e: exps.Exp, fw: str, model: str, phase: str, min_effect: float) -> dict:
@@ -101,7 +103,7 @@ def verdicts(found: list[exps.Exp], base: exps.Exp) -> pd.DataFrame:
             continue
         for fw in [f for f in e.bench["frameworks"] if f in base.bench["frameworks"]]:
             for model in [m for m in e.bench["models"] if m in base.bench["models"]]:
-                cell = f"{fw}-{model}"
+                cell = Cell(fw, model)
                 said = {"training rate": rate_verdict(base, e, fw, model, "train", min_effect),
                         "inference rate": rate_verdict(base, e, fw, model, "infer", min_effect),
                         "time to target": verdict.change(f"{e.name}/{base.name}", _reached(base, cell),
@@ -116,7 +118,7 @@ def verdicts(found: list[exps.Exp], base: exps.Exp) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _reached(e: exps.Exp, cell: str) -> list[float]:
+def _reached(e: exps.Exp, cell: Cell) -> list[float]:
     s = e.seeds[cell]
     return list(s.loc[s["reached"].astype(bool), "time_to_target_s"].astype(float))
 

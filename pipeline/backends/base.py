@@ -1,0 +1,168 @@
+"""The backend contract, and what is written once for every backend (batches, step timing).
+
+A backend object is made once per process (`pipeline.backends.create`): its constructor applies the threads
+(intra-op; inter-op 1), the device and the seed, and the object holds them, so nothing lives in module globals.
+Thread pools are process-wide in every framework, which is why the object is made once per process and every
+benchmark child is a fresh process. Stages and the loop only ever call what `Backend` lists, so they never branch on
+the framework; a new backend subclasses it (`tests/test_backends.py` checks each one implements exactly the
+contract). Arrays cross the contract as NumPy in canonical layouts (see spec.py); `Data` is whatever `put` returns
+(the backend's device tensors) and is handed back to `take`.
+"""
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator
+
+import numpy as np
+
+from pipeline.errors import ParamsError
+from pipeline.measure.timing import repeat
+from pipeline.spec import ModelSpec, Optim
+
+Data = Any   # (images, labels) on the backend's device, from put()
+Model = Any  # the framework's model object, from build()
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to run training and inference, as the bench selects it from params."""
+    description: str       # one line for the report
+    compiled: bool | None = False  # measured when bench.compile lists this; None: whatever bench.compile says
+    opt_in: str = ""        # a bench switch that must also be on (Keras fit: `keras_fit`)
+
+
+@dataclass
+class Step:
+    """One optimizer update: step(x, y) -> (loss summed over the batch, correct count), unsynchronised."""
+    run: Callable[[Any, Any], tuple[Any, Any]]
+    optimizer: Any                    # the framework's optimizer object (tests inspect its state)
+    set_lr: Callable[[float], None]   # the rate from the next call on (schedules; never retraces)
+
+    def __call__(self, x: Any, y: Any) -> tuple[Any, Any]:
+        return self.run(x, y)
+
+
+@dataclass(frozen=True)
+class Feed:
+    """What a data loader serves: shuffled, normalised, randomly shifted batches of uint8 (N, H, W) images."""
+    images: np.ndarray
+    labels: np.ndarray
+    mean: float
+    std: float
+    batch_size: int
+    shift: int                # random shift, pixels each way
+    seed: int
+    pin_memory: bool          # page-locked host batches (CUDA only)
+    persistent_workers: bool  # keep worker processes across epochs
+    prefetch: int             # batches prepared ahead per worker
+
+
+class Backend(ABC):
+    NAME: ClassVar[str]                 # the framework name used in params.yaml and cell names
+    MODEL_SUFFIX: ClassVar[str]         # file suffix of a saved model
+    DEFAULT: ClassVar[str]              # the variant `train` uses: each framework's everyday path
+    VARIANTS: ClassVar[dict[str, Variant]]
+    info: dict                          # what the constructor really set: versions, device, thread counts
+
+    @abstractmethod
+    def __init__(self, threads: int, device: str, seed: int):
+        """Threads (intra-op, 0 = the framework's default; inter-op 1), device and RNG, before anything runs."""
+
+    @abstractmethod
+    def reseed(self, seed: int) -> None:
+        """Seed the framework's own RNG (dropout masks)."""
+
+    @abstractmethod
+    def build(self, spec: ModelSpec, weights: list[np.ndarray]) -> Model:
+        """The spec's network holding these canonical weights."""
+
+    @abstractmethod
+    def get_weights(self, model: Model, spec: ModelSpec) -> list[np.ndarray]:
+        """The model's weights in canonical layout."""
+
+    @abstractmethod
+    def put(self, x: np.ndarray, y: np.ndarray) -> Data:
+        """NHWC float32 images and int labels -> device tensors kept for the whole run."""
+
+    @abstractmethod
+    def take(self, data: Data, idx: np.ndarray) -> Data:
+        """The samples at `idx`, as device tensors."""
+
+    @abstractmethod
+    def make_step(self, model: Model, optim: Optim, variant: str) -> Step:
+        """One optimizer update per call, in the given variant."""
+
+    @abstractmethod
+    def make_predict(self, model: Model, variant: str) -> Callable[[Any], Any]:
+        """predict(x) -> logits, inference mode."""
+
+    @abstractmethod
+    def numpy(self, t: Any) -> np.ndarray:
+        """A framework tensor as a NumPy array."""
+
+    @abstractmethod
+    def sync(self, out: Any = None) -> None:
+        """Wait until queued device work (that produced `out`) has finished, so a timer measures it."""
+
+    @abstractmethod
+    def save(self, model: Model, path: Path) -> None:
+        """Write the trained model to `path` (raises OSError when the write fails)."""
+
+    @abstractmethod
+    def load(self, spec: ModelSpec, path: Path) -> Model:
+        """Read a model written by save()."""
+
+    @abstractmethod
+    def loader_settings(self, workers: list[int]) -> list[int | str]:
+        """The loader parallelism settings to sweep for these worker counts."""
+
+    @abstractmethod
+    def make_loader(self, feed: Feed, workers: int | str) -> Iterator[tuple[Any, Any]]:
+        """An endless iterator of (x, y) device batches of `feed`, prepared with `workers` parallelism."""
+
+    # ---- written once for every backend ----------------------------------------------------------------------
+
+    def variants(self, compile: list[bool], opt_in: dict[str, bool]) -> list[str]:
+        """The variants to benchmark for these params (bench.compile, and switches such as keras_fit), in the
+        backend's order; the first is DEFAULT whenever `compile` lists false."""
+        return [name for name, v in self.VARIANTS.items()
+                if (v.compiled is None or v.compiled in compile) and (not v.opt_in or opt_in.get(v.opt_in, False))]
+
+    def batches(self, data: Data, order: np.ndarray, batch_size: int) -> Iterator[tuple[Any, Any]]:
+        """One epoch's full batches in `order`: one gather into contiguous memory, then slices (views in PyTorch).
+
+        Full batches only: a last, smaller batch would change shapes (TensorFlow would retrace into a
+        shape-generic graph) and weigh its samples more. Every backend drops the same few samples, a different few
+        each epoch.
+        """
+        if len(order) < batch_size:  # no full batch at all: training would divide by zero, the bench spin forever
+            raise ParamsError(f"params.yaml: train.batch_size: {batch_size} is more than the {len(order)} training "
+                              "images; lower it")
+        full = len(order) // batch_size * batch_size
+        x, y = self.take(data, order[:full])
+        for i in range(0, full, batch_size):
+            yield x[i:i + batch_size], y[i:i + batch_size]
+
+    def train_timings(self, model: Model, optim: Optim, data: Data, order: np.ndarray, variant: str,
+                      batch_size: int, warmup: int, steps: int, repeats: int) -> tuple[float, list[float]]:
+        """(seconds of the first step, incl. compilation; seconds per step of each timed repeat, warmup
+        excluded), stepping through `order` in full batches (cycling) as the train stage does."""
+        step = self.make_step(model, optim, variant)
+
+        def endless() -> Iterator[tuple[Any, Any]]:
+            while True:
+                yield from self.batches(data, order, batch_size)
+        it = endless()
+
+        def run(k: int) -> Any:
+            out = None
+            for _ in range(k):
+                out = step(*next(it))
+            return out
+        t0 = time.perf_counter()
+        self.sync(run(1))  # the first step: tracing, compilation, allocator growth
+        first = time.perf_counter() - t0
+        return first, repeat(run, warmup - 1, steps, repeats, self.sync)

@@ -1,0 +1,214 @@
+"""The contract in TensorFlow/Keras 3: a tf.function train step; XLA and Model.fit variants."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep stage logs readable; errors still show
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import keras  # noqa: E402
+from keras import ops  # noqa: E402
+
+from pipeline.backends.base import Backend, Feed, Step, Variant  # noqa: E402
+from pipeline.errors import ParamsError  # noqa: E402
+from pipeline.spec import Act, Conv, Dense, Dropout, Flatten, ModelSpec, Optim, Pool  # noqa: E402
+
+
+class TensorFlowBackend(Backend):
+    NAME = "tensorflow"
+    MODEL_SUFFIX = ".keras"
+    DEFAULT = "function"
+    VARIANTS = {"function": Variant("custom train step in tf.function (graph, no XLA; default)"),
+                "xla": Variant("the same whole train step in tf.function(jit_compile=True)", compiled=True),
+                "fit": Variant("Keras Model.fit over the same in-memory batches fed through tf.data (includes "
+                               "tf.data's input handling), compile()'s defaults (jit_compile='auto': XLA on a GPU, "
+                               "off on a CPU)", compiled=None, opt_in="keras_fit")}
+
+    def __init__(self, threads: int, device: str, seed: int):
+        """Must run before TensorFlow executes anything in this process (its settings are process-wide)."""
+        gpus = tf.config.list_physical_devices("GPU")
+        if device == "cuda" and not gpus:
+            raise ParamsError("params.yaml: device: cuda, but TensorFlow sees no GPU (use auto or cpu)")
+        self.device = "/CPU:0" if device == "cpu" or not gpus else "/GPU:0"
+        try:
+            if threads:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)  # like torch: ops run one after another
+            if self.device == "/CPU:0" and gpus:
+                tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # TF already running in this process (tests): the first settings stay
+            pass
+        # fp32 means fp32: TensorFlow runs float32 matmuls and convolutions in TF32 on Ampere and newer by default
+        tf.config.experimental.enable_tensor_float_32_execution(False)
+        self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)  # batch mean, on logits
+        self.reseed(seed)
+        name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "gpu") \
+            if self.device != "/CPU:0" else "cpu"
+        self.info = {"framework": self.NAME, "framework_version": tf.__version__,
+                     "keras_version": keras.__version__, "device": name,
+                     "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count(),
+                     "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
+
+    def reseed(self, seed: int) -> None:
+        keras.utils.set_random_seed(seed)  # Python, NumPy and TF seeds
+
+    def build(self, spec: ModelSpec, weights: list[np.ndarray]) -> keras.Model:
+        with tf.device(self.device):
+            model = keras.Sequential([keras.Input(spec.in_shape)] + [_layer(layer) for layer in spec.layers],
+                                     name=spec.name)
+            model.set_weights(weights)  # canonical layout is Keras' own: HWIO kernels, (in, out), NHWC flatten
+        return model
+
+    def get_weights(self, model: keras.Model, spec: ModelSpec) -> list[np.ndarray]:
+        return [np.asarray(w) for w in model.get_weights()]
+
+    def put(self, x: np.ndarray, y: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
+        with tf.device(self.device):
+            return tf.constant(x, tf.float32), tf.constant(y.astype(np.int64))
+
+    def take(self, data: tuple[tf.Tensor, tf.Tensor], idx: np.ndarray) -> tuple[tf.Tensor, tf.Tensor]:
+        i = tf.constant(idx)
+        return tf.gather(data[0], i), tf.gather(data[1], i)
+
+    def make_step(self, model: keras.Model, optim: Optim, variant: str) -> Step:
+        opt, loss_fn = make_optimizer(optim), self.loss
+        opt.build(model.trainable_variables)
+
+        @tf.function(jit_compile=variant == "xla", reduce_retracing=True)
+        def step(xb: tf.Tensor, yb: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            with tf.GradientTape() as tape:
+                logits = model(xb, training=True)
+                loss = loss_fn(yb, logits)
+            opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+            n = tf.cast(tf.shape(yb)[0], tf.float32)
+            correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1), yb), tf.int64))
+            return loss * n, correct
+        # the rate is a variable the compiled step reads: setting it does not retrace
+        return Step(step, opt, lambda lr: opt.learning_rate.assign(lr))
+
+    def make_predict(self, model: keras.Model, variant: str) -> Callable[[Any], Any]:
+        if variant == "fit":  # Keras' own inference path
+            return lambda xb: model.predict_on_batch(xb)
+        return tf.function(lambda xb: model(xb, training=False), jit_compile=variant == "xla",
+                           reduce_retracing=True)
+
+    def train_timings(self, model: keras.Model, optim: Optim, data: Any, order: np.ndarray, variant: str,
+                      batch_size: int, warmup: int, steps: int, repeats: int) -> tuple[float, list[float]]:
+        if variant != "fit":
+            return super().train_timings(model, optim, data, order, variant, batch_size, warmup, steps, repeats)
+        # Model.fit over the same in-memory batches in the same order, fed through tf.data (so its figure includes
+        # tf.data's input handling). One epoch of 1 step is the first step, one of warmup-1 steps the rest of the
+        # warmup, then one epoch of `steps` steps per timed repeat.
+        model.compile(optimizer=make_optimizer(optim), loss=self.loss)
+        full = len(order) // batch_size * batch_size
+        ds = tf.data.Dataset.from_tensor_slices(self.take(data, order[:full])).batch(batch_size, drop_remainder=True)
+        ds = ds.repeat()
+        marks: list[float] = []
+        clock = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: marks.append(time.perf_counter()),
+                                               on_epoch_end=lambda e, logs: marks.append(time.perf_counter()))
+        # Each fit() call starts a new iterator: skip() continues the batch sequence where the last one ended.
+        model.fit(ds, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False, callbacks=[clock])
+        first = marks[1] - marks[0]
+        if warmup > 1:
+            model.fit(ds.skip(1), epochs=1, steps_per_epoch=warmup - 1, verbose=0, shuffle=False)
+        marks.clear()
+        model.fit(ds.skip(warmup), epochs=repeats, steps_per_epoch=steps, verbose=0, shuffle=False,
+                  callbacks=[clock])
+        return first, [(marks[i + 1] - marks[i]) / steps for i in range(0, len(marks), 2)]
+
+    def numpy(self, t: Any) -> np.ndarray:
+        return np.asarray(t)
+
+    def sync(self, out: Any = None) -> None:
+        """Wait for the result: reading a value back forces TF's (possibly asynchronous) work to finish."""
+        if out is not None:
+            np.asarray(tf.nest.flatten(out)[0])
+
+    def save(self, model: keras.Model, path: Path) -> None:
+        model.save(path)
+
+    def load(self, spec: ModelSpec, path: Path) -> keras.Model:
+        return keras.models.load_model(path, custom_objects={"TorchFormAdam": TorchFormAdam})
+
+    def loader_settings(self, workers: list[int]) -> list[int | str]:
+        return list(workers) + ["autotune"]
+
+    def make_loader(self, feed: Feed, workers: int | str) -> Iterator[tuple[Any, Any]]:
+        """Endless shuffled batches through tf.data, a per-sample map as in torch's Dataset; `workers` =
+        num_parallel_calls (or "autotune")."""
+        h, w = feed.images.shape[1:3]
+        imgs, labs = tf.constant(feed.images), tf.constant(feed.labels.astype(np.int64))
+        gen = tf.random.Generator.from_seed(feed.seed)
+        mean, std, shift = feed.mean, feed.std, feed.shift
+
+        def per_sample(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            x = (tf.cast(tf.gather(imgs, i), tf.float32) / 255.0 - mean) / std
+            if shift:
+                d = gen.uniform((2,), 0, 2 * shift + 1, dtype=tf.int32)
+                x = tf.pad(x, [[shift, shift], [shift, shift]])[d[0]:d[0] + h, d[1]:d[1] + w]
+            return x[..., None], tf.gather(labs, i)
+
+        calls = tf.data.AUTOTUNE if workers == "autotune" else (int(workers) or None)  # None: sequential
+        n = len(feed.labels)
+        ds = tf.data.Dataset.range(n).shuffle(n, seed=feed.seed, reshuffle_each_iteration=True)
+        ds = ds.map(per_sample, num_parallel_calls=calls).batch(feed.batch_size, drop_remainder=True)
+        if workers != 0:  # 0 workers means no background work at all, as with torch's num_workers=0
+            ds = ds.prefetch(feed.prefetch)
+        else:
+            opts = tf.data.Options()
+            opts.autotune.enabled = False
+            ds = ds.with_options(opts)
+        return iter(ds.repeat())
+
+
+def _layer(layer: object) -> keras.layers.Layer:
+    match layer:
+        case Conv(k, _, c_out):
+            return keras.layers.Conv2D(c_out, k, padding="same")
+        case Pool(size):
+            return keras.layers.MaxPooling2D(size)
+        case Flatten():
+            return keras.layers.Flatten()
+        case Dense(_, n_out):
+            return keras.layers.Dense(n_out)
+        case Dropout(p):
+            return keras.layers.Dropout(p)
+        case Act(fn):
+            return keras.layers.ReLU() if fn == "relu" else keras.layers.Activation(fn)
+    raise TypeError(f"unknown layer {layer!r}")
+
+
+class TorchFormAdam(keras.optimizers.Adam):
+    """Adam with epsilon added after bias correction, as torch.optim.Adam and the paper's Algorithm 1.
+
+    Keras' Adam adds epsilon to sqrt(v) before bias correction, which equals torch's eps scaled by
+    sqrt(1 - beta2^t): a different optimizer in the first thousands of steps.
+    """
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        dt = variable.dtype
+        lr, g = ops.cast(learning_rate, dt), ops.cast(gradient, dt)
+        t = ops.cast(self.iterations + 1, dt)
+        m = self._momentums[self._get_variable_index(variable)]
+        v = self._velocities[self._get_variable_index(variable)]
+        self.assign_add(m, ops.multiply(ops.subtract(g, m), 1 - self.beta_1))
+        self.assign_add(v, ops.multiply(ops.subtract(ops.square(g), v), 1 - self.beta_2))
+        m_hat = ops.divide(m, 1 - ops.power(ops.cast(self.beta_1, dt), t))
+        v_hat = ops.divide(v, 1 - ops.power(ops.cast(self.beta_2, dt), t))
+        self.assign_sub(variable, ops.divide(ops.multiply(lr, m_hat), ops.add(ops.sqrt(v_hat), self.epsilon)))
+
+
+def make_optimizer(o: Optim) -> keras.optimizers.Optimizer:
+    if o.name == "adam":
+        return TorchFormAdam(learning_rate=o.lr, beta_1=o.beta1, beta_2=o.beta2, epsilon=o.eps, amsgrad=False,
+                              name="torch_form_adam")  # Keras derives scope names from the class name otherwise
+    return keras.optimizers.SGD(learning_rate=o.lr, momentum=o.momentum if o.name == "momentum" else 0.0,
+                                nesterov=False)
+
+
+BACKEND = TensorFlowBackend

@@ -1,0 +1,210 @@
+"""The contract in PyTorch: eager by default, torch.compile of the whole step as a variant."""
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.backends.base import Backend, Feed, Step, Variant
+from pipeline.errors import ParamsError
+from pipeline.spec import Act, Conv, Dense, Dropout, Flatten, ModelSpec, Optim, Pool, init_weights
+
+
+class TorchBackend(Backend):
+    NAME = "torch"
+    MODEL_SUFFIX = ".pt"
+    DEFAULT = "eager"
+    VARIANTS = {"eager": Variant("PyTorch eager (default)"),
+                "compile": Variant("torch.compile of the whole training step (forward, backward, optimizer "
+                                   "update), static shapes, inductor", compiled=True)}
+
+    def __init__(self, threads: int, device: str, seed: int):
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            torch.set_num_interop_threads(1)  # like TF's inter-op pool: ops run one after another
+        except RuntimeError:  # already set in this process
+            pass
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ParamsError("params.yaml: device: cuda, but PyTorch sees no CUDA device (use auto or cpu)")
+        self.device = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+        # fp32 means fp32: TF32 off for matmuls and cuDNN convolutions, as the TensorFlow backend sets it
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        self.reseed(seed)
+        name = torch.cuda.get_device_name(0) if self.device.type == "cuda" else "cpu"
+        self.info = {"framework": self.NAME, "framework_version": torch.__version__, "device": name,
+                     "intra_op_threads": torch.get_num_threads(),
+                     "inter_op_threads": torch.get_num_interop_threads()}
+
+    def reseed(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def build(self, spec: ModelSpec, weights: list[np.ndarray]) -> nn.Module:
+        model = nn.Sequential(*(_module(layer) for layer in spec.layers))
+        with torch.no_grad():
+            for p, w in zip(model.parameters(), to_native(spec, weights), strict=True):
+                p.copy_(torch.from_numpy(w))
+        return model.to(self.device)
+
+    def get_weights(self, model: nn.Module, spec: ModelSpec) -> list[np.ndarray]:
+        return from_native(spec, [p.detach().cpu().numpy() for p in model.parameters()])
+
+    def put(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """NHWC float32 images -> NCHW device tensors kept in memory for the whole run."""
+        xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+        return xt.to(self.device), torch.from_numpy(y.astype(np.int64)).to(self.device)
+
+    def take(self, data: tuple[torch.Tensor, torch.Tensor], idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        i = torch.from_numpy(idx).to(self.device)
+        return data[0].index_select(0, i), data[1].index_select(0, i)
+
+    def make_step(self, model: nn.Module, optim: Optim, variant: str) -> Step:
+        """`compile` hands the whole step (forward, loss, backward, optimizer update) to torch.compile with static
+        shapes, so it is compared with XLA's whole step, not with a compiled forward pass alone."""
+        opt = _make_optimizer(model, optim)
+
+        def step(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)  # mean over the batch, on logits
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return loss.detach() * len(yb), (logits.argmax(1) == yb).sum()
+        run = torch.compile(step, dynamic=False) if variant == "compile" else step
+
+        def train_step(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            model.train()
+            return run(xb, yb)
+
+        def set_lr(lr: float) -> None:
+            for group in opt.param_groups:
+                group["lr"] = lr
+        return Step(train_step, opt, set_lr)
+
+    def make_predict(self, model: nn.Module, variant: str) -> Callable[[Any], Any]:
+        net = torch.compile(model, dynamic=False) if variant == "compile" else model
+
+        def predict(xb: torch.Tensor) -> torch.Tensor:
+            model.eval()
+            with torch.inference_mode():
+                return net(xb)
+        return predict
+
+    def numpy(self, t: Any) -> np.ndarray:
+        return t.detach().cpu().numpy()
+
+    def sync(self, out: Any = None) -> None:
+        """Wait for queued device work, so a timer measures it (CUDA kernels run asynchronously)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def save(self, model: nn.Module, path: Path) -> None:
+        try:
+            torch.save(model.state_dict(), path)
+        except RuntimeError as e:  # torch's C++ writer reports a full disk as RuntimeError, not OSError
+            raise OSError(errno.EIO, f"torch.save failed: {str(e).strip().splitlines()[0]}") from None
+
+    def load(self, spec: ModelSpec, path: Path) -> nn.Module:
+        model = self.build(spec, init_weights(spec, 0))
+        model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        return model
+
+    def loader_settings(self, workers: list[int]) -> list[int | str]:
+        return list(workers)
+
+    def make_loader(self, feed: Feed, workers: int | str) -> Iterator[tuple[Any, Any]]:
+        """Endless shuffled device batches through torch.utils.data.DataLoader, `workers` = num_workers."""
+        n = int(workers)
+        loader = torch.utils.data.DataLoader(
+            _PerSample(feed.images, feed.labels, feed.mean, feed.std, feed.shift), batch_size=feed.batch_size,
+            shuffle=True, drop_last=True, num_workers=n, pin_memory=feed.pin_memory and self.device.type == "cuda",
+            persistent_workers=feed.persistent_workers and n > 0, prefetch_factor=feed.prefetch if n > 0 else None,
+            generator=torch.Generator().manual_seed(feed.seed))
+        while True:
+            for xb, yb in loader:
+                yield xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+
+
+def _flatten_perm(spec: ModelSpec, i: int) -> np.ndarray | None:
+    """Row order of a dense kernel after a flatten: canonical flattens (h, w, c), torch flattens (c, h, w)."""
+    prev = spec.layers[i - 1] if i else None
+    if not isinstance(prev, Flatten):
+        return None
+    return np.arange(prev.h * prev.w * prev.c).reshape(prev.h, prev.w, prev.c).transpose(2, 0, 1).ravel()
+
+
+def to_native(spec: ModelSpec, weights: list[np.ndarray]) -> list[np.ndarray]:
+    """Canonical weights -> torch layouts (conv OIHW, dense (out, in) in torch's flatten order)."""
+    out, it = [], iter(weights)
+    for i, layer in enumerate(spec.layers):
+        if isinstance(layer, Conv):
+            out += [next(it).transpose(3, 2, 0, 1), next(it)]
+        elif isinstance(layer, Dense):
+            kernel, perm = next(it), _flatten_perm(spec, i)
+            out += [(kernel if perm is None else kernel[perm]).T, next(it)]
+    return [np.ascontiguousarray(a) for a in out]
+
+
+def from_native(spec: ModelSpec, native: list[np.ndarray]) -> list[np.ndarray]:
+    out, it = [], iter(native)
+    for i, layer in enumerate(spec.layers):
+        if isinstance(layer, Conv):
+            out += [next(it).transpose(2, 3, 1, 0), next(it)]
+        elif isinstance(layer, Dense):
+            kernel, perm = next(it).T, _flatten_perm(spec, i)
+            if perm is not None:
+                kernel = kernel[np.argsort(perm)]
+            out += [kernel, next(it)]
+    return [np.ascontiguousarray(a) for a in out]
+
+
+def _module(layer: object) -> nn.Module:
+    match layer:
+        case Conv(k, c_in, c_out):
+            return nn.Conv2d(c_in, c_out, k, padding=k // 2)
+        case Pool(size):
+            return nn.MaxPool2d(size)
+        case Flatten():
+            return nn.Flatten()
+        case Dense(n_in, n_out):
+            return nn.Linear(n_in, n_out)
+        case Dropout(p):
+            return nn.Dropout(p)
+        case Act(fn):
+            return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}[fn]()
+    raise TypeError(f"unknown layer {layer!r}")
+
+
+def _make_optimizer(model: nn.Module, o: Optim) -> torch.optim.Optimizer:
+    if o.name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                                weight_decay=0.0, amsgrad=False)
+    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum if o.name == "momentum" else 0.0,
+                           dampening=0.0, nesterov=False, weight_decay=0.0)
+
+
+class _PerSample(torch.utils.data.Dataset):
+    """Per-sample work, as a real image pipeline has: uint8 -> float, normalise, random shift."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, mean: float, std: float, shift: int):
+        self.images, self.labels, self.mean, self.std, self.shift = images, labels, mean, std, shift
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = torch.from_numpy(self.images[i]).float().div_(255.0).sub_(self.mean).div_(self.std)
+        if self.shift:
+            s, (h, w) = self.shift, x.shape
+            dy, dx = torch.randint(0, 2 * s + 1, (2,)).tolist()
+            x = F.pad(x, (s, s, s, s))[dy:dy + h, dx:dx + w]
+        return x.unsqueeze(0), int(self.labels[i])
+
+
+BACKEND = TorchBackend

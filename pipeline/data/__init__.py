@@ -1,0 +1,1 @@
+"""The data: which datasets exist, how they are fetched, read and split."""

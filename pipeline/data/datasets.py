@@ -1,0 +1,41 @@
+"""The dataset registry: names, checksums, mirrors, classes, image shape; data only.
+
+The datasets: the registry, the one list of dataset names, with their checksums, mirrors, classes and image
+shape. Nothing but data here, so params.py can name the datasets without depending on any code that reads them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The four IDX files every dataset is stored as, in the order prepare reads them.
+FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+         "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    md5: tuple[str, str, str, str] | None  # per file in FILES order; None = no known checksums (idx)
+    mirrors: tuple[str, ...]               # built-in mirrors, tried in order
+    classes: tuple[str, ...] | None        # class names; None = inferred from the labels (idx)
+    shape: tuple[int, int, int] | None     # image (H, W, C); None = known once prepared (idx)
+
+
+DIGITS = tuple(str(d) for d in range(10))
+DATASETS = {
+    "mnist": Dataset(
+        ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+         "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"),
+        ("https://ossci-datasets.s3.amazonaws.com/mnist/",     # torchvision's mirror
+         "https://storage.googleapis.com/cvdf-datasets/mnist/"),  # tensorflow-datasets' mirror
+        DIGITS, (28, 28, 1)),
+    "fashion-mnist": Dataset(
+        ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+         "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"),
+        ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",  # torchvision's mirror
+         "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"),  # Keras' mirror
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+         "Ankle boot"), (28, 28, 1)),
+    "idx": Dataset(None, (), None, None),
+    "digits": Dataset(None, (), DIGITS, (8, 8, 1)),
+}
+DIGITS_TEST_FRACTION = 0.25  # scikit-learn's digits has no official test split; this one is stratified, seed 0

@@ -1,0 +1,69 @@
+"""IDX files (the MNIST family's format): write, read with every check, digits as IDX."""
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data.datasets import DIGITS_TEST_FRACTION, FILES
+from pipeline.errors import DataError
+from pipeline.files import atomic_path
+
+_DTYPES = {0x08: np.uint8}  # IDX type codes this project reads (MNIST-family files are all unsigned bytes)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file, gzipped when the name ends in .gz."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (gzipped or not), validating magic number, dimensions and length."""
+    try:
+        with open(path, "rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
+        with (gzip.open if gz else open)(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing; run `dvc repro download` first") from None
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable gzip file ({e})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path}: bad magic number {raw[:4].hex() or 'empty'} (an IDX file starts 0000 08 0N)")
+    code, ndim = raw[2], raw[3]
+    if code not in _DTYPES:
+        raise DataError(f"{path}: IDX element type 0x{code:02x} unsupported (expected 0x08, unsigned byte)")
+    if not 1 <= ndim <= 4 or len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path}: bad IDX header ({ndim} dimensions)")
+    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    body = raw[4 + 4 * ndim:]
+    if len(body) != int(np.prod(dims)):
+        raise DataError(f"{path}: header says {'x'.join(map(str, dims))} = {int(np.prod(dims))} bytes of data, "
+                        f"file has {len(body)}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+
+
+def validate_idx(path: Path) -> None:
+    """Header/length check for files with no known checksum (the `idx` dataset)."""
+    read_idx(path)
+
+
+def write_digits(dest: Path) -> None:
+    """scikit-learn's embedded 8x8 digits (real handwriting, no network) as the four IDX files."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 ink levels -> 0..255 like MNIST
+    tr, te = train_test_split(np.arange(len(images)), test_size=DIGITS_TEST_FRACTION, stratify=d.target,
+                              random_state=0)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, arr in zip(FILES, (images[tr], d.target[tr], images[te], d.target[te])):
+        with atomic_path(dest / name) as tmp:
+            write_idx(tmp, arr)

@@ -1,0 +1,1 @@
+"""Measuring on a shared machine: fresh processes, interleaved rounds, noise-aware verdicts."""

@@ -1,0 +1,125 @@
+"""The bench: rounds, variants and thread children; per-cell figures and gated verdicts.
+
+The bench: interleaved rounds of fresh children (rounds.py, child.py), then one variants child and the
+thread-count children per framework; the per-cell figures, and the verdicts with their gates.
+
+Gates, in order: a comparison needs its usable rounds (verdict.speed); the machine's calibration CV over the usable
+rounds must stay within bench.max_calib_cv; and the A/A control (the first framework against itself) must read
+"no clear difference", or that model and phase gets no framework verdict.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import params
+from pipeline.measure import child, rounds, speedo, verdict
+from pipeline.measure.stats import spread
+from pipeline.params import Bench, Params
+from pipeline.records import (FORMAT, PHASES, BenchCell, Measurement, PhaseSummary, control_arm, framework_of,
+                              is_control)
+
+log = logging.getLogger("bench")
+WORK = {"train": 3, "infer": 1}  # forward FLOPs per sample a phase costs: training ~ forward + 2x backward
+
+
+def comparisons(rows: list[Measurement], frameworks: list[str], models: list[str], cfg: Bench) -> list[dict]:
+    """Every verdict the report prints: framework pairs and the A/A control, per model, train and inference."""
+    stab = speedo.stability(rounds.calibrations(rounds.usable(rows)) or [float("nan")] * 2)  # the evidence's machine
+    pairs = [(frameworks[0], f, False) for f in frameworks[1:]]
+    if cfg.control:
+        pairs.append((frameworks[0], control_arm(frameworks[0]), True))
+    out = []
+    for model in models:
+        for phase in PHASES:
+            for a, b, control in pairs:
+                per_round = rounds.ratios(rows, a, b, model, phase)
+                said = verdict.speed(framework_of(a), framework_of(b) + (" again" if control else ""),
+                                     per_round, cfg.min_effect) | {"ratios": per_round}
+                if stab["cv_pct"] > cfg.max_calib_cv:
+                    said |= {"winner": None, "text": (
+                        f"no verdict: the machine was too unstable (calibration CV {stab['cv_pct']:.1f}% over the "
+                        f"usable rounds > {cfg.max_calib_cv:g}%); measured ratio {said['ratio']:.2f}x")}
+                out.append({"model": model, "phase": phase, "a": a, "b": b, "control": control, **said})
+    # A control that tells identical runs apart shows this run's noise is beyond what the rule separates:
+    # no verdict for that model and phase, rather than one that may be chance.
+    tripped = {(v["model"], v["phase"]): v for v in out if v["control"] and v["winner"]}
+    for v in out:
+        c = tripped.get((v["model"], v["phase"]))
+        if c and not v["control"]:
+            v |= {"winner": None, "text": (f"no verdict: the A/A control told identical runs apart "
+                                           f"({c['ratio']:.2f}x), so this run's noise is beyond what the rule can "
+                                           f"separate; measured ratio {v['ratio']:.2f}x")}
+    return out
+
+
+def per_cell(rows: list[Measurement], flops: dict[str, int], run_gflops: float) -> list[BenchCell]:
+    """Per (framework, model): medians over rounds with their between-process spread, normalised rates."""
+    out = []
+    clean = rounds.usable(rows)
+    for fw, model in dict.fromkeys((r.arm, r.model) for r in clean if not is_control(r.arm)):
+        sub = [r for r in clean if r.arm == fw and r.model == model]
+        own = np.array([r.own_calib_gflops() for r in sub])
+        phases = {}
+        for phase in PHASES:
+            rates = np.array([r.rate(phase) for r in sub])
+            s, work = spread(rates), WORK[phase] * flops[model]
+            phases[phase] = PhaseSummary(
+                s.median, s.q1, s.q3, s.cv_pct, 100 * s.median * work / (run_gflops * 1e9),
+                float(np.median(100 * rates * work / (own * 1e9))))
+        med = {k: float(np.median([getattr(r, k) for r in sub]))
+               for k in ("latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "first_step_s")}
+        out.append(BenchCell(fw, model, len(sub), **phases, **med))
+    return out
+
+
+def run(p: Params, data: Path, params_path: Path, threads: int, shape: tuple[int, int, int],
+        classes: int) -> tuple[dict, dict]:
+    """The whole bench on `threads` threads: (records.json, metrics.json), each ready to write."""
+    cfg = p.bench
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    def measured(arm: str, kind: str, t: int, label: str) -> list[Measurement]:
+        got = child.spawn(data, params_path, framework_of(arm), kind, t, label)
+        log.info("%s: %s; calibration %.0f -> %.0f GFLOP/s", label, ", ".join(
+            f"{r.model} {r.variant} train {r.rate('train') if r.train else float('nan'):,.0f} samples/s"
+            for r in got), got[0].calib_before_gflops, got[0].calib_after_gflops)
+        return got
+
+    def extra(fw: str, kind: str, t: int, label: str) -> list[Measurement]:
+        got = measured(fw, kind, t, label)
+        for r in got:
+            r.kind, r.arm = kind, fw
+        return got
+
+    arms = rounds.arms(p.frameworks, cfg.control)
+    rows = rounds.run_rounds(lambda arm, rd: measured(arm, "round", threads, f"round {rd + 1} {arm}"), arms,
+                             cfg.rounds, cfg.max_drift, log.warning)
+    rows += [r for fw in p.frameworks for r in extra(fw, "variants", threads, f"{fw} variants")]
+    rows += [r for fw in p.frameworks for t in cfg.thread_counts if t != threads
+             for r in extra(fw, "threads", t, f"{fw} {t} threads")]
+    flops = {m: net.flops_per_sample() for m, (net, _) in params.networks(p, shape, classes).items()}
+    stab = speedo.stability(rounds.calibrations(rows))  # the whole run's machine; verdicts use their rounds' own
+    cells = per_cell(rows, flops, stab["gflops_median"])
+    verdicts = comparisons(rows, p.frameworks, p.models, cfg)
+    flagged = sorted({(r.round, r.arm, r.flag) for r in rows if r.flag})
+    for v in verdicts:
+        log.info("%s %s%s: %s", v["model"], v["phase"], " (A/A control)" if v["control"] else "", v["text"])
+    records = {
+        "format": FORMAT, "started_utc": started,
+        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "frameworks": p.frameworks, "models": p.models, "threads": threads, "arms": arms, "rounds": cfg.rounds,
+        "min_effect": cfg.min_effect, "flops_per_sample": flops, "calibration": stab,
+        "flagged": [{"round": rd, "arm": arm, "why": why} for rd, arm, why in flagged],
+        "cells": [c.flat() for c in cells], "verdicts": verdicts, "records": [r.flat() for r in rows]}
+    metrics = {  # numbers only, units in the names, for dvc metrics
+        "calib_gflops": stab["gflops_median"], "calib_cv_pct": stab["cv_pct"], "flagged_children": len(flagged),
+        **{f"{c.framework}-{c.model}": {k: v for k, v in c.flat().items() if isinstance(v, (int, float))}
+           for c in cells},
+        **{f"{v['model']}_{v['phase']}_{'control' if v['control'] else 'ratio'}": {
+            "ratio": v["ratio"], "ci_low": v["ci_low"], "ci_high": v["ci_high"], "rounds": v["rounds"]}
+           for v in verdicts}}
+    return records, metrics

@@ -1,0 +1,129 @@
+"""One benchmark child: a fresh process measuring one framework, and how it is spawned.
+
+    python -m pipeline.measure.child --framework torch --kind round --threads 2 --data data/prepared.npz
+
+The child sets its backend up once, checks it really runs on the threads asked for, runs the calibration GEMM,
+measures every model (training on the train stage's batches, inference at each batch size, batch-1 latency) in each
+variant, runs the GEMM again and prints its measurements as one JSON line. The bench (bench.py) starts children
+with `spawn`; a fresh process is the unit of every verdict, so within-process spreads are diagnostics only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pipeline import backends, files, params
+from pipeline.backends.base import Backend
+from pipeline.data.prepare import load_prepared, normalise, prepared_meta
+from pipeline.errors import ChildError
+from pipeline.measure import speedo, timing
+from pipeline.params import Bench
+from pipeline.records import Measurement
+from pipeline.spec import ModelSpec, Optim, batch_order, init_weights
+
+KINDS = ("round", "variants", "threads")  # a round child runs the default variant; variants runs all of them
+# Errors that mean "this machine cannot run the variant" (no C compiler for inductor, no XLA device). Any other
+# failure is a bug and fails the stage.
+UNAVAILABLE = ("InvalidCxxCompiler", "C compiler", "cc is not found", "No registered 'XlaLaunch'",
+               "Could not find compiler", "could not find registered platform")
+
+
+def check_threads(info: dict, threads: int) -> dict:
+    """The thread counts a child really runs with must be the ones asked for (intra-op `threads`, inter-op 1)."""
+    got = (info["intra_op_threads"], info["inter_op_threads"])
+    if got != (threads, 1):
+        raise RuntimeError(f"{info['framework']} runs with {got[0]} intra-op / {got[1]} inter-op threads; "
+                           f"asked for {threads} / 1")
+    return {"intra_op_threads": got[0], "inter_op_threads": got[1]}
+
+
+def measure(be: Backend, spec: ModelSpec, optim: Optim, data: object, n: int, cfg: Bench, batch_size: int,
+            seed: int, variant: str) -> Measurement:
+    """One model, one variant, in this process: training on the train stage's batches (whole training set, its
+    batch order and size), inference at each batch size, batch-1 latency."""
+    model = be.build(spec, init_weights(spec, seed))
+    first, per_step = be.train_timings(model, optim, data, batch_order(n, seed, 0), variant, batch_size,
+                                       cfg.warmup, cfg.steps, cfg.repeats)
+    m = Measurement(spec.name, variant, first_step_s=first, train=timing.rates(per_step, batch_size))
+    predict = be.make_predict(model, variant)
+    for bs in cfg.infer_batch_sizes:
+        xb = be.take(data, np.arange(bs) % n)[0]
+        per_call = timing.repeat(lambda k, xb=xb: [predict(xb) for _ in range(k)][-1], cfg.warmup, cfg.steps,
+                                 cfg.repeats, be.sync)
+        m.infer[bs] = timing.rates(per_call, bs)
+    x1 = be.take(data, np.arange(1))[0]
+    lat = timing.latencies(lambda: predict(x1), cfg.warmup, cfg.latency_calls, be.sync) * 1e3
+    m.latency_ms_p50, m.latency_ms_p95, m.latency_ms_p99 = (float(q) for q in np.percentile(lat, [50, 95, 99]))
+    return m
+
+
+def measure_or_unsupported(be: Backend, model: str, variant: str, run: Callable[[], Measurement]) -> Measurement:
+    """run() for a non-default variant; a known "not on this machine" failure becomes an unsupported row."""
+    try:
+        return run()
+    except Exception as e:  # noqa: BLE001  # re-raised below unless it is a known unavailability
+        text = f"{type(e).__name__}: {e}"
+        if variant == be.DEFAULT or not any(u in text for u in UNAVAILABLE):
+            raise
+        return Measurement(model, variant, status="unsupported", reason=text.strip().splitlines()[0][:300])
+
+
+def child(be: Backend, specs: dict[str, tuple[ModelSpec, Optim]], data: object, n: int, cfg: Bench,
+          batch_size: int, seed: int, threads: int, variants: list[str]) -> list[Measurement]:
+    """What one fresh process measures: calibrate, each model x variant, calibrate again."""
+    before = speedo.gemm_gflops(threads)
+    rows = [measure_or_unsupported(be, m, v, lambda m=m, v=v: measure(be, specs[m][0], specs[m][1], data, n, cfg,
+                                                                      batch_size, seed, v))
+            for m in specs for v in variants]
+    after = speedo.gemm_gflops(threads)
+    for r in rows:
+        r.calib_before_gflops, r.calib_after_gflops, r.drift = before, after, speedo.drift(before, after)
+    return rows
+
+
+def spawn(data: Path, params_path: Path, framework: str, kind: str, threads: int, label: str) -> list[Measurement]:
+    """Run one child in a fresh process; its stderr passes through (tracebacks stay visible), its measurements
+    come back on stdout. A failed child fails the bench in one line naming it."""
+    cmd = [sys.executable, "-m", "pipeline.measure.child", "--data", str(data), "--params", str(params_path),
+           "--framework", framework, "--kind", kind, "--threads", str(threads)]
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if out.returncode:
+        raise ChildError(f"bench child {label} failed (exit {out.returncode}); its error is printed above")
+    return [Measurement.from_flat(r) for r in json.loads(out.stdout.strip().splitlines()[-1])]
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--framework", required=True, choices=backends.FRAMEWORKS)
+    ap.add_argument("--kind", required=True, choices=KINDS)
+    ap.add_argument("--threads", type=int, required=True)
+    ap.add_argument("--data", type=Path, required=True, help="prepared .npz")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    a = ap.parse_args(argv)
+    p = params.load(a.params)
+    raw = load_prepared(a.data)
+    shape, classes = tuple(prepared_meta(raw)["image_shape"]), len(raw["classes"])
+    be = backends.create(a.framework, a.threads, p.device, p.seed)
+    checked = check_threads(be.info, a.threads)
+    specs = params.networks(p, shape, classes)
+    x, y = normalise(raw["x_train"], raw["mean"], raw["std"]), raw["y_train"]
+    variants = be.variants(p.bench.compile, {"keras_fit": p.bench.keras_fit}) if a.kind == "variants" \
+        else [be.DEFAULT]
+    rows = child(be, specs, be.put(x, y), len(y), p.bench, p.train.batch_size, p.seed, a.threads, variants)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    for r in rows:
+        r.framework, r.framework_version, r.device = a.framework, be.info["framework_version"], be.info["device"]
+        r.threads, r.intra_op_threads, r.inter_op_threads = a.threads, *checked.values()
+        r.peak_rss_mb, r.description = rss, be.VARIANTS[r.variant].description
+    print(json.dumps([r.flat() for r in rows]))
+
+
+if __name__ == "__main__":
+    files.run(main)

@@ -1,0 +1,88 @@
+"""Interleaved rounds of fresh children in alternating order, with the drift monitor.
+
+Rounds: every arm (framework, and the A/A control) runs once per round in its own fresh process, in alternating
+order (ABC, CBA, ...), so slow drift of the machine hits every arm alike; the drift monitor flags a child whose
+calibration moved, and rounds go on until every comparison has its usable rounds.
+
+A verdict rests on the per-round ratios of two arms measured back to back (`ratios`), never on one process's
+repeats.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from pipeline.measure import speedo
+from pipeline.records import Measurement, control_arm
+
+
+def arms(frameworks: list[str], control: bool) -> list[str]:
+    """The arms of a round: every framework, plus the first one again as the A/A control."""
+    return list(frameworks) + ([control_arm(frameworks[0])] if control else [])
+
+
+def flag(child_rows: list[Measurement], reference: float, max_drift: float) -> str:
+    """Why one child's figures cannot be trusted ("" if they can): the machine changed speed during it, or it ran
+    wholly at a speed unlike the run's usual one (`reference`, the median calibration so far)."""
+    before, after = child_rows[0].calib_before_gflops, child_rows[0].calib_after_gflops
+    if speedo.drift(before, after) > max_drift:
+        return f"machine speed changed {100 * (after / before - 1):+.0f}% during the measurement"
+    if min(before, after) < (1 - max_drift) * reference:
+        return f"machine at {100 * min(before, after) / reference:.0f}% of the run's usual speed"
+    return ""
+
+
+def run_rounds(run: Callable[[str, int], list[Measurement]], arm_names: list[str], rounds: int, max_drift: float,
+               log: Callable[[str], None] = lambda _: None) -> list[Measurement]:
+    """Rounds of run(arm, round_index) in alternating order until every verdict has `rounds` usable rounds (the
+    first arm and the other usable in the same round), at most 2 x `rounds`. A flagged child is kept in the records
+    (with the reason); its round counts for the pairs it is not part of."""
+    rows: list[Measurement] = []
+    calibrations: list[float] = []
+    index = 0
+    while not _enough(rows, arm_names, rounds) and index < 2 * rounds:
+        order = arm_names if index % 2 == 0 else list(reversed(arm_names))
+        round_rows = []
+        for arm in order:
+            got = run(arm, index)
+            calibrations += [got[0].calib_before_gflops, got[0].calib_after_gflops]
+            why = flag(got, float(np.median(calibrations)), max_drift)
+            for r in got:
+                r.kind, r.round, r.arm, r.flag = "round", index, arm, why
+            round_rows += got
+            if why:
+                log(f"round {index + 1}, {arm}: {why}; its figures are left out")
+        rows += round_rows
+        index += 1
+    return rows
+
+
+def _enough(rows: list[Measurement], arm_names: list[str], rounds: int) -> bool:
+    """Whether every pair a verdict compares (the first arm against each other) has `rounds` usable rounds."""
+    ok = {(r.round, r.arm) for r in rows if not r.flag}
+    first, done = arm_names[0], {rd for rd, _ in ok}
+    pairs = [(first, arm) for arm in arm_names[1:]] or [(first, first)]
+    return all(sum((rd, a) in ok and (rd, b) in ok for rd in done) >= rounds for a, b in pairs)
+
+
+def usable(rows: list[Measurement]) -> list[Measurement]:
+    """The round rows that verdicts and medians use: those of children the drift monitor did not flag. A ratio
+    needs both of its children usable in the same round; a third arm flagged in that round does not spoil it (each
+    child measured in its own process, at its own time), which matters once a round holds three frameworks and
+    the control."""
+    return [r for r in rows if r.kind == "round" and not r.flag]
+
+
+def ratios(rows: list[Measurement], arm_a: str, arm_b: str, model: str, phase: str) -> list[float]:
+    """Per round where both were usable, arm_a's rate over arm_b's, measured back to back in that round."""
+    by = {(r.round, r.arm): r.rate(phase) for r in usable(rows) if r.model == model and r.status == "ok"}
+    rounds = sorted({rd for rd, _ in by})
+    return [by[(rd, arm_a)] / by[(rd, arm_b)] for rd in rounds if (rd, arm_a) in by and (rd, arm_b) in by]
+
+
+def calibrations(rows: list[Measurement]) -> list[float]:
+    """Every calibration in `rows` at the run's thread count, once per child (thread-sweep children run on other
+    counts)."""
+    children = {(r.kind, r.round, r.arm): r for r in rows if r.kind != "threads"}
+    return [c for r in children.values() for c in (r.calib_before_gflops, r.calib_after_gflops)]

@@ -1,0 +1,1 @@
+"""The report: results read back, sections, figures, Markdown/HTML; comparing experiments."""

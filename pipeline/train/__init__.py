@@ -1,0 +1,1 @@
+"""Training: the loop written once over the backend contract, and one cell over its seeds."""
