@@ -78,11 +78,22 @@ def read_json(path: str | Path, stage: str) -> Any:
         raise DataError(f"{path}: malformed JSON (line {e.lineno}: {e.msg}); rerun `dvc repro {stage}`") from None
 
 
-def run(main: Callable[[list[str]], None]) -> None:
+INTERRUPTED = 130  # the shell's exit status for a process ended by SIGINT (128 + 2)
+
+
+def run(main: Callable[[list[str]], None], quiet_interrupt: bool = False) -> None:
     """Run a stage's main(); known input problems exit 2 with one line on stderr, no traceback; a failed
-    benchmark child exits 1 with its one-line summary (its own traceback was already printed above)."""
+    benchmark child exits 1 with its one-line summary (its own traceback was already printed above); Ctrl-C exits
+    130 with one line naming the stage (`quiet_interrupt`: none, for a benchmark child whose bench says it). Every
+    output is written atomically, so an interrupted stage leaves each file as it was before."""
+    stage = Path(sys.argv[0]).stem
     try:
         main(sys.argv[1:])
+    except KeyboardInterrupt:
+        if not quiet_interrupt:
+            print(f"interrupted: stage {stage} stopped by Ctrl-C; nothing half-written, its previous outputs are "
+                  "kept (run it again to finish)", file=sys.stderr)
+        sys.exit(INTERRUPTED)
     except (ParamsError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

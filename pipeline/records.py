@@ -180,6 +180,8 @@ class SeedRun:
     train_time_s: float
     wall_time_s: float
     train_samples_per_s: float
+    diverged: bool = False            # the loss stopped being finite; training stopped there
+    diverged_at_step: int | None = None
 
 
 @dataclass
@@ -204,3 +206,4 @@ class CellMetrics:
     params: int
     flops_per_sample: int
     epochs: int                           # the epoch cap
+    diverged_seeds: int = 0               # seeds whose loss stopped being finite (not "target not reached")

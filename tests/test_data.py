@@ -112,3 +112,58 @@ def test_synthetic_mnist_shaped_data_is_28x28_idx_that_prepare_reads(tmp_path):
     assert x[:, :2, :].mean() < 20 and x[:, 10:18, 10:18].mean() > 40  # ink in the middle, a quiet border
     centres = {tuple(np.argwhere(img > 128).mean(0).round()) for img in a["x_train"][:50]}
     assert len(centres) > 10  # digits sit at different shifts, not all in one place
+
+
+def labels(n: int, values: list[int]) -> np.ndarray:
+    return np.resize(np.array(values, np.uint8), n)
+
+
+@pytest.mark.parametrize("change, which, message", [
+    (lambda a: a.__setitem__(FILES[1], np.zeros(60, np.uint8)), 1,
+     "1 class in the training labels (0); a classifier needs at least two"),
+    (lambda a: (a.__setitem__(FILES[1], labels(60, [0, 100, 200])), a.__setitem__(FILES[3], labels(20, [0, 100, 200]))),
+     1, "labels are not 0..200: no training image of class 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 and 188 more "
+        "(labels found: 0, 100, 200); relabel them 0..K-1"),
+    (lambda a: a.__setitem__(FILES[3], labels(20, [0, 1, 2, 3, 4])), 3,
+     "no test image of class 5, 6, 7, 8, 9, which the training set has; those classes could not be evaluated"),
+])
+def test_labels_that_cannot_be_trained_or_evaluated_fairly_are_refused(tmp_path, change, which, message):
+    arrays = tiny_idx()
+    change(arrays)
+    with pytest.raises(DataError) as e:
+        load_raw(write_set(tmp_path, arrays), None)  # idx: classes inferred from the labels
+    assert str(e.value) == f"{tmp_path / FILES[which]}: {message}"
+
+
+def test_known_datasets_need_every_class_in_training(tmp_path):
+    arrays = tiny_idx()
+    arrays[FILES[1]] = labels(60, list(range(9)))  # no 9 in training, though MNIST has ten digits
+    arrays[FILES[3]] = labels(20, list(range(9)))
+    with pytest.raises(DataError, match=r"labels are not 0..9: no training image of class 9 "):
+        load_raw(write_set(tmp_path, arrays), DATASETS["mnist"].classes)
+
+
+def test_a_class_too_small_to_hold_out_for_validation_is_refused(tmp_path):
+    arrays = tiny_idx(n_train=600)
+    y = arrays[FILES[1]]
+    y[y == 9] = 8
+    y[:2] = 9  # two of 600 images
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte.gz: class 9 has 2 training images, too few to hold "
+                                        r"one out for validation at data.val_fraction 0.1; raise data.val_fraction "
+                                        r"or add images of it$"):
+        prepare(write_set(tmp_path, arrays), None, 0.1, seed=0)
+
+
+def test_strong_imbalance_is_a_warning_with_the_counts_kept(tmp_path, caplog):
+    arrays = tiny_idx(n_train=1200)
+    y = arrays[FILES[1]]
+    y[y == 9] = 8
+    y[:10] = 9  # 10 of 1,200: two can still be held out for validation
+    with caplog.at_level("WARNING", logger="prepare"):
+        a = prepare(write_set(tmp_path, arrays), None, 0.2, seed=0)
+    counts = np.bincount(a["y_train"], minlength=10)
+    assert counts.max() > 10 * counts.min()
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert f"classes are strongly imbalanced ({counts.min()} to {counts.max()} images per class" in line
+    assert a["class_counts"].tolist() == np.bincount(a["y_train"], minlength=10).tolist()
+    assert a["class_counts"].sum() == len(a["y_train"])

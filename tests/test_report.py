@@ -209,3 +209,26 @@ def test_missing_or_malformed_result_file_is_named(results, breakage, message):
     with pytest.raises(DataError, match=message):
         run_report(results)
     assert not (results / "summary.md").exists() and not (results / "index.html").exists()
+
+
+def test_a_diverged_cell_is_called_diverged_not_unreached(results):
+    path = results / "runs" / "tensorflow-cnn" / "metrics.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"diverged_seeds": 1, "best_val_acc": None}))
+    md = run_report(results)
+    assert "| cnn     | TensorFlow  |              0.8 | 0/1               | diverged (1/1 seeds)" in md
+    assert "| cnn     | PyTorch     |              0.8 | 0/1               | not reached (best 0.7500)" in md
+    rows = pd.read_csv(results / "results.csv")
+    got = rows[(rows.metric == "diverged_seeds") & (rows.model == "cnn")].set_index("framework")["value"]
+    assert got.to_dict() == {"torch": 0, "tensorflow": 1}
+
+
+def test_the_report_shows_training_images_per_class_and_flags_imbalance(results):
+    with np.load(results / "prepared.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    np.savez(results / "prepared.npz", **arrays, class_counts=np.array([500] * 9 + [20]))
+    md = run_report(results)
+    assert "Training images per class: 0 500, 1 500, 2 500, 3 500, 4 500, 5 500, 6 500, 7 500, 8 500, 9 20. " \
+           "**Strongly imbalanced** (20 to 500)" in md
+    np.savez(results / "prepared.npz", **arrays, class_counts=np.array([500] * 9 + [60]))
+    md = run_report(results)
+    assert "9 60." in md and "imbalanced" not in md

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline.data import idx
@@ -74,3 +75,22 @@ def test_full_disk_on_a_table_leaves_no_metrics(prepared, monkeypatch):
     assert str(e.value) == f"{prepared / 'out' / 'seeds.tsv'}: cannot write (No space left on device)"
     assert not (prepared / "out" / "metrics.json").exists()
     assert not any(p.name.startswith(".") for p in (prepared / "out").iterdir())  # no temp files left
+
+
+def test_a_diverging_run_stops_and_is_marked_diverged_not_slow(prepared, caplog):
+    """SGD at lr 1e6: the loss turns non-finite; training stops at that evaluation instead of running to the epoch
+    cap, one line names the cell, seed and step, and the metrics say diverged (distinct from "not reached")."""
+    write_params(prepared / "params.yaml", **(TINY | {"train.optimizer": "sgd", "schedule.mlp.lr": 1.0e6,
+                                                      "schedule.mlp.epochs": 10, "train.eval_every": 1}))
+    with caplog.at_level("WARNING", logger="train"):
+        run(prepared)
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 1 and lines[0].startswith("torch-mlp seed 0: training diverged at step ")
+    step = int(lines[0].split("at step ")[1].split()[0])
+    m = json.loads((prepared / "out" / "metrics.json").read_text())
+    assert m["diverged_seeds"] == 1 and m["reached_seeds"] == 0 and m["time_to_target_s"] is None
+    seeds = pd.read_csv(prepared / "out" / "seeds.tsv", sep="\t")
+    assert bool(seeds["diverged"][0]) and seeds["diverged_at_step"][0] == step
+    history = pd.read_csv(prepared / "out" / "history.tsv", sep="\t")
+    assert history["step"].iloc[-1] == step < 10 * (48 // 16)  # stopped there, far before the 10-epoch cap
+    assert history["val_acc"].iloc[:-1].notna().all() and np.isnan(history["val_acc"].iloc[-1])

@@ -6,6 +6,7 @@ normalisation stats from the training part only, written to and read from one .n
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,9 @@ from pipeline.data.datasets import FILES
 from pipeline.data.idx import read_idx
 from pipeline.errors import DataError
 from pipeline.files import atomic_path
+
+log = logging.getLogger("prepare")
+IMBALANCE = 10.0  # largest / smallest class size above which prepare warns
 
 
 def load_raw(raw: Path, classes: tuple[str, ...] | None) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
@@ -33,10 +37,43 @@ def load_raw(raw: Path, classes: tuple[str, ...] | None) -> tuple[dict[str, np.n
         raise DataError(f"{paths[2]}: images are {x_te.shape[1:]}, training images are {x_tr.shape[1:]}")
     if classes is None:
         classes = tuple(str(c) for c in range(int(y_tr.max()) + 1))
-    for p, y in ((paths[1], y_tr), (paths[3], y_te)):
-        if len(y) and int(y.max()) >= len(classes):
-            raise DataError(f"{p}: label {int(y.max())} outside the class range 0..{len(classes) - 1}")
+    check_classes(y_tr, y_te, len(classes), paths[1], paths[3])
     return {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te}, classes
+
+
+def _few(values: list[int]) -> str:
+    return ", ".join(map(str, values[:10])) + (f" and {len(values) - 10} more" if len(values) > 10 else "")
+
+
+def check_classes(y_train: np.ndarray, y_test: np.ndarray, k: int, train_path: Path, test_path: Path) -> None:
+    """Refuse labels that cannot be trained or evaluated fairly: fewer than two classes, labels that are not
+    0..K-1 (a class never seen in training: 0/100/200 would build a 201-way classifier), a training class with no
+    test image (it could not be evaluated)."""
+    present = sorted(int(c) for c in np.unique(y_train))
+    if len(present) < 2:
+        raise DataError(f"{train_path}: {len(present)} class in the training labels ({_few(present)}); a classifier "
+                        "needs at least two")
+    for p, y in ((train_path, y_train), (test_path, y_test)):
+        if len(y) and int(y.max()) >= k:
+            raise DataError(f"{p}: label {int(y.max())} outside the class range 0..{k - 1}")
+    missing = sorted(set(range(k)) - set(present))
+    if missing:
+        raise DataError(f"{train_path}: labels are not 0..{k - 1}: no training image of class {_few(missing)} "
+                        f"(labels found: {_few(present)}); relabel them 0..K-1")
+    untested = sorted(set(present) - {int(c) for c in np.unique(y_test)})
+    if untested:
+        raise DataError(f"{test_path}: no test image of class {_few(untested)}, which the training set has; those "
+                        "classes could not be evaluated")
+
+
+def class_counts(y: np.ndarray, k: int, path: Path, imbalance: float = IMBALANCE) -> list[int]:
+    """Training images per class; a warning (not a refusal) when the largest class outnumbers the smallest by more
+    than `imbalance` times: accuracy then says little about the small classes (see the per-class table)."""
+    counts = np.bincount(y, minlength=k).tolist()
+    if max(counts) > imbalance * min(counts):
+        log.warning("%s: classes are strongly imbalanced (%d to %d images per class; per class: %s); the report's "
+                    "per-class table shows what that costs", path, min(counts), max(counts), counts)
+    return counts
 
 
 def prepare(raw: Path, classes: tuple[str, ...] | None, val_fraction: float, seed: int) -> dict[str, np.ndarray]:
@@ -50,6 +87,14 @@ def prepare(raw: Path, classes: tuple[str, ...] | None, val_fraction: float, see
     except ValueError as e:  # e.g. a class with a single sample cannot be stratified
         raise DataError(f"{raw / FILES[1]}: cannot split off a stratified validation set ({e})") from None
     tr, va = np.sort(tr), np.sort(va)
+    held_out = set(np.unique(a["y_train"][va]).tolist())
+    short = [c for c in range(len(classes)) if c not in held_out]
+    if short:
+        n = int(np.sum(a["y_train"] == short[0]))
+        raise DataError(f"{raw / FILES[1]}: class {short[0]} has {n} training images, too few to hold one out for "
+                        f"validation at data.val_fraction {val_fraction:g}" + (
+                            f" (so have classes {_few(short[1:])})" if len(short) > 1 else "")
+                        + "; raise data.val_fraction or add images of it")
     scaled = a["x_train"][tr].astype(np.float64) / 255.0
     return {
         "x_train": a["x_train"][tr], "y_train": a["y_train"][tr].astype(np.int64),
@@ -58,6 +103,7 @@ def prepare(raw: Path, classes: tuple[str, ...] | None, val_fraction: float, see
         "val_index": va,  # positions in the original training file, for traceability
         "mean": np.float32(scaled.mean()), "std": np.float32(scaled.std()),
         "classes": np.array(classes),
+        "class_counts": np.array(class_counts(a["y_train"][tr], len(classes), raw / FILES[1]), np.int64),
     }
 
 

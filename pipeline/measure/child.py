@@ -89,11 +89,13 @@ def child(be: Backend, specs: dict[str, tuple[ModelSpec, Optim]], data: object, 
 
 
 def spawn(data: Path, params_path: Path, framework: str, kind: str, threads: int, label: str) -> list[Measurement]:
-    """Run one child in a fresh process; its stderr passes through (tracebacks stay visible), its measurements
-    come back on stdout. A failed child fails the bench in one line naming it."""
+    """Run one child in a fresh process; its measurements come back on stdout, its stderr is passed on when it
+    ends (tracebacks stay visible) and a failed child fails the bench in one line naming it. On Ctrl-C the child is
+    killed and its stderr dropped, so the bench's one line is all that shows."""
     cmd = [sys.executable, "-m", "pipeline.measure.child", "--data", str(data), "--params", str(params_path),
            "--framework", framework, "--kind", kind, "--threads", str(threads)]
-    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(out.stderr)
     if out.returncode:
         raise ChildError(f"bench child {label} failed (exit {out.returncode}); its error is printed above")
     return [Measurement.from_flat(r) for r in json.loads(out.stdout.strip().splitlines()[-1])]
@@ -126,4 +128,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    files.run(main)
+    files.run(main, quiet_interrupt=True)  # Ctrl-C reaches the whole process group: the bench says it once

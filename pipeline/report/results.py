@@ -114,7 +114,9 @@ def tidy(r: Results) -> pd.DataFrame:
                         "note": f"target val acc {m.target_val_acc}"},
                 base | {"metric": "train_time_s", "value": m.train_time_s, "unit": "s"},
                 base | {"metric": "train_samples_per_s", "value": m.train_samples_per_s, "unit": "samples/s"},
-                base | {"metric": "params", "value": m.params, "unit": "count"}]
+                base | {"metric": "params", "value": m.params, "unit": "count"},
+                base | {"metric": "diverged_seeds", "value": m.diverged_seeds, "unit": "count",
+                        "note": "loss stopped being finite; training stopped there"}]
         out += [base | {"metric": "test_acc", "value": s.test_acc, "unit": "fraction", "seed": int(s.seed)}
                 for s in r.seeds[cell].itertuples()]
     spread = "IQR over rounds (fresh processes)"

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.backends import LABEL, SHORT
-from pipeline.data.prepare import prepared_meta
+from pipeline.data.prepare import IMBALANCE, prepared_meta
 from pipeline.measure import verdict
 from pipeline.records import Cell
 from pipeline.report import figures, render, speed
@@ -65,6 +65,7 @@ def time_to_target_blocks(r: Results, figdir: Path) -> list:
                      "reached (seeds)": f"{m.reached_seeds}/{m.seeds}",
                      "time to target s [range]": f"{t:.1f} [{m.time_to_target_s_min:.1f}–"
                                                  f"{m.time_to_target_s_max:.1f}]" if t is not None
+                     else f"diverged ({m.diverged_seeds}/{m.seeds} seeds)" if m.diverged_seeds
                      else f"not reached (best {m.best_val_acc:.4f})",
                      "epochs to target": f"{m.epochs_to_target:.2f}" if t is not None else "—",
                      "test acc at stop %": 100 * m.test_acc})
@@ -89,6 +90,18 @@ def time_to_target_blocks(r: Results, figdir: Path) -> list:
             ("table", pd.DataFrame(rows)), *[("p", line) for line in lines],
             ("img", figures.time_to_target(hist, targets, figdir / "time_to_target.png"),
              "Validation accuracy against training time (first seed), both frameworks; dashed: the target")]
+
+
+def class_balance(prepared: dict) -> str:
+    """Training images per class, and a warning when the classes are strongly imbalanced (prepare's rule)."""
+    if "class_counts" not in prepared:  # prepared before the counts were kept
+        return ""
+    counts, names = prepared["class_counts"], [str(c) for c in prepared["classes"]]
+    text = "Training images per class: " + ", ".join(f"{n} {c:,}" for n, c in zip(names, counts)) + "."
+    if counts.max() > IMBALANCE * counts.min():
+        text += (f" **Strongly imbalanced** ({counts.min():,} to {counts.max():,}): accuracy says little about the "
+                 "small classes; see each cell's per_class.tsv.")
+    return text
 
 
 def env_table(env: dict) -> pd.DataFrame:
@@ -138,7 +151,8 @@ def build(r: Results, params_text: str, prepared: dict, figdir: Path) -> list[re
                          "seeds": m.seeds, "params": m.params, "epochs": m.epochs,
                          "train time s": m.train_time_s, "train samples/s": m.train_samples_per_s}
                         for c, m in r.train.items()])
-    B += [("h2", "Accuracy"), ("p", f"Test set: {meta['sizes']['test']} images; mean ± std over seeds."),
+    B += [("h2", "Accuracy"), ("p", f"Test set: {meta['sizes']['test']} images; mean ± std over seeds. "
+                                    + class_balance(prepared)),
           ("table", acc)] + [("p", v) for v in accuracy_verdicts(r)]
     B.append(("img", figures.learning_curves(history_rows(r), figdir / "learning_curves.png"),
               "Learning curves (first seed), both frameworks overlaid"))

@@ -56,7 +56,8 @@ def main(argv: list[str]) -> None:
     files.write_json(out / "metrics.json", asdict(t.metrics))  # last: its presence means every other output is there
     m = t.metrics
     log.info("%s: target %.4f %s; test accuracy %.4f (%d seed%s), %.0f samples/s", cell, target,
-             f"reached in {m.time_to_target_s:.1f} s (median)" if m.reached_seeds else "not reached",
+             f"reached in {m.time_to_target_s:.1f} s (median)" if m.reached_seeds else
+             f"diverged in {m.diverged_seeds} seed(s)" if m.diverged_seeds else "not reached",
              m.test_acc, m.seeds, "s" * (m.seeds > 1), m.train_samples_per_s)
 
 

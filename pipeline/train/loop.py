@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from typing import Any, Callable
@@ -45,7 +46,8 @@ def train(be: Backend, model: Any, optim: Optim, train_data: Any, val_data: Any,
 
     The training clock runs only while optimizer steps (and the per-epoch gather) run: evaluation is timed apart.
     Returns one history row per evaluation and the time-to-target outcome: the first training time, step and epoch
-    at which validation accuracy reached `target` (MLPerf-style; training ends there if `stop_at_target`).
+    at which validation accuracy reached `target` (MLPerf-style; training ends there if `stop_at_target`). A loss
+    that is no longer finite at an evaluation ends the run there, marked diverged (its weights predict nothing).
     """
     step_fn, predict_fn = be.make_step(model, optim, be.DEFAULT), be.make_predict(model, be.DEFAULT)
     n = len(train_data[1])
@@ -54,7 +56,7 @@ def train(be: Backend, model: Any, optim: Optim, train_data: Any, val_data: Any,
     cadence = min(eval_every, per_epoch)  # small datasets: at least one evaluation per epoch
     history: list[dict] = []
     outcome = {"target": target, "reached": False, "time_to_target_s": None, "steps_to_target": None,
-               "epochs_to_target": None}
+               "epochs_to_target": None, "diverged": False, "diverged_at_step": None}
     clock, step, loss_sum, correct, seen, since = 0.0, 0, 0.0, 0, 0, 0.0
     quiet = not sys.stderr.isatty()  # no bar without a terminal: a log line per evaluation instead
     with tqdm(total=total, desc=desc, unit="step", disable=True if quiet else None) as bar:
@@ -72,16 +74,16 @@ def train(be: Backend, model: Any, optim: Optim, train_data: Any, val_data: Any,
                 clock += time.perf_counter() - t0
                 row = {"step": step, "epoch": step / per_epoch, "train_loss": loss_sum / seen,
                        "train_acc": correct / seen, "train_s": clock, "samples_per_s": seen / (clock - since)}
+                if not math.isfinite(loss_sum):
+                    history.append(row | {"val_loss": math.nan, "val_acc": math.nan, "eval_s": 0.0})
+                    log.warning("%s: training diverged at step %d of %d (loss %s); stopped there", desc, step,
+                                total, loss_sum)
+                    return history, outcome | {"diverged": True, "diverged_at_step": step} | _end(history)
                 t0 = time.perf_counter()
                 row["val_loss"], row["val_acc"], _ = evaluate(be, predict_fn, val_data, y_val, eval_batch_size)
                 row["eval_s"] = time.perf_counter() - t0
                 history.append(row)
-                bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_acc']:.4f}")
-                if quiet:
-                    eta = (total - step) * clock / step
-                    log.info("%s step %d/%d (epoch %.2f): train loss %.4f, val acc %.4f, %.0f samples/s, %.0f s "
-                             "training, ETA %.0f s", desc, step, total, row["epoch"], row["train_loss"],
-                             row["val_acc"], row["samples_per_s"], clock, eta)
+                _show(bar, quiet, desc, row, total)
                 if row["val_acc"] >= target and not outcome["reached"]:
                     outcome |= {"reached": True, "time_to_target_s": clock, "steps_to_target": step,
                                 "epochs_to_target": row["epoch"]}
@@ -93,6 +95,17 @@ def train(be: Backend, model: Any, optim: Optim, train_data: Any, val_data: Any,
     return history, outcome | _end(history)
 
 
+def _show(bar: tqdm, quiet: bool, desc: str, row: dict, total: int) -> None:
+    """An evaluation on the progress bar, or as a log line when there is no terminal."""
+    bar.set_postfix(loss=f"{row['train_loss']:.3f}", val_acc=f"{row['val_acc']:.4f}")
+    if quiet:
+        eta = (total - row["step"]) * row["train_s"] / row["step"]
+        log.info("%s step %d/%d (epoch %.2f): train loss %.4f, val acc %.4f, %.0f samples/s, %.0f s training, "
+                 "ETA %.0f s", desc, row["step"], total, row["epoch"], row["train_loss"], row["val_acc"],
+                 row["samples_per_s"], row["train_s"], eta)
+
+
 def _end(history: list[dict]) -> dict:
-    return {"best_val_acc": max(h["val_acc"] for h in history), "stopped_at_step": history[-1]["step"],
+    evaluated = [h["val_acc"] for h in history if math.isfinite(h["val_acc"])]
+    return {"best_val_acc": max(evaluated) if evaluated else math.nan, "stopped_at_step": history[-1]["step"],
             "train_s": history[-1]["train_s"]}

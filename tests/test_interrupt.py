@@ -1,0 +1,97 @@
+"""Ctrl-C: a real SIGINT to a running stage's process group ends it with one line and exit 130, leaves no child
+process behind, and keeps the stage's previous outputs whole."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from pipeline.data import idx
+from pipeline.data.prepare import prepare, write_prepared
+from tests.conftest import ROOT, tiny_idx, write_params
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture
+def prepared(tmp_path: Path) -> Path:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name, arr in tiny_idx(n_train=200, n_test=40, size=8).items():
+        idx.write_idx(raw / name, arr)
+    write_prepared(tmp_path / "prepared.npz", prepare(raw, None, 0.2, 0), "idx")
+    (tmp_path / "env.json").write_text("{}")
+    return tmp_path
+
+
+def interrupt(cmd: list[str], ready, timeout: float = 60) -> tuple[int, str, list[int]]:
+    """Start `cmd` as its own process group, wait until ready(process) holds, send SIGINT to the whole group (as a
+    terminal's Ctrl-C does), and return (exit code, stderr, pids of the children it had)."""
+    p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    proc, end = psutil.Process(p.pid), time.monotonic() + timeout
+    while not ready(proc):
+        assert p.poll() is None, f"ended before it was interrupted: {p.communicate()[1][-2000:]}"
+        assert time.monotonic() < end, "never became ready"
+        time.sleep(0.1)
+    children = [c.pid for c in proc.children(recursive=True)]
+    os.killpg(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=timeout)
+    return p.returncode, err, children
+
+
+def gone(pids: list[int]) -> bool:
+    end = time.monotonic() + 10
+    while time.monotonic() < end:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_ctrl_c_in_the_bench_is_one_line_no_orphan_and_the_old_results_stay(prepared):
+    write_params(prepared / "params.yaml", **{"frameworks": ["torch"], "models": ["mlp"], "mlp.hidden": [8],
+                                             "threads": 1, "train.batch_size": 16, "bench.steps": 200,
+                                             "bench.repeats": 50, "bench.thread_counts": []})
+    out = prepared / "bench"
+    out.mkdir()
+    (out / "records.json").write_text('{"old": true}\n')
+    cmd = [sys.executable, "-m", "pipeline.stages.bench", "--data", str(prepared / "prepared.npz"), "--env",
+           str(prepared / "env.json"), "--out", str(out), "--params", str(prepared / "params.yaml")]
+    # a child has started, and has had time to import torch and begin measuring
+    started: dict = {}
+
+    def child_running(proc: psutil.Process) -> bool:
+        if proc.children() and "t" not in started:
+            started["t"] = time.monotonic()
+        return "t" in started and time.monotonic() - started["t"] > 3
+    code, err, children = interrupt(cmd, child_running)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 130, err[-3000:]
+    assert lines[-1].startswith("interrupted: stage bench stopped by Ctrl-C; nothing half-written")
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert children and gone(children)
+    assert (out / "records.json").read_text() == '{"old": true}\n'
+    assert sorted(p.name for p in out.iterdir()) == ["records.json"]  # no metrics.json, no temp file
+
+
+def test_ctrl_c_during_training_is_one_line_and_writes_nothing(prepared):
+    write_params(prepared / "params.yaml", **{"mlp.hidden": [64], "threads": 1, "train.batch_size": 4,
+                                             "schedule.mlp.epochs": 1000, "train.stop_at_target": False})
+    out = prepared / "out"
+    cmd = [sys.executable, "-m", "pipeline.stages.train", "--framework", "torch", "--model", "mlp", "--data",
+           str(prepared / "prepared.npz"), "--out", str(out), "--model-out", str(prepared / "model"), "--params",
+           str(prepared / "params.yaml")]
+    t0 = time.monotonic()
+    code, err, _ = interrupt(cmd, lambda proc: time.monotonic() - t0 > 6)
+    assert code == 130, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("interrupted: stage train stopped by Ctrl-C")
+    assert "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
