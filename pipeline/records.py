@@ -119,13 +119,14 @@ class Measurement:
         return out
 
     @classmethod
-    def from_flat(cls, d: dict) -> "Measurement":
+    def from_flat(cls, d: dict, path: Path | str = "reports/bench/records.json") -> "Measurement":
+        """A row of records.json (or of a child's output) back into its record."""
         plain = {f.name: d[f.name] for f in fields(cls) if f.name in d and f.name not in ("train", "infer")}
         m = cls(**plain)
         if "train_samples_per_s" in d:
-            m.train = Rates(**{f.name: d["train_" + f.name] for f in fields(Rates)})
+            m.train = read(Rates, d, path, "bench", prefix="train_")
         sizes = {int(k[5:].split("_")[0]) for k in d if k.startswith("infer") and k.endswith("_samples_per_s")}
-        m.infer = {bs: Rates(**{f.name: d[f"infer{bs}_{f.name}"] for f in fields(Rates)}) for bs in sorted(sizes)}
+        m.infer = {bs: read(Rates, d, path, "bench", prefix=f"infer{bs}_") for bs in sorted(sizes)}
         return m
 
 
