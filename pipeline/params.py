@@ -74,7 +74,7 @@ class Schedule(_Section):
     decay: Literal["none", "cosine", "linear"]
 
 
-def _per(names: tuple[str, ...], field_type: Any, name: str, base: type = None) -> type:
+def _per(names: tuple[str, ...], field_type: Any, name: str, base: type | None = None) -> type:
     """A section with one field of `field_type` per name of a list (models, datasets), so that list stays the one
     place its names are written; a name with a dash is its own alias (fashion-mnist)."""
     return create_model(name, __base__=base or _Section,
