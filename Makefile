@@ -12,9 +12,14 @@ export PYTHONUNBUFFERED := 1
 
 venv: $(VENV)/.installed
 
+# TORCH_INDEX picks the PyTorch build (README "Install"): https://download.pytorch.org/whl/cpu for the CPU-only
+# wheel (no CUDA packages can come with it), .../whl/cuNNN for a CUDA one; unset, pip's configured index decides.
+TORCH_INDEX ?=
+
 $(VENV)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -r requirements.txt
 	touch $@
 
 repro: venv

@@ -110,6 +110,7 @@ class Train(_Section):
 class Bench(_Section):
     # 6 rounds is the fewest for which the median ratio's exact interval reaches 95% (verdict.min_rounds).
     rounds: Annotated[int, Field(ge=6, description="an exact 95% interval of a median needs 6 values")]
+    max_s: Positive
     control: bool
     min_effect: Annotated[float, Field(ge=0, lt=1)]
     max_drift: Annotated[float, Field(gt=0, le=1)]

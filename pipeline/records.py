@@ -181,6 +181,7 @@ class SeedRun:
     train_time_s: float
     wall_time_s: float
     train_samples_per_s: float
+    epochs_trained: float             # passes over the training set before it stopped (target, cap or divergence)
     diverged: bool = False            # the loss stopped being finite; training stopped there
     diverged_at_step: int | None = None
 
@@ -207,4 +208,5 @@ class CellMetrics:
     params: int
     flops_per_sample: int
     epochs: int                           # the epoch cap
+    epochs_trained: float                 # mean over seeds of the passes trained (target, cap or divergence)
     diverged_seeds: int = 0               # seeds whose loss stopped being finite (not "target not reached")

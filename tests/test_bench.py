@@ -63,6 +63,39 @@ def test_too_few_rounds_give_no_verdict():
     assert v["winner"] is None and "at least 6 are needed" in v["text"]
 
 
+# --- time to target from one seed: steps x the per-step verdict -----------------------------------------------------
+
+A_FASTER = verdict.speed("A", "B", [1.05, 1.1, 1.12, 1.15, 1.2, 1.1], 0.05)  # A 1.11x per step, CI 1.05-1.20
+
+
+@pytest.mark.parametrize("window_a, window_b, starts", [
+    ((900, 1000), (900, 1000), "A reaches the target faster: 1,000 vs 1,000 steps to target, the same to within one "
+                               "evaluation (100 steps), and per step A is faster (A/B = 1.11x"),
+    # one evaluation apart in A's favour: time A/B in [900/1000/1.20, 1000/1000/1.05] = [0.75, 0.95]: still A
+    ((900, 1000), (1000, 1100), "A reaches the target faster: 1,000 vs 1,100 steps"),
+    # one evaluation apart against A: [1000/1000/1.20, 1100/900/1.05] = [0.83, 1.16] spans 1: no call
+    ((1000, 1100), (900, 1000), "no clear difference: 1,100 vs 1,000 steps to target, the same to within one "
+                                "evaluation (100 steps), and per step A is faster"),
+    ((900, 1000), (1100, 1200), "no verdict from one seed: 1,000 vs 1,200 steps to target, more than one "
+                                "evaluation (100 steps) apart"),
+    (None, (900, 1000), "no verdict: A did not reach the target"),
+])
+def test_one_seeds_time_to_target_verdict_counts_the_steps_resolution(window_a, window_b, starts):
+    v = verdict.time_to_target("A", "B", window_a, window_b, A_FASTER)
+    assert v["text"].startswith(starts), v["text"]
+    assert (v["winner"] == "A") == starts.startswith("A reaches")
+    if window_a == (1000, 1100):
+        assert (v["time_ratio_low"], v["time_ratio_high"]) == pytest.approx((1000 / 1000 / 1.2, 1100 / 900 / 1.05))
+        assert v["text"].endswith("spans 1 once the steps' resolution is counted")
+
+
+def test_one_seeds_time_to_target_has_no_verdict_when_the_per_step_one_was_withheld():
+    withheld = A_FASTER | {"winner": None, "text": "no verdict: the A/A control told identical runs apart (1.3x)"}
+    v = verdict.time_to_target("A", "B", (900, 1000), (900, 1000), withheld)
+    assert v["winner"] is None and v["text"].startswith("no verdict: 1,000 vs 1,000 steps to target, the same to "
+                                                        "within one evaluation (100 steps), but per step no verdict")
+
+
 # --- rounds and the drift monitor ---------------------------------------------------------------------------------
 
 FAKE = P.bench.model_copy(update={"infer_batch_sizes": [512], "max_drift": 0.1})  # what fake_child reports
@@ -101,10 +134,26 @@ def test_rounds_alternate_order_and_flagged_rounds_are_measured_again():
     assert r == [1.25] * 6 and rounds.ratios(rows, "torch", "torch*", "mlp", "train") == [1.0] * 6
 
 
-def test_rounds_stop_after_as_many_extra_rounds_as_planned():
+def ticking(run, seconds_per_child: float):
+    """run() that advances a fake clock by `seconds_per_child` per child, and that clock."""
+    now = [0.0]
+
+    def timed(arm, rd):
+        now[0] += seconds_per_child
+        return run(arm, rd)
+    return timed, lambda: now[0]
+
+
+def test_rounds_stop_when_their_time_budget_is_spent_and_say_so():
     run, calls = fake_child({(rd, "b"): (200.0, 100.0, 1.0) for rd in range(100)})  # the machine never settles
-    rows = rounds.run_rounds(run, ["a", "b"], rounds=6, max_drift=0.1)
-    assert len(calls) == 2 * 12 and {r.arm for r in rounds.usable(rows)} == {"a"}
+    logged = []
+    timed, clock = ticking(run, 10.0)  # a round of two children: 20 s
+    rows = rounds.run_rounds(timed, ["a", "b"], rounds=6, max_drift=0.1, log=logged.append, max_s=150, clock=clock)
+    # the first 6 rounds always run (120 s); a 7th would end at 140 s <= 150, an 8th at 160 s > 150
+    assert len(calls) == 2 * 7 and clock() == 140 and {r.arm for r in rounds.usable(rows)} == {"a"}
+    assert logged[-1].startswith("bench.max_s (150 s) spent after 7 rounds before every comparison had 6 usable")
+    short = ticking(fake_child({})[0], 100.0)  # clean but slow: the budget never cuts the first rounds
+    assert len({r.round for r in rounds.run_rounds(short[0], ["a", "b"], 6, 0.1, max_s=1, clock=short[1])}) == 6
     verdicts = bench.comparisons(rows, ["a", "b"], ["mlp"], FAKE.model_copy(update={"control": False}))
     assert all(v["winner"] is None and "no verdict" in v["text"] for v in verdicts)
 

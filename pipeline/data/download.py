@@ -19,8 +19,9 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from pipeline.data.datasets import DATASETS, FILES
-from pipeline.data.idx import validate_idx, write_digits
+from pipeline.data import offline
+from pipeline.data.datasets import DATASETS, FILES, OFFLINE
+from pipeline.data.idx import validate_idx
 from pipeline.errors import DataError
 from pipeline.files import atomic_path
 
@@ -137,7 +138,7 @@ def fetch_file(name: str, md5: str | None, mirrors: list[str], dest: Path, timeo
     raise DataError(
         f"{name}: all {len(mirrors)} mirrors failed: " + "; ".join(failures)
         + ". Offline? Put the files in a directory and set data.mirrors: [/that/dir] in params.yaml,"
-        " or try the offline demo: dvc exp run -S data.name=digits")
+        " or use the offline real digits: dvc exp run -S data.name=mnist5k")
 
 
 def fetch_all(files: dict[str, str | None], mirrors: list[str], dest: Path, timeout: float, retries: int,
@@ -166,9 +167,9 @@ def checksums(dest: Path, names: list[str]) -> dict[str, str]:
 def download(name: str, mirrors: list[str], out: Path, timeout_s: float, retries: int) -> dict:
     """Fill `out` with the dataset's four IDX files; return a manifest (mirror used and MD5 per file)."""
     ds = DATASETS[name]
-    if name == "digits":
-        write_digits(out)
-        used = {f: "sklearn.datasets.load_digits" for f in FILES}
+    if name in OFFLINE:
+        offline.write(name, out)
+        used = {f: f"offline ({name}, from an installed package)" for f in FILES}
     else:
         if ds.md5 is None:
             log.warning("data.name=idx has no known checksums: files are checked by IDX header and length only")

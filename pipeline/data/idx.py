@@ -1,4 +1,4 @@
-"""IDX files (the MNIST family's format): write, read with every check, digits as IDX."""
+"""IDX files (the MNIST family's format): write, and read with every check."""
 from __future__ import annotations
 
 import gzip
@@ -7,9 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.datasets import DIGITS_TEST_FRACTION, FILES
 from pipeline.errors import DataError
-from pipeline.files import atomic_path
 
 _DTYPES = {0x08: np.uint8}  # IDX type codes this project reads (MNIST-family files are all unsigned bytes)
 
@@ -18,9 +16,12 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     """Write a uint8 array as an IDX file, gzipped when the name ends in .gz."""
     array = np.ascontiguousarray(array, dtype=np.uint8)
     header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "wb") as f:
-        f.write(header + array.tobytes())
+    if str(path).endswith(".gz"):  # no name, mtime 0: the same array gives the same bytes
+        with open(path, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as f:
+            f.write(header + array.tobytes())
+    else:
+        with open(path, "wb") as f:
+            f.write(header + array.tobytes())
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -52,18 +53,3 @@ def read_idx(path: Path) -> np.ndarray:
 def validate_idx(path: Path) -> None:
     """Header/length check for files with no known checksum (the `idx` dataset)."""
     read_idx(path)
-
-
-def write_digits(dest: Path) -> None:
-    """scikit-learn's embedded 8x8 digits (real handwriting, no network) as the four IDX files."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    d = load_digits()
-    images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)  # 0..16 ink levels -> 0..255 like MNIST
-    tr, te = train_test_split(np.arange(len(images)), test_size=DIGITS_TEST_FRACTION, stratify=d.target,
-                              random_state=0)
-    dest.mkdir(parents=True, exist_ok=True)
-    for name, arr in zip(FILES, (images[tr], d.target[tr], images[te], d.target[te])):
-        with atomic_path(dest / name) as tmp:
-            write_idx(tmp, arr)

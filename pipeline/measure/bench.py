@@ -76,6 +76,11 @@ def per_cell(rows: list[Measurement], flops: dict[str, int], run_gflops: float) 
     return out
 
 
+def variants_asked(cfg: Bench) -> bool:
+    """Whether the params ask for any variant beyond each framework's default (the variants child is opt-in)."""
+    return any(cfg.compile) or cfg.keras_fit
+
+
 def run(p: Params, data: Path, params_path: Path, threads: int, shape: tuple[int, int, int],
         classes: int) -> tuple[dict, dict]:
     """The whole bench on `threads` threads: (records.json, metrics.json), each ready to write."""
@@ -97,8 +102,9 @@ def run(p: Params, data: Path, params_path: Path, threads: int, shape: tuple[int
 
     arms = rounds.arms(p.frameworks, cfg.control)
     rows = rounds.run_rounds(lambda arm, rd: measured(arm, "round", threads, f"round {rd + 1} {arm}"), arms,
-                             cfg.rounds, cfg.max_drift, log.warning)
-    rows += [r for fw in p.frameworks for r in extra(fw, "variants", threads, f"{fw} variants")]
+                             cfg.rounds, cfg.max_drift, log.warning, cfg.max_s)
+    if variants_asked(cfg):  # opt-in: the compile variants' first steps cost 15-25 s a process here
+        rows += [r for fw in p.frameworks for r in extra(fw, "variants", threads, f"{fw} variants")]
     rows += [r for fw in p.frameworks for t in cfg.thread_counts if t != threads
              for r in extra(fw, "threads", t, f"{fw} {t} threads")]
     flops = {m: net.flops_per_sample() for m, (net, _) in params.networks(p, shape, classes).items()}
@@ -112,6 +118,7 @@ def run(p: Params, data: Path, params_path: Path, threads: int, shape: tuple[int
         "format": FORMAT, "started_utc": started,
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "frameworks": p.frameworks, "models": p.models, "threads": threads, "arms": arms, "rounds": cfg.rounds,
+        "rounds_run": 1 + max(r.round for r in rows if r.kind == "round"), "max_s": cfg.max_s,
         "min_effect": cfg.min_effect, "flops_per_sample": flops, "calibration": stab,
         "flagged": [{"round": rd, "arm": arm, "why": why} for rd, arm, why in flagged],
         "cells": [c.flat() for c in cells], "verdicts": verdicts, "records": [r.flat() for r in rows]}

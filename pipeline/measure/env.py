@@ -1,10 +1,15 @@
 """Fingerprint of the machine and software the benchmarks are measured on.
 
-No timestamps or other run-to-run noise go in: on the same machine the fingerprint comes out byte-identical, so
-DVC re-uses the benchmark results; on another machine it differs and the benchmarks are measured again.
+No timestamps, host names or other run-to-run noise go in: on the same hardware and software the fingerprint comes
+out byte-identical (in a container with a random host name too), so DVC re-uses the benchmark results; on other
+hardware (CPU family, model, stepping, ISA extensions, caches, GPU and driver) or software (package versions, the
+BLAS numpy calls) it differs and the benchmarks are measured again.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib
+import json
 import os
 import platform
 import shutil
@@ -26,6 +31,46 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# Instruction-set extensions that change what BLAS, oneDNN and the frameworks' kernels can use.
+ISA = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+       "avx512_fp16", "avx_vnni", "amx_bf16", "amx_int8", "amx_tile", "asimd", "sve", "sve2")
+CPUINFO = ("vendor_id", "cpu family", "model", "stepping")  # the CPU's identity, beyond its marketing name
+
+
+def cpu_identity() -> dict:
+    """Vendor, family, model and stepping, the ISA extensions of ISA present, and the cache sizes per level and
+    type: two hosts that print the same "AMD EPYC" can differ in all of these."""
+    out: dict = {}
+    try:
+        block = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        block = ""
+    fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    out |= {k.replace(" ", "_"): fields[k] for k in CPUINFO if k in fields}
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    out["isa"] = [f for f in ISA if f in flags]
+    caches = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size = ((index / n).read_text().strip() for n in ("level", "type", "size"))
+        except OSError:
+            continue
+        caches[f"L{level} {kind.lower()}"] = size
+    return out | {"caches": caches}
+
+
+def blas() -> list[str]:
+    """The BLAS libraries numpy calls (the calibration GEMM's kernel): name, version, CPU architecture."""
+    try:
+        importlib.import_module("numpy")  # loads numpy's BLAS, so that threadpoolctl can see it
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    return sorted({f"{i.get('internal_api')} {i.get('version')} {i.get('architecture') or ''}".strip()
+                   for i in threadpool_info() if i.get("user_api") == "blas"})
 
 
 def ram_gb() -> float:
@@ -55,10 +100,13 @@ def fingerprint(threads: int, device: str) -> dict:
         except metadata.PackageNotFoundError:
             versions[pkg] = None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    # The name a comparison across machines groups by: set MNIST_BENCH_MACHINE (laptop, ci, gpu-box), else the host.
-    return {"machine_name": os.environ.get("MNIST_BENCH_MACHINE") or platform.node(), "cpu": cpu_model(),
-            "machine": platform.machine(), "cores_available": cores, "cores_total": os.cpu_count(),
-            "ram_gb": ram_gb(), "gpus": gpus(), "os": platform.platform(),
-            "python": sys.version.split()[0], "versions": versions, "threads_param": threads,
+    hw = {"cpu": cpu_model(), **cpu_identity(), "machine": platform.machine(), "cores_available": cores,
+          "cores_total": os.cpu_count(), "ram_gb": ram_gb(), "gpus": gpus()}
+    sw = {"os": platform.platform(), "python": sys.version.split()[0], "versions": versions, "blas": blas()}
+    # The name a comparison across machines groups by: MNIST_BENCH_MACHINE (laptop, ci, gpu-box), else one made
+    # from the hardware itself, never the host name (random in containers, shared by different hosts elsewhere).
+    digest = hashlib.sha256(json.dumps(hw, sort_keys=True).encode()).hexdigest()[:8]
+    name = os.environ.get("MNIST_BENCH_MACHINE") or f"{hw['cpu'].split()[0].lower()}-{cores}c-{digest}"
+    return {"machine_name": name, "hardware_sha256_8": digest, **hw, **sw, "threads_param": threads,
             "threads_used": threads or cores, "device_param": device,
             "thread_env": {k: os.environ.get(k) for k in THREAD_VARS if os.environ.get(k) is not None}}

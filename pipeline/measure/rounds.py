@@ -9,6 +9,8 @@ repeats.
 """
 from __future__ import annotations
 
+import math
+import time
 from typing import Callable
 
 import numpy as np
@@ -34,14 +36,19 @@ def flag(child_rows: list[Measurement], reference: float, max_drift: float) -> s
 
 
 def run_rounds(run: Callable[[str, int], list[Measurement]], arm_names: list[str], rounds: int, max_drift: float,
-               log: Callable[[str], None] = lambda _: None) -> list[Measurement]:
+               log: Callable[[str], None] = lambda _: None, max_s: float = math.inf,
+               clock: Callable[[], float] = time.monotonic) -> list[Measurement]:
     """Rounds of run(arm, round_index) in alternating order until every verdict has `rounds` usable rounds (the
-    first arm and the other usable in the same round), at most 2 x `rounds`. A flagged child is kept in the records
-    (with the reason); its round counts for the pairs it is not part of."""
+    first arm and the other usable in the same round). The first `rounds` rounds always run; after them, a round
+    measured again for a flagged child starts only while it can end within `max_s` seconds of the start (judged by
+    the longest round so far), so a noisy machine costs a known time, not an open-ended one. A flagged child is kept
+    in the records (with the reason); its round counts for the pairs it is not part of. When to stop depends on
+    flags and time only, never on the ratios measured, so stopping cannot bias a verdict."""
     rows: list[Measurement] = []
     calibrations: list[float] = []
-    index = 0
-    while not _enough(rows, arm_names, rounds) and index < 2 * rounds:
+    start, longest, index = clock(), 0.0, 0
+    while not _enough(rows, arm_names, rounds) and (index < rounds or clock() - start + longest <= max_s):
+        began = clock()
         order = arm_names if index % 2 == 0 else list(reversed(arm_names))
         round_rows = []
         for arm in order:
@@ -54,7 +61,11 @@ def run_rounds(run: Callable[[str, int], list[Measurement]], arm_names: list[str
             if why:
                 log(f"round {index + 1}, {arm}: {why}; its figures are left out")
         rows += round_rows
+        longest = max(longest, clock() - began)
         index += 1
+    if not _enough(rows, arm_names, rounds):
+        log(f"bench.max_s ({max_s:g} s) spent after {index} rounds before every comparison had {rounds} usable "
+            "rounds: those comparisons get no verdict (raise bench.max_s, or rerun when the machine is calmer)")
     return rows
 
 

@@ -56,6 +56,50 @@ def speed(name_a: str, name_b: str, ratios: list[float], min_effect: float, alph
     return out
 
 
+def time_to_target(name_a: str, name_b: str, window_a: tuple[int, int] | None,
+                   window_b: tuple[int, int] | None, per_step: dict) -> dict:
+    """Time-to-target verdict from one seed: time = steps to target x time per step.
+
+    A window (since, at) says the target was crossed after step `since` (the evaluation before) and by step `at`
+    (the first evaluation at or above it): steps to target are known to that resolution. Both frameworks train the
+    same maths from the same weights and batch order, so when their counts agree to within one evaluation the
+    interleaved per-step speed verdict (`per_step`: speed()'s dict for rate a / rate b, interval [lo, hi]) carries
+    the time-to-target one. Met at the same evaluation, the steps count as equal and time a / time b lies in
+    [1 / hi, 1 / lo]; met at adjacent evaluations, each count is known only to its window, and time a / time b lies
+    in [since_a / at_b / hi, at_a / since_b / lo]. A winner needs the per-step winner and that whole range on its
+    side of 1. Counts further apart: one seed cannot tell a framework's steps from a seed's, so no verdict."""
+    out = {"winner": None, "steps_a": window_a and window_a[1], "steps_b": window_b and window_b[1],
+           "time_ratio_low": float("nan"), "time_ratio_high": float("nan"), "rounds": per_step.get("rounds", 0)}
+    missing = [n for n, w in ((name_a, window_a), (name_b, window_b)) if w is None]
+    if missing:
+        return out | {"text": f"no verdict: {' and '.join(missing)} did not reach the target"}
+    (since_a, at_a), (since_b, at_b) = window_a, window_b
+    cadence = max(at_a - since_a, at_b - since_b)
+    steps = f"{at_a:,} vs {at_b:,} steps to target"
+    if abs(at_a - at_b) > cadence:
+        return out | {"text": (f"no verdict from one seed: {steps}, more than one evaluation ({cadence} steps) "
+                               "apart, and one seed cannot tell a framework's steps from a seed's (train.repeats: 6 "
+                               f"gives a direct verdict); per step: {per_step['text']}")}
+    same = f"{steps}, the same to within one evaluation ({cadence} steps)"
+    if per_step["text"].startswith("no verdict"):
+        return out | {"text": f"no verdict: {same}, but per step {per_step['text']}"}
+    if at_a == at_b:  # met at the same evaluation: the same maths, so the same steps; time ratio = 1 / rate ratio
+        low, high = 1 / per_step["ci_high"], 1 / per_step["ci_low"]
+    else:  # at adjacent evaluations: each count is known only to its window
+        low = since_a / at_b / per_step["ci_high"]
+        high = at_a / since_b / per_step["ci_low"] if since_b else math.inf
+    out |= {"time_ratio_low": low, "time_ratio_high": high}
+    span = f"time {name_a}/{name_b} in {low:.2f}–{high:.2f}x"
+    winner = per_step.get("winner")
+    if (winner == name_a and high < 1) or (winner == name_b and low > 1):
+        return out | {"winner": winner, "text": (f"{winner} reaches the target faster: {same}, and per step "
+                                                 f"{per_step['text']}; {span}")}
+    if winner:
+        return out | {"text": f"no clear difference: {same}, and per step {per_step['text']}, but {span} "
+                              "spans 1 once the steps' resolution is counted"}
+    return out | {"text": f"no clear difference: {same}, and per step {per_step['text']}"}
+
+
 def mcnemar_p(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
     """Exact McNemar test on paired per-sample correctness (same test images, two models)."""
     only_a = int(np.sum(correct_a & ~correct_b))

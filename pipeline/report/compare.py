@@ -23,7 +23,7 @@ from pipeline.backends import LABEL
 from pipeline.errors import DataError
 from pipeline.measure import rounds, verdict
 from pipeline.records import Cell, Measurement
-from pipeline.report import exps, figures, render
+from pipeline.report import exps, figures, gates, render
 
 log = logging.getLogger("compare")
 # metric in results.csv -> (what the report calls it, source, higher is better)
@@ -118,6 +118,17 @@ def verdicts(found: list[exps.Exp], base: exps.Exp) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def gated_verdicts(found: list[exps.Exp], base: exps.Exp, keys: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """verdicts() through the two drift gates (gates.py): the repeat of the baseline, and the measures the
+    changed params cannot touch."""
+    changed_by = {e.name: [k for k in keys if repr(e.params.get(k)) != repr(base.params.get(k))]
+                  for e in found if e is not base}
+    # a repeat is a control only if it was measured again (not restored from DVC's run cache) on the same machine
+    repeats = [e.name for e in found if e is not base and gates.is_repeat(e.params, base.params)
+               and e.machine == base.machine and e.bench["started_utc"] != base.bench["started_utc"]]
+    return gates.apply(verdicts(found, base), changed_by, repeats)
+
+
 def _reached(e: exps.Exp, cell: Cell) -> list[float]:
     s = e.seeds[cell]
     return list(s.loc[s["reached"].astype(bool), "time_to_target_s"].astype(float))
@@ -167,7 +178,7 @@ def build(found: list[exps.Exp], skipped: list[exps.Skipped], base: exps.Exp,
           figdir: Path) -> tuple[list, pd.DataFrame]:
     keys = changed(found)
     rows = tidy(found, keys)
-    v = verdicts(found, base)
+    v, gate_lines = gated_verdicts(found, base, keys)
     x, numeric = x_axis(found, keys)
     machines = pd.DataFrame([{"experiment": e.name, "machine": e.machine, "commit": e.rev[:7],
                               **{k: e.params.get(k) for k in keys},
@@ -196,6 +207,7 @@ def build(found: list[exps.Exp], skipped: list[exps.Skipped], base: exps.Exp,
                     f"is at least `bench.min_effect` ({base.params.get('bench.min_effect')}) and, on one machine, the "
                     "raw and the calibrated rates agree. Time to target: seconds per seed that reached it (a ratio "
                     "below 1 is faster)."),
+              *[("p", line) for line in gate_lines],
               ("table", shown[["experiment", "framework", "model", "measure", "change", "ratio", "calibrated",
                                "verdict"]])]
     B.append(("h2", "Headline metrics"))

@@ -39,7 +39,8 @@ class Exp:
 
     @property
     def machine(self) -> str:
-        """What tells machines apart in a comparison: the name set for it (or its host name), and its hardware."""
+        """What tells machines apart in a comparison: the name set for it (else one made from its hardware), and its
+        hardware."""
         e = self.env
         gpus = ", ".join(e.get("gpus") or []) or "no GPU"
         return f"{e.get('machine_name', '?')} ({e.get('cpu', '?')}, {e.get('cores_available', '?')} cores, {gpus})"

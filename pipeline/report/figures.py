@@ -99,6 +99,8 @@ def threads(rows: pd.DataFrame, path: Path) -> Path:
     g = sns.relplot(data=rows, x="threads", y="train_samples_per_s", hue="framework", col="model", kind="line",
                     marker="o", height=3.2, aspect=1.2, facet_kws={"sharey": False})
     g.set_axis_labels("intra-op threads", "training samples/s")
+    for ax in g.axes.flat:  # thread counts are whole numbers: no 1.25-thread ticks
+        ax.set_xticks(sorted(rows["threads"].unique()))
     return _save(g.figure, path)
 
 

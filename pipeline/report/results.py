@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.backends import LABEL
 from pipeline.errors import DataError
 from pipeline.files import read_json
 from pipeline.records import PHASES, BenchCell, Cell, CellMetrics, Measurement, read
@@ -66,9 +67,11 @@ def collect(root: Path, frameworks: list[str], models: list[str]) -> Results:
         d, stage = root / "runs" / str(cell), f"train@{cell}"
         r.train[cell] = read(CellMetrics, read_json(d / "metrics.json", stage), d / "metrics.json", stage)
         r.run[cell] = _need(read_json(d / "run.json", stage), ["init_weights_sha256", "batch_order_sha256",
-                                                             "layer_param_counts", "readback_weights_sha256"],
+                                                             "layer_param_counts", "readback_weights_sha256",
+                                                             "eval_every", "batch_size"],
                             d / "run.json", stage)
-        r.seeds[cell] = read_tsv(d / "seeds.tsv", stage, ["seed", "test_acc", "reached", "time_to_target_s"])
+        r.seeds[cell] = read_tsv(d / "seeds.tsv", stage, ["seed", "test_acc", "reached", "time_to_target_s",
+                                                         "steps_to_target"])
         r.history[cell] = read_tsv(d / "history.tsv", stage, ["step", "epoch", "train_loss", "train_acc", "train_s",
                                                               "val_loss", "val_acc"])
         r.confusion[cell] = read_tsv(d / "confusion.tsv", stage, [], index=True)
@@ -78,7 +81,8 @@ def collect(root: Path, frameworks: list[str], models: list[str]) -> Results:
         except (OSError, KeyError, ValueError) as e:
             raise DataError(f"{d / 'predictions.npz'}: unreadable ({e}); rerun `dvc repro {stage}`") from None
     path = root / "bench" / "records.json"
-    r.bench = _need(read_json(path, "bench"), ["records", "cells", "verdicts", "calibration", "flagged"], path,
+    r.bench = _need(read_json(path, "bench"), ["records", "cells", "verdicts", "calibration", "flagged",
+                                                            "rounds_run", "max_s"], path,
                     "bench")
     r.bench_cells = [BenchCell.from_flat(c, path) for c in r.bench["cells"]]
     r.measured = [Measurement.from_flat(m) for m in r.bench["records"]]
@@ -159,3 +163,14 @@ def tidy(r: Results) -> pd.DataFrame:
     cols = ["framework", "model", "source", "metric", "value", "unit", "spread", "low", "high", "spread_kind", "n",
             "seed", "variant", "threads", "workers", "note"]
     return pd.DataFrame(out).reindex(columns=cols)
+
+
+def pairs(r: Results) -> list[tuple[str, Cell, Cell]]:
+    """(model, cell A, cell B): the first framework against each other one, per model (as the bench compares)."""
+    a = r.frameworks[0]
+    return [(m, Cell(a, m), Cell(b, m)) for m in r.models for b in r.frameworks[1:]]
+
+
+def pair_label(ca: Cell, cb: Cell) -> str:
+    """"PyTorch vs TensorFlow": how a comparison is named in the report."""
+    return f"{LABEL[ca.framework]} vs {LABEL[cb.framework]}"

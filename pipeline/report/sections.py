@@ -16,17 +16,8 @@ from pipeline.data.prepare import IMBALANCE, prepared_meta
 from pipeline.measure import verdict
 from pipeline.records import Cell
 from pipeline.report import figures, render, speed
-from pipeline.report.results import Results, history_rows, loader_rows
-
-
-def pairs(r: Results) -> list[tuple[str, Cell, Cell]]:
-    """(model, cell A, cell B): the first framework against each other one, per model (as the bench compares)."""
-    a = r.frameworks[0]
-    return [(m, Cell(a, m), Cell(b, m)) for m in r.models for b in r.frameworks[1:]]
-
-
-def _pair(ca: Cell, cb: Cell) -> str:
-    return f"{LABEL[ca.framework]} vs {LABEL[cb.framework]}"
+from pipeline.report.headline import headline, time_to_target_blocks
+from pipeline.report.results import Results, history_rows, loader_rows, pair_label, pairs
 
 
 def accuracy_verdicts(r: Results) -> list[str]:
@@ -35,7 +26,7 @@ def accuracy_verdicts(r: Results) -> list[str]:
         y = r.preds[ca]["y_true"]
         right_a, right_b = r.preds[ca]["y_pred"] == y, r.preds[cb]["y_pred"] == y
         p = verdict.mcnemar_p(right_a, right_b)
-        out.append(f"**{model}**, {_pair(ca, cb)}: " + verdict.accuracy(
+        out.append(f"**{model}**, {pair_label(ca, cb)}: " + verdict.accuracy(
             LABEL[ca.framework], list(r.seeds[ca]["test_acc"]), LABEL[cb.framework],
             list(r.seeds[cb]["test_acc"]), p, int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))))
     return out
@@ -56,42 +47,6 @@ def equivalence(r: Results) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def time_to_target_blocks(r: Results, figdir: Path) -> list:
-    """The headline: per model, each framework's time to the target validation accuracy, paired over seeds."""
-    rows, lines = [], []
-    for cell, m in r.train.items():
-        t = m.time_to_target_s
-        rows.append({"model": cell.model, "framework": LABEL[cell.framework], "target val acc": m.target_val_acc,
-                     "reached (seeds)": f"{m.reached_seeds}/{m.seeds}",
-                     "time to target s [range]": f"{t:.1f} [{m.time_to_target_s_min:.1f}–"
-                                                 f"{m.time_to_target_s_max:.1f}]" if t is not None
-                     else f"diverged ({m.diverged_seeds}/{m.seeds} seeds)" if m.diverged_seeds
-                     else f"not reached (best {m.best_val_acc:.4f})",
-                     "epochs to target": f"{m.epochs_to_target:.2f}" if t is not None else "—",
-                     "test acc at stop %": 100 * m.test_acc})
-    for model, ca, cb in pairs(r):
-        a, b = r.seeds[ca].set_index("seed"), r.seeds[cb].set_index("seed")
-        both = [s for s in a.index if s in b.index and a.at[s, "reached"] and b.at[s, "reached"]]
-        # per seed (same initial weights and batch order in both): B's time over A's, i.e. A's speed-up
-        ratios = [b.at[s, "time_to_target_s"] / a.at[s, "time_to_target_s"] for s in both]
-        v = verdict.speed(LABEL[ca.framework], LABEL[cb.framework], ratios, r.bench["min_effect"],
-                          unit="seeds")  # the same rule and minimum effect as the speed verdicts
-        lines.append(f"**{model}**, {_pair(ca, cb)}, time to target (speed ratio = the other's time / this one's): "
-                     f"{v['text']}")
-    hist = history_rows(r).assign(framework=lambda d: d["framework"].map(LABEL))
-    targets = {c.model: m.target_val_acc for c, m in r.train.items()}
-    return [("h2", "Time to target accuracy"),
-            ("p", "What a user choosing a framework pays: training seconds (evaluation excluded) until validation "
-                  "accuracy first reaches the target, as MLPerf and DAWNBench measure it; training stops there "
-                  "(`train.stop_at_target`) and test accuracy is measured at the stop. Seed k starts both "
-                  "frameworks from the same weights and batch order, so seeds are paired; a verdict needs "
-                  f"{verdict.min_rounds()} seeds or more (`train.repeats`). The train cells run as separate stages, "
-                  "minutes apart, so the machine's drift enters these times (see Speed for interleaved rates)."),
-            ("table", pd.DataFrame(rows)), *[("p", line) for line in lines],
-            ("img", figures.time_to_target(hist, targets, figdir / "time_to_target.png"),
-             "Validation accuracy against training time (first seed), both frameworks; dashed: the target")]
-
-
 def class_balance(prepared: dict) -> str:
     """Training images per class, and a warning when the classes are strongly imbalanced (prepare's rule)."""
     if "class_counts" not in prepared:  # prepared before the counts were kept
@@ -106,7 +61,10 @@ def class_balance(prepared: dict) -> str:
 
 def env_table(env: dict) -> pd.DataFrame:
     flat = {k: v for k, v in env.items() if not isinstance(v, (dict, list))}
-    flat["gpus"] = ", ".join(env.get("gpus") or []) or "none"
+    for k, v in env.items():  # lists and maps on one line each: ISA extensions, caches, BLAS, GPUs
+        if k not in ("versions", "thread_env") and isinstance(v, (dict, list)):
+            flat[k] = ", ".join(f"{a} {b}" for a, b in v.items()) if isinstance(v, dict) else ", ".join(map(str, v))
+    flat["gpus"] = flat.get("gpus") or "none"
     flat |= {f"version {k}": v for k, v in (env.get("versions") or {}).items()}
     return pd.DataFrame({"item": list(flat), "value": [str(v) for v in flat.values()]})
 
@@ -145,10 +103,12 @@ def build(r: Results, params_text: str, prepared: dict, figdir: Path) -> list[re
              "per-round ratio between fresh, interleaved processes to exclude 1 (see Speed); accuracy claims need "
              f"p < {verdict.ALPHA} in a paired t-test over seeds (or, with one seed, McNemar's test says only that "
              "the two trained models differ). Otherwise: no clear difference.")]
+    B[1:1] = headline(r)  # the verdicts a reader came for, before how they were reached
     B += time_to_target_blocks(r, figdir)
     acc = pd.DataFrame([{"framework": LABEL[c.framework], "model": c.model,
                          "test accuracy %": f"{100 * m.test_acc:.2f} ± {100 * m.test_acc_std:.2f}",
-                         "seeds": m.seeds, "params": m.params, "epochs": m.epochs,
+                         "seeds": m.seeds, "params": m.params,
+                         "epochs trained (cap)": f"{m.epochs_trained:.2f} ({m.epochs})",
                          "train time s": m.train_time_s, "train samples/s": m.train_samples_per_s}
                         for c, m in r.train.items()])
     B += [("h2", "Accuracy"), ("p", f"Test set: {meta['sizes']['test']} images; mean ± std over seeds. "

@@ -111,6 +111,10 @@ def speed_blocks(r: Results, figdir: Path) -> list:
 
 def compile_blocks(r: Results) -> list:
     var = r.of_kind("variants")
+    if not var:
+        return [("h2", "Compilation"), ("p", "Not measured in this run: the variants child is opt-in, to keep the "
+                 "default run within its budget (torch.compile's first step alone took 14-24 s a process on 2 "
+                 "cores). Add it with `dvc exp run -S 'bench.compile=[false,true]' -S bench.keras_fit=true`.")]
     rows = []
     for m in var:
         ok = m.status == "ok"
@@ -134,14 +138,18 @@ def compile_blocks(r: Results) -> list:
 def thread_blocks(r: Results, figdir: Path) -> list:
     th = r.of_kind("threads")
     if not th:
-        return []
+        return [("h2", "Thread scaling"), ("p", f"Not measured in this run (all children ran on "
+                 f"{r.bench['threads']} threads): the sweep is opt-in, one process per framework and count; add it "
+                 "with `dvc exp run -S 'bench.thread_counts=[1,2]'`.")]
     rows = [{"framework": c.framework, "model": c.model, "threads": r.bench["threads"],
              "train_samples_per_s": c.train.samples_per_s} for c in r.bench_cells]
     rows += [{"framework": m.framework, "model": m.model, "threads": m.threads,
               "train_samples_per_s": m.rate("train")} for m in th]
     long = pd.DataFrame(rows).assign(framework=lambda d: d["framework"].map(LABEL))
     table = long.pivot_table(index=["framework", "model"], columns="threads", values="train_samples_per_s",
-                             sort=False).reset_index()
+                             sort=False)
+    table.columns = [f"{t} thread{'s' * (t != 1)}, samples/s" for t in table.columns]  # no nameless header
+    table = table.reset_index()
     return [("h2", "Thread scaling"),
             ("p", f"Training samples/s per intra-op thread count, one process each; the {r.bench['threads']}-thread "
                   "figure is the median over rounds."), ("table", table),

@@ -6,8 +6,9 @@ import logging
 from pathlib import Path
 
 from pipeline import files, params
+from pipeline.backends import LABEL
 from pipeline.data.prepare import load_prepared
-from pipeline.report import render, results, sections
+from pipeline.report import headline, render, results, sections
 
 log = logging.getLogger("report")
 
@@ -26,7 +27,11 @@ def main(argv: list[str]) -> None:
         results.tidy(r).to_csv(tmp, index=False)
     files.write_text(a.results / "summary.md", render.markdown(blocks, a.results))
     files.write_text(a.results / "index.html", render.page(blocks, "mnist-bench report"))
-    log.info("wrote %s", ", ".join(str(a.results / n) for n in ("summary.md", "index.html", "results.csv")))
+    files.write_json(a.results / "headline.json", headline.metrics(r))
+    curves = results.history_rows(r)[["model", "framework", "step", "train_s", "val_acc"]]
+    with files.atomic_path(a.results / "plots" / "val_acc.tsv") as tmp:  # every cell in one file: `dvc plots`
+        curves.assign(framework=curves["framework"].map(LABEL)).to_csv(tmp, sep="\t", index=False)
+    log.info("wrote %s", ", ".join(str(a.results / n) for n in ("summary.md", "index.html", "results.csv", "headline.json")))
 
 
 if __name__ == "__main__":

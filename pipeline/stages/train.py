@@ -46,12 +46,15 @@ def main(argv: list[str]) -> None:
     with files.atomic_path(out / "predictions.npz") as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, y_true=raw["y_test"], y_pred=t.logits.argmax(1), logits=t.logits.astype(np.float32),
                             init_logits=t.init_logits.astype(np.float32))
-    for path, df in ((out / "history.tsv", t.history), (out / "seeds.tsv", pd.DataFrame(map(asdict, t.seeds))),
+    pairs = pd.DataFrame({"actual": np.asarray(raw["classes"])[raw["y_test"]],  # long form: DVC's confusion plot
+                          "predicted": np.asarray(raw["classes"])[t.logits.argmax(1)]})
+    for path, df in ((out / "confusion_pairs.tsv", pairs), (out / "history.tsv", t.history), (out / "seeds.tsv", pd.DataFrame(map(asdict, t.seeds))),
                      (out / "per_class.tsv", t.per_class), (out / "confusion.tsv", t.confusion)):
         with files.atomic_path(path) as tmp:
             df.to_csv(tmp, sep="\t", index=path.name == "confusion.tsv", float_format="%.6g")
     files.write_json(out / "run.json", {"framework": a.framework, "model": a.model, "dataset": meta["dataset"],
                                         **be.info, "optimizer": asdict(optim), "batch_size": p.train.batch_size,
+                                        "eval_every": p.train.eval_every,
                                         **t.evidence})
     files.write_json(out / "metrics.json", asdict(t.metrics))  # last: its presence means every other output is there
     m = t.metrics

@@ -53,7 +53,7 @@ def run_seed(be: Backend, spec: ModelSpec, optim: Optim, d: dict, tp: Train, epo
     row = SeedRun(seed, test_acc, test_loss, history[-1]["val_acc"], outcome["reached"], outcome["time_to_target_s"],
                   outcome["steps_to_target"], outcome["epochs_to_target"], outcome["best_val_acc"],
                   outcome["train_s"], wall, outcome["stopped_at_step"] * tp.batch_size / outcome["train_s"],
-                  outcome["diverged"], outcome["diverged_at_step"])
+                  history[-1]["epoch"], outcome["diverged"], outcome["diverged_at_step"])
     return row, {"model": model, "history": history, "logits": logits}
 
 
@@ -77,7 +77,8 @@ def summarise(runs: list[SeedRun], target: float, spec: ModelSpec, epochs: int, 
         train_time_s=float(np.mean([r.train_time_s for r in runs])),
         train_samples_per_s=float(np.mean([r.train_samples_per_s for r in runs])),
         seeds=len(runs), test_samples=int(len(y_true)), macro_f1=float(f1.mean()), params=spec.param_count(),
-        flops_per_sample=spec.flops_per_sample(), epochs=epochs, diverged_seeds=sum(r.diverged for r in runs))
+        flops_per_sample=spec.flops_per_sample(), epochs=epochs,
+        epochs_trained=float(np.mean([r.epochs_trained for r in runs])), diverged_seeds=sum(r.diverged for r in runs))
     return metrics, {"precision": prec, "recall": rec, "f1": f1, "support": support}
 
 
