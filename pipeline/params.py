@@ -107,6 +107,9 @@ class Train(_Section):
     repeats: Count
 
 
+VARY = ("none", "train.batch_size", "threads")  # settings that change how a step runs, not what it computes
+
+
 class Bench(_Section):
     # 6 rounds is the fewest for which the median ratio's exact interval reaches 95% (verdict.min_rounds).
     rounds: Annotated[int, Field(ge=6, description="an exact 95% interval of a median needs 6 values")]
@@ -123,6 +126,15 @@ class Bench(_Section):
     compile: Annotated[list[bool], Field(min_length=1), Distinct]
     keras_fit: bool
     thread_counts: list[Count]
+    # A setting that changes only how a step runs, measured at other values as extra arms of the same rounds.
+    vary: Literal[VARY]
+    vary_values: Annotated[list[Count], Distinct]
+
+    @model_validator(mode="after")
+    def _vary_has_values(self) -> "Bench":
+        if (self.vary == "none") != (not self.vary_values):
+            raise cross("bench.vary_values", "list the values of bench.vary to measure (and only with a bench.vary)")
+        return self
 
 
 class Loaders(_Section):

@@ -29,16 +29,31 @@ class Cell(NamedTuple):
         return f"{self.framework}-{self.model}"
 
 
+SETTING = "@"   # "torch@train.batch_size=256": torch measured with one step setting changed, in the same rounds
+
+
 def control_arm(framework: str) -> str:
     return framework + CONTROL
 
 
+def setting_arm(framework: str, key: str, value: int) -> str:
+    return f"{framework}{SETTING}{key}={value}"
+
+
 def framework_of(arm: str) -> str:
-    return arm.rstrip(CONTROL)
+    return arm.split(SETTING)[0].rstrip(CONTROL)
 
 
 def is_control(arm: str) -> bool:
     return arm.endswith(CONTROL)
+
+
+def setting_of(arm: str) -> tuple[str, int] | None:
+    """(key, value) of a setting arm; None for a framework's own arm or its control."""
+    if SETTING not in arm:
+        return None
+    key, value = arm.split(SETTING, 1)[1].split("=")
+    return key, int(value)
 
 
 def read(cls: type, d: dict, path: Path | str, stage: str, prefix: str = "") -> Any:

@@ -245,3 +245,44 @@ def test_a_tripped_control_withholds_the_verdict_it_would_have_given():
     assert train[False]["winner"] is None
     assert train[False]["text"] == ("no verdict: the A/A control told identical runs apart (1.25x), so this run's "
                                     "noise is beyond what the rule can separate; measured ratio 1.25x")
+
+
+# --- bench.vary: another value of one step setting as extra arms of the same rounds ------------------------------
+
+def test_a_varied_setting_runs_as_extra_arms_paired_with_its_own_framework():
+    arms = rounds.arms(["torch", "tensorflow"], True, "train.batch_size", [64, 128, 256], own=128)
+    assert arms == ["torch", "tensorflow", "torch*", "torch@train.batch_size=64", "torch@train.batch_size=256",
+                    "tensorflow@train.batch_size=64", "tensorflow@train.batch_size=256"]
+    assert rounds.pairs(arms) == [("torch", "tensorflow"), ("torch", "torch*"),
+                                  ("torch@train.batch_size=64", "torch"), ("torch@train.batch_size=256", "torch"),
+                                  ("tensorflow@train.batch_size=64", "tensorflow"),
+                                  ("tensorflow@train.batch_size=256", "tensorflow")]
+    assert framework_of("tensorflow@train.batch_size=64") == "tensorflow"
+    speed = {"torch": 100.0, "tensorflow": 80.0, "torch*": 100.0}  # batch 256: 1.5x the own arm's rate
+    series = {(rd, arm): (200.0, 200.0, speed.get(arm, 150.0 if arm.endswith("256") else speed[arm.split("@")[0]]))
+              for rd in range(6) for arm in arms if not arm.endswith("=64")}
+    run, calls = fake_child(series)
+    small = [a for a in arms if not a.endswith("=64")]
+    rows = rounds.run_rounds(run, small, rounds=6, max_drift=0.1)
+    assert len(calls) == 6 * len(small)  # every arm in every round: the setting arms are interleaved, not after
+    v = {(x["a"], x["b"], x["phase"]): x for x in bench.comparisons(rows, ["torch", "tensorflow"], ["mlp"], FAKE,
+                                                                    {"train.batch_size": 128})}
+    big = v[("torch@train.batch_size=256", "torch", "train")]
+    assert big["ratio"] == pytest.approx(1.5) and big["setting"] == "torch@train.batch_size=256"
+    assert big["text"].startswith("torch at train.batch_size=256 is faster (torch at train.batch_size=256/torch at "
+                                  "train.batch_size=128 = 1.50x")
+    assert v[("torch", "tensorflow", "train")]["winner"] == "torch"  # the framework verdicts are unchanged
+    assert {c.framework for c in bench.per_cell(rows, {"mlp": 1000}, 200.0)} == {"torch", "tensorflow"}
+
+
+def test_a_setting_arm_spawns_its_child_with_that_setting(monkeypatch):
+    import subprocess
+    seen = []
+
+    def fake_run(cmd, **kw):
+        seen.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "boom")
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    with pytest.raises(ChildError):
+        child.spawn("d.npz", "p.yaml", "torch", "round", 2, "round 1 torch@train.batch_size=256", 256)
+    assert seen[0][-2:] == ["--batch-size", "256"]

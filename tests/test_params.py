@@ -48,6 +48,12 @@ def test_every_key_in_params_yaml_has_a_comment():
     ({"bench.rounds": 5}, "params.yaml: bench.rounds: expected an integer >= 6 (an exact 95% interval of a median "
                           "needs 6 values), got 5"),
     ({"bench.compile": ["yes"]}, "params.yaml: bench.compile[0]: expected boolean"),
+    ({"bench.vary": "train.lr", "bench.vary_values": [1]},
+     "params.yaml: bench.vary: expected one of none | train.batch_size | threads, got 'train.lr'"),
+    ({"bench.vary": "threads"}, "params.yaml: bench.vary_values: list the values of bench.vary to measure"),
+    ({"bench.vary_values": [64]}, "params.yaml: bench.vary_values: list the values of bench.vary to measure (and only "
+                                  "with a bench.vary)"),
+    ({"bench.max_s": 0}, "params.yaml: bench.max_s: expected a number > 0"),
     ({"loaders.workers": [0, -2]}, "params.yaml: loaders.workers: expected a non-empty list of distinct integers >= 0"),
     ({"train": 3}, "params.yaml: train: expected a mapping, got 3"),
     ({"seed": -1}, "params.yaml: seed: expected an integer in [0, 4294967295], got -1"),
@@ -117,7 +123,7 @@ def _rules() -> list[tuple[str, object]]:
                 if any(isinstance(m, at.MinLen) for m in meta):
                     out.append((key, []))
                 if params.Distinct in meta:
-                    out.append((key, [default[0], default[0]]))
+                    out.append((key, [default[0], default[0]] if default else [1, 1]))
                 if typing.get_origin(item) is typing.Literal:
                     out.append((key, [*default, "bogus"]))
                 for m in item_meta:

@@ -19,26 +19,31 @@ from pipeline import params
 from pipeline.measure import child, rounds, speedo, verdict
 from pipeline.measure.stats import spread
 from pipeline.params import Bench, Params
-from pipeline.records import (FORMAT, PHASES, BenchCell, Measurement, PhaseSummary, control_arm, framework_of,
-                              is_control)
+from pipeline.records import (FORMAT, PHASES, BenchCell, Measurement, PhaseSummary, framework_of, is_control,
+                              setting_of)
 
 log = logging.getLogger("bench")
 WORK = {"train": 3, "infer": 1}  # forward FLOPs per sample a phase costs: training ~ forward + 2x backward
 
 
-def comparisons(rows: list[Measurement], frameworks: list[str], models: list[str], cfg: Bench) -> list[dict]:
-    """Every verdict the report prints: framework pairs and the A/A control, per model, train and inference."""
+def comparisons(rows: list[Measurement], frameworks: list[str], models: list[str], cfg: Bench,
+                own: dict[str, int] | None = None) -> list[dict]:
+    """Every verdict the report prints, per model, train and inference: framework pairs, the A/A control, and each
+    setting arm against its framework at the params' own value (`own`: that value per bench.vary key)."""
     stab = speedo.stability(rounds.calibrations(rounds.usable(rows)) or [float("nan")] * 2)  # the evidence's machine
-    pairs = [(frameworks[0], f, False) for f in frameworks[1:]]
-    if cfg.control:
-        pairs.append((frameworks[0], control_arm(frameworks[0]), True))
+    settings = list(dict.fromkeys(r.arm for r in rows if r.kind == "round" and setting_of(r.arm)))
     out = []
     for model in models:
         for phase in PHASES:
-            for a, b, control in pairs:
+            for a, b in rounds.pairs(rounds.arms(frameworks, cfg.control) + settings):
+                control, setting = is_control(b), setting_of(a)
                 per_round = rounds.ratios(rows, a, b, model, phase)
-                said = verdict.speed(framework_of(a), framework_of(b) + (" again" if control else ""),
-                                     per_round, cfg.min_effect) | {"ratios": per_round}
+                name_a, name_b = framework_of(a), framework_of(b) + (" again" if control else "")
+                if setting:
+                    key, value = setting
+                    name_a, name_b = f"{name_a} at {key}={value}", f"{name_b} at {key}={(own or {}).get(key, 'own')}"
+                said = verdict.speed(name_a, name_b, per_round, cfg.min_effect) | {"ratios": per_round,
+                                                                                   "setting": a if setting else None}
                 if stab["cv_pct"] > cfg.max_calib_cv:
                     said |= {"winner": None, "text": (
                         f"no verdict: the machine was too unstable (calibration CV {stab['cv_pct']:.1f}% over the "
@@ -60,7 +65,8 @@ def per_cell(rows: list[Measurement], flops: dict[str, int], run_gflops: float) 
     """Per (framework, model): medians over rounds with their between-process spread, normalised rates."""
     out = []
     clean = rounds.usable(rows)
-    for fw, model in dict.fromkeys((r.arm, r.model) for r in clean if not is_control(r.arm)):
+    own = [r for r in clean if not is_control(r.arm) and not setting_of(r.arm)]  # setting arms: their own section
+    for fw, model in dict.fromkeys((r.arm, r.model) for r in own):
         sub = [r for r in clean if r.arm == fw and r.model == model]
         own = np.array([r.own_calib_gflops() for r in sub])
         phases = {}
@@ -76,6 +82,13 @@ def per_cell(rows: list[Measurement], flops: dict[str, int], run_gflops: float) 
     return out
 
 
+def _metric_name(v: dict) -> str:
+    """A verdict's key in metrics.json: ratio, control, or the setting arm (dots and '@' would nest in DVC)."""
+    if v["setting"]:
+        return v["setting"].replace("@", "_").replace(".", "_").replace("=", "_")
+    return "control" if v["control"] else "ratio"
+
+
 def variants_asked(cfg: Bench) -> bool:
     """Whether the params ask for any variant beyond each framework's default (the variants child is opt-in)."""
     return any(cfg.compile) or cfg.keras_fit
@@ -88,7 +101,10 @@ def run(p: Params, data: Path, params_path: Path, threads: int, shape: tuple[int
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     def measured(arm: str, kind: str, t: int, label: str) -> list[Measurement]:
-        got = child.spawn(data, params_path, framework_of(arm), kind, t, label)
+        setting = setting_of(arm)  # a setting arm: the child runs with that one setting changed
+        t = setting[1] if setting and setting[0] == "threads" else t
+        batch = setting[1] if setting and setting[0] == "train.batch_size" else None
+        got = child.spawn(data, params_path, framework_of(arm), kind, t, label, batch)
         log.info("%s: %s; calibration %.0f -> %.0f GFLOP/s", label, ", ".join(
             f"{r.model} {r.variant} train {r.rate('train') if r.train else float('nan'):,.0f} samples/s"
             for r in got), got[0].calib_before_gflops, got[0].calib_after_gflops)
@@ -100,7 +116,8 @@ def run(p: Params, data: Path, params_path: Path, threads: int, shape: tuple[int
             r.kind, r.arm = kind, fw
         return got
 
-    arms = rounds.arms(p.frameworks, cfg.control)
+    own = {"train.batch_size": p.train.batch_size, "threads": threads}
+    arms = rounds.arms(p.frameworks, cfg.control, cfg.vary, cfg.vary_values, own.get(cfg.vary))
     rows = rounds.run_rounds(lambda arm, rd: measured(arm, "round", threads, f"round {rd + 1} {arm}"), arms,
                              cfg.rounds, cfg.max_drift, log.warning, cfg.max_s)
     if variants_asked(cfg):  # opt-in: the compile variants' first steps cost 15-25 s a process here
@@ -110,7 +127,7 @@ def run(p: Params, data: Path, params_path: Path, threads: int, shape: tuple[int
     flops = {m: net.flops_per_sample() for m, (net, _) in params.networks(p, shape, classes).items()}
     stab = speedo.stability(rounds.calibrations(rows))  # the whole run's machine; verdicts use their rounds' own
     cells = per_cell(rows, flops, stab["gflops_median"])
-    verdicts = comparisons(rows, p.frameworks, p.models, cfg)
+    verdicts = comparisons(rows, p.frameworks, p.models, cfg, own)
     flagged = sorted({(r.round, r.arm, r.flag) for r in rows if r.flag})
     for v in verdicts:
         log.info("%s %s%s: %s", v["model"], v["phase"], " (A/A control)" if v["control"] else "", v["text"])
@@ -126,7 +143,7 @@ def run(p: Params, data: Path, params_path: Path, threads: int, shape: tuple[int
         "calib_gflops": stab["gflops_median"], "calib_cv_pct": stab["cv_pct"], "flagged_children": len(flagged),
         **{f"{c.framework}-{c.model}": {k: v for k, v in c.flat().items() if isinstance(v, (int, float))}
            for c in cells},
-        **{f"{v['model']}_{v['phase']}_{'control' if v['control'] else 'ratio'}": {
+        **{f"{v['model']}_{v['phase']}_{_metric_name(v)}": {
             "ratio": v["ratio"], "ci_low": v["ci_low"], "ci_high": v["ci_high"], "rounds": v["rounds"]}
            for v in verdicts}}
     return records, metrics

@@ -88,12 +88,14 @@ def child(be: Backend, specs: dict[str, tuple[ModelSpec, Optim]], data: object, 
     return rows
 
 
-def spawn(data: Path, params_path: Path, framework: str, kind: str, threads: int, label: str) -> list[Measurement]:
+def spawn(data: Path, params_path: Path, framework: str, kind: str, threads: int, label: str,
+          batch_size: int | None = None) -> list[Measurement]:
     """Run one child in a fresh process; its measurements come back on stdout, its stderr is passed on when it
     ends (tracebacks stay visible) and a failed child fails the bench in one line naming it. On Ctrl-C the child is
     killed and its stderr dropped, so the bench's one line is all that shows."""
     cmd = [sys.executable, "-m", "pipeline.measure.child", "--data", str(data), "--params", str(params_path),
            "--framework", framework, "--kind", kind, "--threads", str(threads)]
+    cmd += ["--batch-size", str(batch_size)] if batch_size else []  # a bench.vary arm: another training batch
     out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sys.stderr.write(out.stderr)
     if out.returncode:
@@ -108,6 +110,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--data", type=Path, required=True, help="prepared .npz")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--batch-size", type=int, help="training batch size instead of train.batch_size (bench.vary)")
     a = ap.parse_args(argv)
     p = params.load(a.params)
     raw = load_prepared(a.data)
@@ -118,7 +121,8 @@ def main(argv: list[str]) -> None:
     x, y = normalise(raw["x_train"], raw["mean"], raw["std"]), raw["y_train"]
     variants = be.variants(p.bench.compile, {"keras_fit": p.bench.keras_fit}) if a.kind == "variants" \
         else [be.DEFAULT]
-    rows = child(be, specs, be.put(x, y), len(y), p.bench, p.train.batch_size, p.seed, a.threads, variants)
+    rows = child(be, specs, be.put(x, y), len(y), p.bench, a.batch_size or p.train.batch_size, p.seed, a.threads,
+                 variants)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     for r in rows:
         r.framework, r.framework_version, r.device = a.framework, be.info["framework_version"], be.info["device"]

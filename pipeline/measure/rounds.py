@@ -16,12 +16,23 @@ from typing import Callable
 import numpy as np
 
 from pipeline.measure import speedo
-from pipeline.records import Measurement, control_arm
+from pipeline.records import Measurement, control_arm, framework_of, setting_arm, setting_of
 
 
-def arms(frameworks: list[str], control: bool) -> list[str]:
-    """The arms of a round: every framework, plus the first one again as the A/A control."""
-    return list(frameworks) + ([control_arm(frameworks[0])] if control else [])
+def arms(frameworks: list[str], control: bool, vary: str = "none", values: list[int] = (),
+         own: int | None = None) -> list[str]:
+    """The arms of a round: every framework, the first one again as the A/A control, and, with a setting varied
+    (bench.vary), every framework at each of its other values."""
+    out = list(frameworks) + ([control_arm(frameworks[0])] if control else [])
+    return out + [setting_arm(fw, vary, v) for fw in frameworks for v in values if vary != "none" and v != own]
+
+
+def pairs(arm_names: list[str]) -> list[tuple[str, str]]:
+    """(a, b) for every comparison the rounds serve, a's rate over b's: the first framework against each other one
+    and its control; each setting arm against its own framework's arm."""
+    plain = [a for a in arm_names if setting_of(a) is None]
+    out = [(plain[0], a) for a in plain[1:]] or [(plain[0], plain[0])]
+    return out + [(a, framework_of(a)) for a in arm_names if setting_of(a) is not None]
 
 
 def flag(child_rows: list[Measurement], reference: float, max_drift: float) -> str:
@@ -70,11 +81,10 @@ def run_rounds(run: Callable[[str, int], list[Measurement]], arm_names: list[str
 
 
 def _enough(rows: list[Measurement], arm_names: list[str], rounds: int) -> bool:
-    """Whether every pair a verdict compares (the first arm against each other) has `rounds` usable rounds."""
+    """Whether every pair a verdict compares (pairs()) has `rounds` usable rounds."""
     ok = {(r.round, r.arm) for r in rows if not r.flag}
-    first, done = arm_names[0], {rd for rd, _ in ok}
-    pairs = [(first, arm) for arm in arm_names[1:]] or [(first, first)]
-    return all(sum((rd, a) in ok and (rd, b) in ok for rd in done) >= rounds for a, b in pairs)
+    done = {rd for rd, _ in ok}
+    return all(sum((rd, a) in ok and (rd, b) in ok for rd in done) >= rounds for a, b in pairs(arm_names))
 
 
 def usable(rows: list[Measurement]) -> list[Measurement]:

@@ -85,21 +85,29 @@ def _window(r: Results, cell: Cell) -> tuple[int, int] | None:
     return int(steps[steps < at].max()) if (steps < at).any() else 0, at
 
 
+def _reached_steps(r: Results, cell: Cell) -> pd.Series:
+    s = r.seeds[cell]
+    return s.loc[s["reached"].astype(bool), "steps_to_target"]
+
+
 def _steps(r: Results, cell: Cell) -> str:
     """Median steps to target over the seeds that reached it."""
-    s = r.seeds[cell]
-    got = s.loc[s["reached"].astype(bool), "steps_to_target"]
+    got = _reached_steps(r, cell)
     return f"{np.median(got):,.0f}" if len(got) else "—"
 
 
 def _at_bench_speed(r: Results, cell: Cell) -> str:
     """Time to target at the bench's interleaved training rate: median steps x batch size / samples/s."""
-    s = r.seeds[cell]
-    got = s.loc[s["reached"].astype(bool), "steps_to_target"]
+    got = _reached_steps(r, cell)
     bc = next((c for c in r.bench_cells if (c.framework, c.model) == cell), None)
     if not len(got) or bc is None:
         return "—"
     return f"{np.median(got) * r.run[cell]['batch_size'] / bc.train.samples_per_s:.1f}"
+
+
+def _withheld(verdicts: list[dict]) -> list[dict]:
+    """The speed verdicts the noise gates withheld (as opposed to "no clear difference")."""
+    return [v for v in verdicts if v["winner"] is None and v["text"].startswith("no verdict")]
 
 
 def headline(r: Results) -> list:
@@ -112,7 +120,7 @@ def headline(r: Results) -> list:
         lines.append(f"**{model}** ({times}): {v['text']}")
     b, cal = r.bench, r.bench["calibration"]
     children = len(r.of_kind("round")) // max(len(r.models), 1)
-    withheld = [v for v in b["verdicts"] if v["winner"] is None and v["text"].startswith("no verdict")]
+    withheld = _withheld(b["verdicts"])
     noise = (f"Speed evidence: {b['rounds_run']} interleaved rounds, {children} fresh processes, "
              f"{len(b['flagged'])} flagged by the drift monitor; calibration GEMM {cal['gflops_median']:,.0f} "
              f"GFLOP/s median, CV {cal['cv_pct']:.1f}%.")
@@ -137,8 +145,7 @@ def metrics(r: Results) -> dict:
     cal, verdicts = r.bench["calibration"], r.bench["verdicts"]
     out: dict = {"calib_gflops": cal["gflops_median"], "calib_cv_pct": cal["cv_pct"],
                  "flagged_children": len(r.bench["flagged"]),
-                 "speed_verdicts_withheld": sum(v["winner"] is None and v["text"].startswith("no verdict")
-                                                for v in verdicts)}
+                 "speed_verdicts_withheld": len(_withheld(verdicts))}
     bench = {(c.framework, c.model): c for c in r.bench_cells}
     for model, ca, cb in pairs(r):
         m = out.setdefault(model, {})

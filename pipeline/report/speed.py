@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.backends import LABEL
-from pipeline.records import BenchCell, Cell, framework_of, is_control
+from pipeline.records import BenchCell, Cell, framework_of, is_control, setting_of
 from pipeline.report import figures
 from pipeline.report.results import Results, bench_rows
 
@@ -19,7 +19,9 @@ GAP = 0.15  # a train-stage rate this far from the bench's gets an explanation
 
 
 def _label(arm: str) -> str:
-    return LABEL.get(framework_of(arm), arm) + (" again" if is_control(arm) else "")
+    setting = setting_of(arm)
+    return (LABEL.get(framework_of(arm), arm) + (" again" if is_control(arm) else "")
+            + (f" at {setting[0]}={setting[1]}" if setting else ""))
 
 
 def _spread(c: BenchCell, phase: str) -> str:
@@ -83,7 +85,14 @@ def speed_blocks(r: Results, figdir: Path) -> list:
                                                                  c.latency_ms_p99)),
         "first step s": c.first_step_s} for c in cells])
     lines = [f"**{v['model']} {v['phase']}**, {_label(v['a'])} vs {_label(v['b'])}"
-             f"{' (A/A control)' if v['control'] else ''}: {v['text']}" for v in b["verdicts"]]
+             f"{' (A/A control)' if v['control'] else ''}: {v['text']}" for v in b["verdicts"]
+             if not v.get("setting")]
+    settings = [f"**{v['model']} {v['phase']}**, {_label(v['a'])} vs its params' value: {v['text']}"
+                for v in b["verdicts"] if v.get("setting")]
+    if settings:  # bench.vary: another value of one step setting, as extra arms of the same rounds
+        lines += ["**Settings, interleaved** (`bench.vary`): each framework at another value of one setting ran "
+                  "as an extra arm of the same rounds, so these ratios are paired round by round like the "
+                  "framework verdicts above (ratio = the setting's rate over the params' own value's)."] + settings
     gaps = [g for c in cells if (g := gap_text(r, c, c.train.samples_per_s))]
     return [
         ("h2", "Speed"),
