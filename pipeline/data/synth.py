@@ -7,7 +7,7 @@ and shifted at random, then elastically distorted (Simard et al. 2003, the class
 noised: the copies of one digit differ the way two people's strokes do, so a CNN needs more than one epoch to reach
 0.99 validation accuracy on it, as on real MNIST (the README's "Offline" gives the measured epochs).
 
-    python -m pipeline.data.synth --out data/mnist28       # 60,000 + 10,000 images, about 30 s
+    python -m pipeline.data.synth --out data/mnist28       # 60,000 + 10,000 images, about 20 s
     dvc exp run -S data.name=idx -S 'data.mirrors=[data/mnist28]'
 Not MNIST: its accuracies say nothing about MNIST's; its sizes and difficulty make its timings MNIST-like.
 """
@@ -20,9 +20,6 @@ import numpy as np
 from scipy import ndimage
 
 from pipeline.data import offline
-from pipeline.data.datasets import FILES
-from pipeline.data.idx import write_idx
-from pipeline.files import atomic_path
 
 # Distortion strength at strength=1 (what the README's measurements used): rotation, log-scale and shear spread,
 # shift, elastic field (amplitude in pixels before smoothing, smoothing sigma in pixels), pixel noise.
@@ -59,10 +56,7 @@ def write(out: Path, n_train: int, n_test: int, seed: int, strength: float = 1.0
     pick_tr, pick_te = rng.integers(0, len(xtr), n_train), rng.integers(0, len(xte), n_test)
     images_tr = _distort_picked(xtr, pick_tr, rng, strength)
     images_te = _distort_picked(xte, pick_te, rng, strength)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, arr in zip(FILES, (images_tr, ytr[pick_tr], images_te, yte[pick_te])):
-        with atomic_path(out / name) as tmp:
-            write_idx(tmp, arr)
+    offline.write_set(out, images_tr, ytr[pick_tr], images_te, yte[pick_te])
 
 
 def _distort_picked(base: np.ndarray, pick: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:

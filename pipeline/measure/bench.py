@@ -65,8 +65,8 @@ def per_cell(rows: list[Measurement], flops: dict[str, int], run_gflops: float) 
     """Per (framework, model): medians over rounds with their between-process spread, normalised rates."""
     out = []
     clean = rounds.usable(rows)
-    own = [r for r in clean if not is_control(r.arm) and not setting_of(r.arm)]  # setting arms: their own section
-    for fw, model in dict.fromkeys((r.arm, r.model) for r in own):
+    plain = [r for r in clean if not is_control(r.arm) and not setting_of(r.arm)]  # setting arms: own section
+    for fw, model in dict.fromkeys((r.arm, r.model) for r in plain):
         sub = [r for r in clean if r.arm == fw and r.model == model]
         own = np.array([r.own_calib_gflops() for r in sub])
         phases = {}

@@ -7,6 +7,7 @@ BLAS numpy calls) it differs and the benchmarks are measured again.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -23,13 +24,19 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF
                "OPENBLAS_CORETYPE")
 
 
-def cpu_model() -> str:
+@functools.cache
+def _cpuinfo() -> str:
+    """/proc/cpuinfo, read once per process ("" where there is none)."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model", "cpu model")):
-                return line.split(":", 1)[1].strip()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
+        return ""
+
+
+def cpu_model() -> str:
+    for line in _cpuinfo().splitlines():
+        if line.startswith(("model name", "Model", "cpu model")):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
@@ -43,10 +50,7 @@ def cpu_identity() -> dict:
     """Vendor, family, model and stepping, the ISA extensions of ISA present, and the cache sizes per level and
     type: two hosts that print the same "AMD EPYC" can differ in all of these."""
     out: dict = {}
-    try:
-        block = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
-    except OSError:
-        block = ""
+    block = _cpuinfo().split("\n\n")[0]
     fields = dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
     fields = {k.strip(): v.strip() for k, v in fields.items()}
     out |= {k.replace(" ", "_"): fields[k] for k in CPUINFO if k in fields}
