@@ -29,9 +29,10 @@ repro: venv
 compare: venv
 	$(BIN)/python -m pipeline.report.compare $(EXPS) $(if $(BASELINE),--baseline $(BASELINE))
 
-# pytest exits 5 when it collects no test: that is a failure here, not a pass.
+# pytest exits 5 when it collects no test: that is a failure here, not a pass. Two worker processes (pytest-xdist):
+# the two end-to-end pipeline runs take most of the time and overlap the rest; worksteal rebalances what is left.
 test: venv
-	$(BIN)/python -m pytest -q tests; rc=$$?; \
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
 
 clean:

@@ -80,8 +80,10 @@ def test_overlapping_measurements_on_one_machine_are_warned_about():
     assert "dvc queue start -j 1" in warned[0] and "share one bench measurement" in warned[1]
 
 
-SMALL = TINY | {"frameworks": ["numpy"], "models": ["mlp"], "bench.control": False, "bench.thread_counts": [2],
-                "loaders.workers": [0]}
+# bench.max_s: rounds measured again for flagged children (cheap NumPy ones) keep a verdict while the suite's
+# other worker loads the machine
+SMALL = TINY | {"frameworks": ["numpy"], "models": ["mlp"], "bench.control": False, "bench.thread_counts": [],
+                "bench.max_s": 60, "loaders.workers": [0]}
 
 
 def test_experiments_from_two_machines_meet_through_git_and_a_dvc_remote(tmp_path):
@@ -103,8 +105,9 @@ def test_experiments_from_two_machines_meet_through_git_and_a_dvc_remote(tmp_pat
         clone = tmp_path / machine
         sh(tmp_path, "git", "clone", "-q", str(remote), str(clone))
         env = ENV | {"MNIST_BENCH_MACHINE": machine}
-        names[machine] = [f"{machine}-bs{bs}" for bs in (16, 64)]
-        for bs, name in zip((16, 64), names[machine]):
+        sizes = (16, 64) if machine == "alpha" else (64,)  # alpha: a baseline and a change; beta: the change
+        names[machine] = [f"{machine}-bs{bs}" for bs in sizes]
+        for bs, name in zip(sizes, names[machine]):
             r = sh(clone, sys.executable, "-m", "dvc", "exp", "run", "-n", name, "-S", f"train.batch_size={bs}",
                    env=env)
             assert "Ran experiment" in r.stdout + r.stderr
@@ -115,15 +118,15 @@ def test_experiments_from_two_machines_meet_through_git_and_a_dvc_remote(tmp_pat
     assert any((laptop / ".dvc/cache").rglob("*")), "the experiments' cached outputs came through the DVC remote"
     # an old-format experiment is listed as skipped, not dropped: its commit lacks the files
     sh(laptop, sys.executable, "-m", "pipeline.report.compare", "--baseline", "alpha-bs16", "alpha-bs16", "alpha-bs64",
-       "beta-bs16", "beta-bs64", "main")
+       "beta-bs64", "main")
     out = laptop / "reports/compare"
     rows = pd.read_csv(out / "results.csv")
-    assert set(rows["experiment"]) == {"alpha-bs16", "alpha-bs64", "beta-bs16", "beta-bs64"}
+    assert set(rows["experiment"]) == {"alpha-bs16", "alpha-bs64", "beta-bs64"}
     assert list(rows.columns[3:4]) == ["train.batch_size"] and rows.columns[4] == "framework"  # only what changed
     assert {n: set(rows.loc[rows.experiment == n, "train.batch_size"].astype(int)) for n in ("alpha-bs16",
             "beta-bs64")} == {"alpha-bs16": {16}, "beta-bs64": {64}}
     machines = rows.groupby("experiment")["machine"].first()
-    assert machines["alpha-bs64"].startswith("alpha (") and machines["beta-bs16"].startswith("beta (")
+    assert machines["alpha-bs64"].startswith("alpha (") and machines["beta-bs64"].startswith("beta (")
     for metric in ("train_samples_per_s", "train_pct_of_own_calib", "time_to_target_s", "test_acc",
                    "loader_best_samples_per_s"):
         assert (rows["metric"] == metric).groupby(rows["experiment"]).sum().eq(1).all(), metric
@@ -132,12 +135,14 @@ def test_experiments_from_two_machines_meet_through_git_and_a_dvc_remote(tmp_pat
     verdicts = md[md.index("## Against the baseline"):md.index("## Headline")]
     lines = [line for line in verdicts.splitlines() if line.startswith("| alpha-bs64 ")]
     rate = next(line for line in lines if "training rate" in line)
-    assert "| faster " in rate  # four times the batch: far more samples/s per step overhead, on any machine
+    # four times the batch: far more samples/s per step overhead, on any machine; on a drifting one the gate on
+    # inference (which a training batch size cannot touch) may withhold the verdict, but never hide the direction
+    assert "| faster " in rate or "measured: faster (alpha-bs64/alpha-bs16 " in rate
     # tiny settings never reach the target: said, not hidden
     assert any("time to target" in line and "| no verdict " in line and "(0 and 0 seeds" in line for line in lines)
     assert "not reached" in md[md.index("**time to target"):]
-    assert sum(line.startswith(("| alpha-bs64 ", "| beta-bs16 ", "| beta-bs64 ")) for line in
-               verdicts.splitlines()) == 3 * 3  # 3 experiments x 3 measures (1 framework, 1 model)
+    assert sum(line.startswith(("| alpha-bs64 ", "| beta-bs64 ")) for line in
+               verdicts.splitlines()) == 2 * 3  # 2 experiments x 3 measures (1 framework, 1 model)
     html = (out / "index.html").read_text()
     assert html.count("data:image/png;base64,") == len(list((out / "figures").glob("*.png"))) >= 5
 

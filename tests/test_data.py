@@ -30,7 +30,7 @@ def test_idx_round_trip(tmp_path, gz):
 
 
 def raw_bytes(header: bytes, body: bytes) -> bytes:
-    return gzip.compress(header + body)
+    return gzip.compress(header + body, mtime=0)  # the same bytes every run: test ids match across xdist workers
 
 
 @pytest.mark.parametrize("content, message", [

@@ -18,10 +18,11 @@ BIN = str(Path(sys.executable).parent)
 ENV = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "DVC_NO_ANALYTICS": "1",
        "TF_CPP_MIN_LOG_LEVEL": "2", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
        "GIT_COMMITTER_EMAIL": "t@t"}
+# bench.max_s 1: the first 6 rounds only (rounds measured again are test_bench's); the suite's time stays bounded
 TINY = {"data.name": "digits", "mlp.hidden": [32], "cnn.channels": [4, 8], "cnn.dense": 32, "cnn.kernel": 3,
         "schedule.mlp.epochs": 2, "schedule.cnn.epochs": 1, "bench.warmup": 1, "bench.steps": 2,
-        "bench.repeats": 1, "bench.latency_calls": 20, "bench.infer_batch_sizes": [1, 64], "bench.compile": [False],
-        "bench.keras_fit": False, "bench.thread_counts": [1, 2], "loaders.workers": [0, 1], "loaders.warmup": 1,
+        "bench.repeats": 1, "bench.max_s": 1, "bench.latency_calls": 20, "bench.infer_batch_sizes": [1, 64],
+        "bench.compile": [False], "bench.keras_fit": False, "bench.thread_counts": [1, 2], "loaders.workers": [0, 1], "loaders.warmup": 1,
         "loaders.batches": 2, "loaders.repeats": 3}
 
 
@@ -90,14 +91,19 @@ def test_whole_pipeline_on_tiny_settings(repo):
     write_params(repo / "params.yaml", **TINY)
     dvc(repo, "repro")
     cells = [f"{f}-{m}" for f in ("torch", "tensorflow") for m in ("mlp", "cnn")]
+    rec = json.loads((repo / "reports/bench/records.json").read_text())
+    rows = rec["records"]
+    bench = json.loads((repo / "reports/bench/metrics.json").read_text())
     for c in cells:
         for f in ("metrics.json", "history.tsv", "confusion.tsv", "per_class.tsv", "predictions.npz"):
             assert (repo / "reports/runs" / c / f).is_file()
-        b = json.loads((repo / "reports/bench/metrics.json").read_text())[c]
+        if c not in bench:  # the suite's other worker loads the machine: a cell whose every child was flagged has
+            fw = c.split("-")[0]  # no figures, and the records say why
+            assert all(r["flag"] for r in rows if r["kind"] == "round" and r["arm"] == fw), c
+            continue
+        b = bench[c]
         assert b["train_samples_per_s"] > 0 and b["latency_ms_p50"] <= b["latency_ms_p99"]
         assert all(isinstance(v, (int, float)) for v in b.values())  # numbers, units in the names, for dvc
-    rec = json.loads((repo / "reports/bench/records.json").read_text())
-    rows = rec["records"]
     assert all(r["status"] == "ok" for r in rows)  # no default variant is ever "unsupported"
     assert {r["arm"] for r in rows if r["kind"] == "round"} == {"torch", "tensorflow", "torch*"}
     assert {(r["intra_op_threads"], r["inter_op_threads"]) for r in rows if r["kind"] == "round"} == {(2, 1)}
