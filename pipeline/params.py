@@ -149,6 +149,20 @@ class Loaders(_Section):
     repeats: Annotated[int, Field(ge=3, description="a spread needs several repeats")]
 
 
+class Scale(_Section):
+    workers: Annotated[list[Count], Distinct]  # empty: the stage measures nothing and says how to opt in
+    rounds: Annotated[int, Field(ge=6, description="an exact 95% interval of a median needs 6 values")]
+    warmup: Annotated[int, Field(ge=1, description="the first steps include tracing and the first collectives")]
+    steps: Count
+    repeats: Count
+    allreduce_calls: Count
+    timeout_s: Positive
+    # The rendezvous host: this machine's workers meet there (torchrun's rdzv endpoint, TF_CONFIG's first worker).
+    host: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$",
+                               description="a host name or IPv4 address: letters, digits, dots, hyphens")]
+    port: Annotated[int, Field(ge=1024, le=65535 - 64, description="unprivileged, room for one port per worker")]
+
+
 class Params(_Section):
     # NumPy seeds must be >= 0; 2**32 - 1 keeps every framework's seeding function happy.
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)]
@@ -164,6 +178,7 @@ class Params(_Section):
     train: Train
     bench: Bench
     loaders: Loaders
+    scale: Scale
 
     @model_validator(mode="after")
     def _models_fit_the_images(self) -> "Params":
@@ -173,6 +188,16 @@ class Params(_Section):
                 _build_spec(self, model, shape, 10)
             except ValueError as e:
                 raise cross(_SPEC_KEY[model], str(e)) from None
+        return self
+
+
+    @model_validator(mode="after")
+    def _shards_are_equal(self) -> "Params":
+        # equal shards: the mean of the workers' shard means is then the global batch's mean (same maths at any N)
+        uneven = [n for n in self.scale.workers if self.train.batch_size % n]
+        if uneven:
+            raise cross("scale.workers", f"{uneven[0]} workers cannot split train.batch_size "
+                        f"{self.train.batch_size} into equal shards; use counts that divide it")
         return self
 
 

@@ -52,6 +52,21 @@ def tiny_idx(n_train: int = 60, n_test: int = 20, size: int = 8, classes: int = 
     return dict(zip(FILES, (xtr, ytr, xte, yte)))
 
 
+@pytest.fixture
+def prepared(tmp_path: Path) -> Path:
+    """A directory with prepared.npz of tiny_idx (200 training images, 8x8) and an empty env.json: enough for a
+    stage that reads prepared data."""
+    from pipeline.data import idx
+    from pipeline.data.prepare import prepare, write_prepared
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for name, arr in tiny_idx(n_train=200, n_test=40, size=8).items():
+        idx.write_idx(raw / name, arr)
+    write_prepared(tmp_path / "prepared.npz", prepare(raw, None, 0.2, 0), "idx")
+    (tmp_path / "env.json").write_text("{}")
+    return tmp_path
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     routes: dict[str, Callable[["_Handler"], None]] = {}
     hits: list[str] = []

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from pipeline import backends, params, spec as specs
+from pipeline.backends import base
 from pipeline.errors import ChildError
 from pipeline.measure import bench, child, rounds, verdict
 from pipeline.records import Measurement, Rates, control_arm, framework_of
@@ -199,10 +200,10 @@ def test_child_rows_are_complete_and_calibrated():
 
 
 def test_thread_counts_are_checked_not_hoped_for():
-    assert child.check_threads({"framework": "torch", "intra_op_threads": 2, "inter_op_threads": 1}, 2) == {
+    assert base.check_threads({"framework": "torch", "intra_op_threads": 2, "inter_op_threads": 1}, 2) == {
         "intra_op_threads": 2, "inter_op_threads": 1}
     with pytest.raises(RuntimeError, match="torch runs with 4 intra-op / 1 inter-op threads; asked for 2 / 1"):
-        child.check_threads({"framework": "torch", "intra_op_threads": 4, "inter_op_threads": 1}, 2)
+        base.check_threads({"framework": "torch", "intra_op_threads": 4, "inter_op_threads": 1}, 2)
 
 
 def test_known_unavailable_variant_is_a_row_but_any_other_failure_is_loud():

@@ -3,6 +3,7 @@ with real git and DVC (a bare git remote, a local DVC remote, two clones as two 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 
@@ -135,9 +136,11 @@ def test_experiments_from_two_machines_meet_through_git_and_a_dvc_remote(tmp_pat
     verdicts = md[md.index("## Against the baseline"):md.index("## Headline")]
     lines = [line for line in verdicts.splitlines() if line.startswith("| alpha-bs64 ")]
     rate = next(line for line in lines if "training rate" in line)
-    # four times the batch: far more samples/s per step overhead, on any machine; on a drifting one the gate on
-    # inference (which a training batch size cannot touch) may withhold the verdict, but never hide the direction
-    assert "| faster " in rate or "measured: faster (alpha-bs64/alpha-bs16 " in rate
+    # four times the batch: far more samples/s per step overhead, on any machine. The suite's other worker loads
+    # the machine while these experiments run one after another, so the verdict may be withheld by a drift gate or
+    # be "no clear difference" when a round was hit; the measured median ratio still shows the effect, and the
+    # verdict is never "slower"
+    assert float(re.search(r"\| (\d+\.\d+)x \[", rate).group(1)) > 1.5 and "slower" not in rate, rate
     # tiny settings never reach the target: said, not hidden
     assert any("time to target" in line and "| no verdict " in line and "(0 and 0 seeds" in line for line in lines)
     assert "not reached" in md[md.index("**time to target"):]

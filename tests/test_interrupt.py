@@ -7,27 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import psutil
-import pytest
 
-from pipeline.data import idx
-from pipeline.data.prepare import prepare, write_prepared
-from tests.conftest import ROOT, tiny_idx, write_params
+from tests.conftest import ROOT, write_params
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-
-
-@pytest.fixture
-def prepared(tmp_path: Path) -> Path:
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    for name, arr in tiny_idx(n_train=200, n_test=40, size=8).items():
-        idx.write_idx(raw / name, arr)
-    write_prepared(tmp_path / "prepared.npz", prepare(raw, None, 0.2, 0), "idx")
-    (tmp_path / "env.json").write_text("{}")
-    return tmp_path
 
 
 def interrupt(cmd: list[str], ready, timeout: float = 60) -> tuple[int, str, list[int]]:

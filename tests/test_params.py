@@ -112,7 +112,10 @@ def _rules() -> list[tuple[str, object]]:
             if isinstance(tp, type) and issubclass(tp, BaseModel):
                 walk(tp, key + ".", default)
                 continue
-            out.append((key, "not-a-" + name))  # the type rule
+            out.append((key, 123 if tp is str else "not-a-" + name))  # the type rule
+            if tp is str:  # a string's own rules: its pattern and its length
+                out.extend([(key, "not a host!")] * any(getattr(m, "pattern", None) for m in meta))
+                out.extend([(key, "")] * any(isinstance(m, at.MinLen) for m in meta))
             if typing.get_origin(tp) is typing.Literal:
                 out.append((key, "bogus"))
             if typing.get_origin(tp) is list:

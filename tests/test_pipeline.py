@@ -125,6 +125,7 @@ def test_whole_pipeline_on_tiny_settings(repo):
     head = md[:md.index("## Time to target accuracy")]  # the verdicts first: one line per model, then the evidence
     assert head.count("): ") >= 2 and "**mlp** (PyTorch " in head and "Speed evidence: " in head
     assert "Not measured in this run: the variants child is opt-in" in md  # compile variants: opt-in, said so
+    assert "Not measured in this run: scaling is opt-in" in md  # the scale stage ran and measured nothing
     metrics = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
     shown = json.dumps(metrics)
     assert all(f"reports/runs/{c}/metrics.json" in shown for c in cells) and "test_acc" in shown

@@ -23,7 +23,7 @@ def commands() -> list[str]:
     """Commands in ```sh blocks and in inline code spans that start with make, dvc, python -m or -S."""
     text = (ROOT / "README.md").read_text()
     found = [line.split("#")[0].strip() for block in re.findall(r"```sh\n(.*?)```", text, re.S)
-             for line in block.splitlines()]
+             for line in block.replace("\\\n", " ").splitlines()]  # a continued line is one command
     found += re.findall(r"`((?:make|dvc|python -m|-S) [^`]+)`", text)
     return [c for c in dict.fromkeys(found) if c]
 
@@ -63,6 +63,10 @@ def test_the_readme_shows_commands():
 def test_each_readme_command_works_as_written(cmd):
     check_overrides([s for s in overrides(cmd) if not PLACEHOLDER.search(s)])  # a bad key: the one-line error
     words = shlex.split(cmd)
+    while re.fullmatch(r"[A-Z_]+=.*", words[0]):  # VAR=value before the command: its environment
+        words = words[1:]
+    if words[0] == "torchrun":  # PyTorch's launcher: the module it starts must be there
+        words = ["python", *words[words.index("-m"):]]
     if words[0] == "make":
         assert words[1] in make_targets(), f"README: `{cmd}`: no Make target {words[1]!r}"
     elif words[:2] == ["python", "-m"] and not PLACEHOLDER.search(words[2]):

@@ -59,6 +59,23 @@ def bench_records(root):
         "verdicts": bench.comparisons(rows, ["torch", "tensorflow"], ["mlp", "cnn"], cfg)}))
 
 
+def scale_records(root, measured=True):
+    """reports/scale/records.json through scale/run.summary from scripted launches: torch 1000 samples/s (mlp) at
+    1 worker and 600 at 2; TensorFlow 800 and 640; the CNNs never reach the target."""
+    from pipeline.scale import run
+    rows = [{"framework": fw, "model": m, "workers": n, "round": r, "samples_per_s": rate * (1 + 0.01 * (r % 3)) *
+             (0.3 if m == "cnn" else 1), "comm_share": 0.1 * (n - 1), "flag": "", "comm": comm, "device": "cpu"}
+            for r in range(6) for fw, comm, rates in (("torch", "gloo", (1000.0, 600.0)),
+                                                     ("tensorflow", "collective ring", (800.0, 640.0)))
+            for m in ("mlp", "cnn") for n, rate in zip((1, 2), rates)]
+    table, verdicts = run.summary(rows, ["torch", "tensorflow"], ["mlp", "cnn"], [1, 2], 0.05)
+    (root / "scale").mkdir(parents=True, exist_ok=True)
+    (root / "scale" / "records.json").write_text(json.dumps(
+        {"measured": measured, "threads": 2, "workers": [1, 2], "rounds": 6, "global_batch": 128, "host": "localhost",
+         "flagged": 0, "rows": rows, "table": table, "verdicts": verdicts} if measured else
+        {"measured": False, "rows": [], "table": [], "verdicts": []}))
+
+
 def make_results(root, mlp_tf_wrong=0, cnn_tf_wrong=30):
     rng = np.random.default_rng(0)
     y = rng.integers(0, 10, N_TEST)
@@ -100,6 +117,7 @@ def make_results(root, mlp_tf_wrong=0, cnn_tf_wrong=30):
                  "repeats": 3} for w, s in (("0", 900.0), ("2", 1800.0))]
         (root / "loaders" / fw).mkdir(parents=True)
         (root / "loaders" / fw / "records.json").write_text(json.dumps({"framework": fw, "records": recs}))
+    scale_records(root)
     meta = json.dumps({"dataset": "digits", "image_shape": [8, 8, 1], "sizes": {"train": 10, "val": 5,
                                                                               "test": N_TEST}})
     np.savez(root / "prepared.npz", meta=np.array(meta), x_test=rng.integers(0, 255, (N_TEST, 8, 8)).astype(np.uint8),
@@ -178,7 +196,7 @@ def test_figures_are_valid_images_and_html_is_self_contained(results):
     run_report(results)
     figs = sorted((results / "figures").glob("*.png"))
     assert [f.name for f in figs] == ["confusion.png", "learning_curves.png", "loaders.png", "rounds.png",
-                                      "samples.png", "threads.png", "time_to_target.png"]
+                                      "samples.png", "scaling.png", "threads.png", "time_to_target.png"]
     for f in figs:
         with Image.open(f) as im:
             im.verify()
@@ -292,3 +310,26 @@ def test_headline_json_and_the_overlay_data_are_what_dvc_shows(results):
     curves = pd.read_csv(results / "plots" / "val_acc.tsv", sep="\t")
     assert list(curves.columns) == ["model", "framework", "step", "train_s", "val_acc"]
     assert set(zip(curves.model, curves.framework)) == {(m, f) for m in ("mlp", "cnn") for f in ("PyTorch", "TensorFlow")}
+
+
+def test_the_scaling_section_has_efficiency_verdicts_and_time_to_target_at_each_worker_count(results):
+    run_report(results)
+    md = (results / "summary.md").read_text()
+    sec = md[md.index("## Data-parallel scaling"):]
+    sec = sec[:sec.index("\n## ", 5)] if "\n## " in sec[5:] else sec
+    row = next(line for line in sec.splitlines() if line.startswith("| PyTorch") and "| mlp " in line
+               and "|         2 |" in line)
+    assert "0.60x" in row and "0.30 [0.30–0.30]" in row  # 600 / 1000; 600 / (2 x 1000), paired per round
+    assert "| 6.3 " in row  # 30 steps to target x 128 / 606 samples/s (the median over the jittered rounds)
+    assert "**mlp, 1 worker**: torch is faster" in sec and "**mlp, 2 workers**: no clear difference" not in sec
+    assert "**mlp, 2 workers**: tensorflow is faster" in sec  # 600 vs 640 per round: 0.94x, beyond 5%
+    assert "PyTorch gloo, TensorFlow collective ring" in sec and "loopback TCP on one machine" in sec
+    assert "the best speed-up is 1x" in sec  # on a CPU the workers split the cores: said why efficiency drops
+    assert all("not reached" in line for line in sec.splitlines() if line.startswith("| ") and "| cnn " in line)
+
+
+def test_scaling_not_measured_says_how_to_opt_in(results):
+    scale_records(results, measured=False)
+    run_report(results)
+    md = (results / "summary.md").read_text()
+    assert "Not measured in this run: scaling is opt-in (`dvc exp run -S 'scale.workers=[1,2]'`" in md

@@ -60,6 +60,15 @@ class Feed:
     prefetch: int             # batches prepared ahead per worker
 
 
+def check_threads(info: dict, threads: int) -> dict:
+    """The thread counts a child really runs with must be the ones asked for (intra-op `threads`, inter-op 1)."""
+    got = (info["intra_op_threads"], info["inter_op_threads"])
+    if got != (threads, 1):
+        raise RuntimeError(f"{info['framework']} runs with {got[0]} intra-op / {got[1]} inter-op threads; "
+                           f"asked for {threads} / 1")
+    return {"intra_op_threads": got[0], "inter_op_threads": got[1]}
+
+
 class Backend(ABC):
     NAME: ClassVar[str]                 # the framework name used in params.yaml and cell names
     MODEL_SUFFIX: ClassVar[str]         # file suffix of a saved model

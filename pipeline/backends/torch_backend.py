@@ -67,7 +67,7 @@ class TorchBackend(Backend):
     def make_step(self, model: nn.Module, optim: Optim, variant: str) -> Step:
         """`compile` hands the whole step (forward, loss, backward, optimizer update) to torch.compile with static
         shapes, so it is compared with XLA's whole step, not with a compiled forward pass alone."""
-        opt = _make_optimizer(model, optim)
+        opt = make_optimizer(model, optim)
 
         def step(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             logits = model(xb)
@@ -181,7 +181,7 @@ def _module(layer: object) -> nn.Module:
     raise TypeError(f"unknown layer {layer!r}")
 
 
-def _make_optimizer(model: nn.Module, o: Optim) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, o: Optim) -> torch.optim.Optimizer:
     if o.name == "adam":
         return torch.optim.Adam(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
                                 weight_decay=0.0, amsgrad=False)

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from pipeline import backends, files, params
-from pipeline.backends.base import Backend
+from pipeline.backends.base import Backend, check_threads
 from pipeline.data.prepare import load_prepared, normalise, prepared_meta
 from pipeline.errors import ChildError
 from pipeline.measure import speedo, timing
@@ -33,15 +33,6 @@ KINDS = ("round", "variants", "threads")  # a round child runs the default varia
 # failure is a bug and fails the stage.
 UNAVAILABLE = ("InvalidCxxCompiler", "C compiler", "cc is not found", "No registered 'XlaLaunch'",
                "Could not find compiler", "could not find registered platform")
-
-
-def check_threads(info: dict, threads: int) -> dict:
-    """The thread counts a child really runs with must be the ones asked for (intra-op `threads`, inter-op 1)."""
-    got = (info["intra_op_threads"], info["inter_op_threads"])
-    if got != (threads, 1):
-        raise RuntimeError(f"{info['framework']} runs with {got[0]} intra-op / {got[1]} inter-op threads; "
-                           f"asked for {threads} / 1")
-    return {"intra_op_threads": got[0], "inter_op_threads": got[1]}
 
 
 def measure(be: Backend, spec: ModelSpec, optim: Optim, data: object, n: int, cfg: Bench, batch_size: int,

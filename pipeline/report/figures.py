@@ -104,6 +104,32 @@ def threads(rows: pd.DataFrame, path: Path) -> Path:
     return _save(g.figure, path)
 
 
+def scaling(table: pd.DataFrame, path: Path, shared: bool = False) -> Path:
+    """Per model: training samples/s (median, IQR bars) and efficiency against worker processes, a line per
+    framework; the efficiency panel marks 1 (perfect scaling) and, when the workers share one CPU (`shared`), 1/N:
+    no speed-up at all, the most that sharing the same cores allows."""
+    models = list(dict.fromkeys(table["model"]))
+    fig, axes = plt.subplots(2, len(models), figsize=(4.4 * len(models), 6), squeeze=False, sharex=True)
+    for col, model in enumerate(models):
+        for fw, d in table[table["model"] == model].groupby("framework", sort=False):
+            d = d.sort_values("workers")
+            axes[0][col].errorbar(d["workers"], d["samples_per_s"], capsize=3, marker="o", label=fw,
+                                  yerr=[d["samples_per_s"] - d["samples_per_s_q1"],
+                                        d["samples_per_s_q3"] - d["samples_per_s"]])
+            axes[1][col].plot(d["workers"], d["efficiency"], marker="o", label=fw)
+        axes[0][col].set(title=model, ylabel="training samples/s")
+        axes[1][col].axhline(1.0, color="black", linewidth=1, label="perfect scaling")
+        if shared:
+            ns = np.array(sorted(table["workers"].unique()), dtype=float)
+            axes[1][col].plot(ns, 1 / ns, color="grey", linestyle="--", label="1/N: shared cores, no speed-up")
+        axes[1][col].set(xlabel="worker processes", ylabel="efficiency", ylim=(0, 1.1))
+        axes[1][col].set_xticks(sorted(table["workers"].unique()))
+    axes[0][-1].legend(fontsize=8)
+    axes[1][-1].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def confusions(mats: dict[str, pd.DataFrame], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(mats), figsize=(4.2 * len(mats), 3.8), squeeze=False)
     for ax, (cell, m) in zip(axes[0], mats.items()):

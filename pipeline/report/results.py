@@ -35,6 +35,7 @@ class Results:
     def of_kind(self, kind: str) -> list[Measurement]:
         return [m for m in self.measured if m.kind == kind]
     loaders: dict[str, dict] = field(default_factory=dict)         # framework -> records.json
+    scale: dict = field(default_factory=dict)                      # scale/records.json ("measured": false: opt-in)
 
     def cells(self) -> list[Cell]:
         return [Cell(f, m) for m in self.models for f in self.frameworks]
@@ -89,6 +90,8 @@ def collect(root: Path, frameworks: list[str], models: list[str]) -> Results:
     for fw in frameworks:
         p = root / "loaders" / fw / "records.json"
         r.loaders[fw] = _need(read_json(p, f"loaders@{fw}"), ["records"], p, f"loaders@{fw}")
+    path = root / "scale" / "records.json"
+    r.scale = _need(read_json(path, "scale"), ["measured", "table", "verdicts", "rows"], path, "scale")
     return r
 
 

@@ -15,7 +15,7 @@ from pipeline.backends import LABEL, SHORT
 from pipeline.data.prepare import IMBALANCE, prepared_meta
 from pipeline.measure import verdict
 from pipeline.records import Cell
-from pipeline.report import figures, render, speed
+from pipeline.report import figures, render, scaling, speed
 from pipeline.report.headline import headline, time_to_target_blocks
 from pipeline.report.results import Results, history_rows, loader_rows, pair_label, pairs
 
@@ -132,6 +132,7 @@ def build(r: Results, params_text: str, prepared: dict, figdir: Path) -> list[re
                 "`train-*`: training fed by it."),
           ("table", table)] + [("p", v) for v in verdicts]
     B.append(("img", figures.loaders(loader_rows(r), figdir / "loaders.png"), "samples/s against workers"))
+    B += scaling.blocks(r, figdir)
     eq = equivalence(r)
     if len(eq):
         B += [("h2", "Equivalence evidence"),

@@ -1,0 +1,116 @@
+"""The scaling measurement: calibrated, interleaved launches; efficiency; verdicts per N.
+
+A round launches every framework at every worker count in `scale.workers` (alternating order, fresh processes),
+with the machine's GEMM read before and after each launch (speedo; a launch whose speed moved by more than
+`bench.max_drift` is flagged and left out, as in the bench). From the usable rounds: samples/s per framework, model
+and worker count; scaling efficiency rate(N) / (N x rate(1)), paired within a round; the communication share (one
+step's gradient all-reduce timed alone, over the step time: an upper bound, as DDP overlaps it with the backward
+pass); and at each N a speed verdict between the frameworks (verdict.speed on per-round ratios).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import ParamsError
+from pipeline.measure import speedo, verdict
+from pipeline.measure.stats import spread
+from pipeline.params import Params
+from pipeline.scale.engines import ENGINES
+from pipeline.scale.launch import check_ports, launch
+
+log = logging.getLogger("scale")
+
+
+def plan(p: Params, threads: int) -> list[str]:
+    """The frameworks to launch; refuses worker counts this machine cannot give a thread each."""
+    too_many = [n for n in p.scale.workers if threads // n < 1]
+    if too_many and p.device != "cuda":
+        raise ParamsError(f"params.yaml: scale.workers: {too_many[0]} workers on {threads} threads leave a worker "
+                          "without a thread (each gets threads / workers); lower it or raise threads")
+    return [f for f in p.frameworks if f in ENGINES]
+
+
+def rounds(p: Params, data: Path, params_path: Path, threads: int) -> list[dict]:
+    """Every launch's rows, each with its round, calibration and flag."""
+    frameworks = plan(p, threads)
+    check_ports(p.scale.host, p.scale.port, max(p.scale.workers))
+    configs = [(f, n) for f in frameworks for n in p.scale.workers]
+    rows: list[dict] = []
+    r = 0
+    # Rounds go on past scale.rounds (up to twice as many) while a configuration lacks scale.rounds usable
+    # launches: the flags decide, never the rates, so stopping cannot bias a verdict.
+    while r < p.scale.rounds or (r < 2 * p.scale.rounds and _short(rows, configs, p.scale.rounds)):
+        for fw, n in configs if r % 2 == 0 else reversed(configs):
+            before = speedo.gemm_gflops(threads)
+            got = launch(fw, n, max(threads // n, 1), p.models, data, params_path, p.scale)
+            after = speedo.gemm_gflops(threads)
+            moved = speedo.drift(before, after) > p.bench.max_drift
+            why = f"machine speed changed {100 * (after / before - 1):+.0f}% during the launch" if moved else ""
+            rows += [row | {"round": r, "calib_before_gflops": before, "calib_after_gflops": after, "flag": why}
+                     for row in got]
+            log.info("round %d/%d, %s at %d worker%s: %s%s", r + 1, p.scale.rounds, fw, n, "s" * (n > 1),
+                     ", ".join(f"{x['model']} {x['samples_per_s']:,.0f} samples/s" for x in got),
+                     f" (flagged: {why})" if why else "")
+        r += 1
+    return rows
+
+
+def _short(rows: list[dict], configs: list[tuple[str, int]], rounds: int) -> bool:
+    """Whether some configuration has fewer than `rounds` usable launches."""
+    usable = {(x["framework"], x["workers"], x["round"]) for x in rows if not x["flag"]}
+    return any(sum((fw, n) == u[:2] for u in usable) < rounds for fw, n in configs)
+
+
+def _rate(rows: list[dict], fw: str, model: str, n: int) -> dict[int, float]:
+    """round -> samples/s of the usable launches of one configuration."""
+    return {r["round"]: r["samples_per_s"] for r in rows
+            if (r["framework"], r["model"], r["workers"]) == (fw, model, n) and not r["flag"]}
+
+
+def summary(rows: list[dict], frameworks: list[str], models: list[str], workers: list[int],
+            min_effect: float) -> tuple[list[dict], list[dict]]:
+    """(one row per framework, model and worker count; the frameworks' verdicts at each worker count)."""
+    table, verdicts = [], []
+    for model in models:
+        for fw in frameworks:
+            one = _rate(rows, fw, model, 1) if 1 in workers else {}
+            for n in workers:
+                rate = _rate(rows, fw, model, n)
+                eff = [rate[r] / (n * one[r]) for r in rate if r in one]
+                comm = [x["comm_share"] for x in rows
+                        if (x["framework"], x["model"], x["workers"]) == (fw, model, n) and not x["flag"]]
+                s, ci = spread(list(rate.values())), verdict.median_ci(eff) if eff else None
+                table.append({"framework": fw, "model": model, "workers": n, "rounds": len(rate),
+                              "samples_per_s": s.median, "samples_per_s_q1": s.q1, "samples_per_s_q3": s.q3,
+                              "efficiency": float(np.median(eff)) if eff else float("nan"),
+                              "efficiency_ci_low": ci[1] if ci else float("nan"),
+                              "efficiency_ci_high": ci[2] if ci else float("nan"),
+                              "comm_share": float(np.median(comm)) if comm else float("nan")})
+        for a, b in zip(frameworks, frameworks[1:]):
+            for n in workers:
+                ra, rb = _rate(rows, a, model, n), _rate(rows, b, model, n)
+                ratios = [ra[r] / rb[r] for r in ra if r in rb]
+                verdicts.append({"model": model, "workers": n, "a": a, "b": b,
+                                 **verdict.speed(a, b, ratios, min_effect)})
+    return table, verdicts
+
+
+def run(p: Params, data: Path, params_path: Path, threads: int) -> tuple[dict, dict]:
+    """(records, metrics) of the scale stage; without scale.workers, a record that says nothing was measured."""
+    if not p.scale.workers:
+        return {"measured": False, "rows": [], "table": [], "verdicts": []}, {}
+    rows = rounds(p, data, params_path, threads)
+    frameworks = plan(p, threads)
+    table, verdicts = summary(rows, frameworks, p.models, p.scale.workers, p.bench.min_effect)
+    calib = speedo.stability([x for r in rows for x in (r["calib_before_gflops"], r["calib_after_gflops"])])
+    metrics = {f"{t['framework']}-{t['model']}-w{t['workers']}": {
+        k: t[k] for k in ("samples_per_s", "efficiency", "comm_share")} for t in table}
+    records = {"measured": True, "threads": threads, "workers": p.scale.workers, "rounds": p.scale.rounds,
+               "rounds_run": 1 + max(r["round"] for r in rows),
+               "global_batch": p.train.batch_size, "host": p.scale.host,
+               "calibration": calib, "flagged": sum(bool(r["flag"]) for r in rows) // max(len(p.models), 1),
+               "rows": rows, "table": table, "verdicts": verdicts}
+    return records, metrics | {"calib_gflops": calib["gflops_median"]}

@@ -1,0 +1,217 @@
+"""Data-parallel scaling: N workers do the maths one worker does; a worker that dies or hangs ends the launch in one
+line with no process left; ports in use are refused; efficiency and verdicts come from paired, usable rounds."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from pipeline import params
+from pipeline.errors import ParamsError
+from pipeline.scale import launch, run
+from pipeline.spec import init_weights
+from tests.conftest import ROOT, raw_params, write_params
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+
+
+def free_port(count: int = 2) -> int:
+    """A port with `count` free ones from it, so tests on the suite's two workers never meet on one."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("localhost", 0))
+            port = s.getsockname()[1]
+        if port + count > 65535 - 64:
+            continue
+        try:
+            launch.check_ports("localhost", port, count)
+            return port
+        except ParamsError:
+            continue
+
+
+SMALL = {"mlp.hidden": [16], "mlp.dropout": 0.0, "cnn.channels": [4, 8], "cnn.dense": 16, "cnn.kernel": 3,
+         "cnn.dropout": 0.0, "train.batch_size": 16, "frameworks": ["torch", "tensorflow"]}
+
+
+def _weights(d: Path, model: str, rank: int) -> list[np.ndarray]:
+    with np.load(d / f"weights.{model}.rank{rank}.npz") as f:
+        return [f[f"arr_{i}"] for i in range(len(f.files))]
+
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+def test_two_workers_take_the_steps_one_worker_takes_on_the_same_global_batch(prepared, framework):
+    pp = write_params(prepared / "params.yaml", **SMALL | {"scale.port": free_port()})
+    p = params.load(pp)
+    got = {}
+    for n in (1, 2):  # the first step, then one more (warmup 1, 1 timed): two Adam updates
+        got[n] = launch.launch(framework, n, 1, ["mlp", "cnn"], prepared / "prepared.npz", pp, p.scale,
+                               ("--warmup", "1", "--steps", "1", "--repeats", "1", "--dump"), workdir=prepared / f"w{n}")
+    assert [r["workers"] for r in got[1] + got[2]] == [1, 1, 2, 2]
+    assert [r["shard_batch"] for r in got[2]] == [8, 8] and [r["global_batch"] for r in got[2]] == [16, 16]
+    for one, two in zip(got[1], got[2]):  # the global batch's loss before the first update: the same
+        assert two["loss_first"] == pytest.approx(one["loss_first"], rel=1e-5)
+    for model in ("mlp", "cnn"):
+        w1, w2a, w2b = (_weights(prepared / d, model, r) for d, r in (("w1", 0), ("w2", 0), ("w2", 1)))
+        init = init_weights(params.model_spec(p, model, (8, 8, 1), 10), p.seed)
+        assert max(np.abs(a - b).max() for a, b in zip(w1, init)) > 1e-4  # it trained: the check has teeth
+        for a, b in zip(w2a, w2b):  # every worker holds the same weights
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(w2a, w1):  # averaged shard gradients = the whole batch's gradient
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-6)
+
+
+def _stage(prepared: Path, framework: str, **over) -> tuple[list[str], Path]:
+    pp = write_params(prepared / "params.yaml", **SMALL | {"frameworks": [framework], "models": ["mlp"],
+                                                            "scale.workers": [2], "scale.steps": 10**7,
+                                                            "scale.port": free_port()} | over)
+    return [sys.executable, "-m", "pipeline.stages.scale", "--data", str(prepared / "prepared.npz"), "--env",
+            str(prepared / "env.json"), "--out", str(prepared / "out"), "--params", str(pp)], prepared / "out"
+
+
+def _worker(stage: psutil.Process, rank: int) -> psutil.Process | None:
+    """The worker of this rank among the stage's descendants, once it is measuring."""
+    for c in stage.children(recursive=True):
+        try:
+            if "pipeline.scale.worker" not in " ".join(c.cmdline()):
+                continue
+            env = c.environ()
+            r = env.get("RANK") or json.loads(env.get("TF_CONFIG", "{}")).get("task", {}).get("index")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if r is not None and int(r) == rank:
+            return c
+    return None
+
+
+def _fault(prepared: Path, framework: str, sig: int, **over) -> tuple[int, str, list[int], Path]:
+    """Start the stage, wait until worker 1 is measuring, send `sig` to it (SIGINT: to the stage's process group, as
+    a terminal's Ctrl-C does), and return (exit code, stderr, every pid the stage had under it, its out dir)."""
+    cmd, out = _stage(prepared, framework, **over)
+    p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    stage, end = psutil.Process(p.pid), time.monotonic() + 120
+    victim = None
+    while "measuring" not in _phase(victim):
+        assert p.poll() is None and time.monotonic() < end, p.communicate()[1][-2000:]
+        victim = _worker(stage, 1)
+        time.sleep(0.2)
+    everyone = [c.pid for c in stage.children(recursive=True)]
+    time.sleep(1.0)  # inside the timed steps
+    if sig == signal.SIGINT:
+        os.killpg(p.pid, signal.SIGINT)
+    else:
+        victim.send_signal(sig)
+    _, err = p.communicate(timeout=120)
+    return p.returncode, err, everyone, out
+
+
+def _phase(worker: psutil.Process | None) -> str:
+    """The phase a worker last wrote (its --out directory holds rank<r>.phase)."""
+    try:
+        args = worker.cmdline() if worker else []
+        rank = worker.environ().get("RANK") if worker else None
+    except psutil.NoSuchProcess:
+        return ""
+    if "--out" not in args:
+        return ""
+    files = sorted(Path(args[args.index("--out") + 1]).glob("rank*.phase"))
+    mine = [f for f in files if rank is None or f.name == f"rank{rank}.phase"]
+    return " ".join(f.read_text() for f in mine)
+
+
+def _gone(pids: list[int]) -> bool:
+    return not [q for q in pids if psutil.pid_exists(q) and psutil.Process(q).status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+def test_a_killed_worker_ends_the_stage_in_one_line_naming_it_with_no_process_left(prepared, framework):
+    code, err, pids, out = _fault(prepared, framework, signal.SIGKILL)
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: scale: {framework} at 2 workers: worker 1 exited with -9 (SIGKILL); every "
+                          "worker stopped, nothing written (workers' output: "), err
+    assert _gone(pids) and not out.exists()
+    Path(err.strip().rsplit(": ", 1)[1].rstrip(")")).unlink()  # the kept output of the failed launch
+
+
+def test_a_hung_worker_is_named_when_the_timeout_ends_the_launch(prepared):
+    code, err, pids, out = _fault(prepared, "torch", signal.SIGSTOP, **{"scale.timeout_s": 20})
+    assert code == 1 and err.startswith("error: scale: torch at 2 workers: no result within scale.timeout_s = "
+                                        "20 s (worker 0 at 'measuring mlp', worker 1 stopped 'measuring mlp')"), err
+    assert _gone(pids) and not out.exists()
+    Path(err.strip().rsplit(": ", 1)[1].rstrip(")")).unlink()
+
+
+def test_ctrl_c_ends_the_stage_in_one_line_and_stops_every_worker(prepared):
+    code, err, pids, out = _fault(prepared, "tensorflow", signal.SIGINT)
+    assert code == 130 and err.strip() == ("interrupted: stage scale stopped by Ctrl-C; nothing half-written, its "
+                                           "previous outputs are kept (run it again to finish)"), err
+    assert _gone(pids) and not out.exists()
+
+
+def test_a_port_in_use_is_refused_in_one_line(prepared):
+    port = free_port()
+    cmd, out = _stage(prepared, "tensorflow", **{"scale.port": port})
+    with socket.socket() as s:
+        s.bind(("localhost", port + 1))  # the second worker's port
+        r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == (f"error: params.yaml: scale.port: port {port + 1} on localhost "
+                                                      "is in use (Address already in use); pick a free scale.port")
+    assert not out.exists()
+
+
+def test_no_worker_counts_measure_nothing_and_say_so(prepared):
+    cmd, out = _stage(prepared, "torch", **{"scale.workers": []})
+    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0 and json.loads((out / "records.json").read_text())["measured"] is False
+    assert json.loads((out / "metrics.json").read_text()) == {}
+
+
+def test_efficiency_is_paired_within_rounds_and_flagged_launches_are_left_out():
+    rows = []
+    for r in range(6):
+        drift = 1.0 + 0.5 * (r % 2)  # the machine alternates speed between rounds: pairing removes it
+        for fw, one, two in (("torch", 100.0, 150.0), ("tensorflow", 80.0, 160.0)):
+            rows += [{"framework": fw, "model": "mlp", "workers": n, "round": r, "samples_per_s": rate * drift,
+                      "comm_share": 0.1 * n, "flag": ""} for n, rate in ((1, one), (2, two))]
+    rows.append({"framework": "torch", "model": "mlp", "workers": 2, "round": 6, "samples_per_s": 1e9,
+                 "comm_share": 0.0, "flag": "machine speed changed +90% during the launch"})
+    table, verdicts = run.summary(rows, ["torch", "tensorflow"], ["mlp"], [1, 2], 0.05)
+    t = {(x["framework"], x["workers"]): x for x in table}
+    assert t["torch", 2]["efficiency"] == pytest.approx(0.75) and t["tensorflow", 2]["efficiency"] == 1.0
+    assert t["torch", 2]["efficiency_ci_low"] == pytest.approx(0.75) and t["torch", 2]["rounds"] == 6
+    assert t["torch", 1]["efficiency"] == 1.0 and t["tensorflow", 2]["comm_share"] == pytest.approx(0.2)
+    v = {x["workers"]: x for x in verdicts}
+    assert v[1]["winner"] == "torch" and v[1]["ratio"] == pytest.approx(1.25)
+    assert v[2]["winner"] == "tensorflow" and v[2]["ratio"] == pytest.approx(150 / 160)
+
+
+def test_worker_counts_must_split_the_batch_and_leave_each_worker_a_thread():
+    with pytest.raises(Exception, match=r"^params.yaml: scale.workers: 3 workers cannot split train.batch_size "
+                                        r"16 into equal shards"):
+        params.parse(raw_params(**SMALL | {"scale.workers": [3]}))
+    p = params.parse(raw_params(**SMALL | {"scale.workers": [1, 4]}))
+    with pytest.raises(Exception, match=r"^params.yaml: scale.workers: 4 workers on 2 threads leave a worker "
+                                        r"without a thread"):
+        run.plan(p, 2)
+
+
+def test_each_tensorflow_worker_gets_its_place_in_the_cluster_and_one_gpu(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    cmds = launch.commands("tensorflow", 2, "node0", 29400, ["--x"])
+    conf = [json.loads(env["TF_CONFIG"]) for _, env in cmds]
+    assert [c["task"] for c in conf] == [{"type": "worker", "index": 0}, {"type": "worker", "index": 1}]
+    assert conf[0]["cluster"] == {"worker": ["node0:29400", "node0:29401"]}
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in cmds] == ["2", "3"]
+    (torchrun, env), = launch.commands("torch", 2, "node0", 29400, ["--x"])
+    assert env == {} and torchrun[torchrun.index("--rdzv-endpoint") + 1] == "node0:29400"
+    assert torchrun[torchrun.index("--nproc-per-node") + 1] == "2" and torchrun[-1] == "--x"
