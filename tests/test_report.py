@@ -328,6 +328,16 @@ def test_the_scaling_section_has_efficiency_verdicts_and_time_to_target_at_each_
     assert all("not reached" in line for line in sec.splitlines() if line.startswith("| ") and "| cnn " in line)
 
 
+def test_scaling_figures_are_in_results_csv(results):
+    run_report(results)
+    df = pd.read_csv(results / "results.csv")
+    sc = df[df.source == "scale"]
+    eff = sc[(sc.metric == "efficiency") & (sc.framework == "torch") & (sc.model == "mlp") & (sc.workers == 2)]
+    assert eff.value.tolist() == [pytest.approx(0.30)] and eff.n.tolist() == [6]
+    ratio = sc[(sc.metric == "train_ratio") & (sc.model == "mlp") & (sc.workers == 2)]
+    assert ratio.framework.tolist() == ["torch/tensorflow"] and ratio.value.tolist() == [pytest.approx(600 / 640)]
+
+
 def test_scaling_not_measured_says_how_to_opt_in(results):
     scale_records(results, measured=False)
     run_report(results)

@@ -163,9 +163,30 @@ def tidy(r: Results) -> pd.DataFrame:
         out.append({"framework": rec["framework"], "source": "loaders", "metric": f"{rec['what']}_samples_per_s",
                     "workers": rec["workers"], "value": rec["samples_per_s"], "unit": "samples/s",
                     "spread": rec["samples_per_s_iqr"], "spread_kind": "IQR over repeats", "n": rec["repeats"]})
+    out += _scale_rows(r.scale)
     cols = ["framework", "model", "source", "metric", "value", "unit", "spread", "low", "high", "spread_kind", "n",
             "seed", "variant", "threads", "workers", "note"]
     return pd.DataFrame(out).reindex(columns=cols)
+
+
+def _scale_rows(s: dict) -> list[dict]:
+    """The scale stage's figures per framework, model and worker count, and its verdicts (none when opt-out)."""
+    out = []
+    for t in s.get("table", []):
+        ctx = {"framework": t["framework"], "model": t["model"], "source": "scale", "workers": t["workers"],
+               "n": t["rounds"]}
+        out += [ctx | {"metric": "train_samples_per_s", "value": t["samples_per_s"], "unit": "samples/s",
+                       "low": t["samples_per_s_q1"], "high": t["samples_per_s_q3"],
+                       "spread_kind": "IQR over rounds (fresh launches)"},
+                ctx | {"metric": "efficiency", "value": t["efficiency"], "unit": "rate(N) / (N x rate(1))",
+                       "low": t["efficiency_ci_low"], "high": t["efficiency_ci_high"],
+                       "spread_kind": "CI of the median over rounds"},
+                ctx | {"metric": "allreduce_share", "value": t["comm_share"], "unit": "fraction of a step",
+                       "note": "one step's gradients all-reduced alone"}]
+    out += [{"framework": f"{v['a']}/{v['b']}", "model": v["model"], "source": "scale", "workers": v["workers"],
+             "metric": "train_ratio", "value": v["ratio"], "unit": "x", "low": v["ci_low"], "high": v["ci_high"],
+             "n": v["rounds"], "note": v["text"]} for v in s.get("verdicts", [])]
+    return out
 
 
 def pairs(r: Results) -> list[tuple[str, Cell, Cell]]:
