@@ -185,7 +185,8 @@ def test_results_csv_is_tidy(results):
     per_round = [1000.0 * (1 + 0.01 * (rd % 3)) for rd in range(6)]  # the scripted rounds
     assert row.value.tolist() == [np.median(per_round)] and row.unit.tolist() == ["samples/s"]
     assert row.low.tolist() == [np.percentile(per_round, 25)] and row.high.tolist() == [np.percentile(per_round, 75)]
-    ratio = df[(df.metric == "train_ratio") & (df.model == "mlp") & (df.framework == "torch/tensorflow")]
+    ratio = df[(df.metric == "train_ratio") & (df.model == "mlp") & (df.framework == "torch/tensorflow")
+               & (df.source == "bench")]
     assert ratio.value.tolist() == [2.0] and ratio.n.tolist() == [6] and "CI" in ratio.spread_kind.iloc[0]
     assert set(df[df.source == "loaders"].workers.astype(str)) == {"0", "2"}
 
