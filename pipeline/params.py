@@ -107,6 +107,7 @@ class Train(_Section):
     repeats: Count
 
 
+PRECISIONS = ("fp32", "tf32", "bf16")  # how matmuls and convolutions compute, the same in every framework
 VARY = ("none", "train.batch_size", "threads")  # settings that change how a step runs, not what it computes
 
 
@@ -168,6 +169,7 @@ class Params(_Section):
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)]
     threads: Annotated[int, Field(ge=0)]
     device: Literal["auto", "cpu", "cuda"]
+    precision: Literal[PRECISIONS]
     frameworks: Annotated[list[Literal[FRAMEWORKS]], Field(min_length=1), Distinct]
     models: Annotated[list[Literal[spec.MODELS]], Field(min_length=1), Distinct]
     data: Data

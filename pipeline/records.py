@@ -105,6 +105,7 @@ class Measurement:
     threads: int = 0
     intra_op_threads: int = 0
     inter_op_threads: int = 0
+    precision: str = ""       # what the backend really ran with (fp32 | tf32 | bf16), read back and checked
     peak_rss_mb: float = math.nan
     # its place in the bench
     kind: str = "round"                    # round | variants | threads

@@ -46,7 +46,7 @@ def test_backend_implements_exactly_the_contract(framework):
 
 @pytest.mark.parametrize("framework", backends.FRAMEWORKS)
 def test_variants_follow_the_params_and_the_default_comes_first(framework):
-    be = backends.create(framework, 1, "cpu", 0)
+    be = backends.create(framework, 1, "cpu", 0, "fp32")
     everything = be.variants([False, True], {"keras_fit": True})
     assert everything[0] == be.DEFAULT and set(everything) == set(be.VARIANTS)
     assert be.variants([False], {"keras_fit": False}) == [be.DEFAULT]
@@ -55,7 +55,7 @@ def test_variants_follow_the_params_and_the_default_comes_first(framework):
 
 
 def test_keras_fit_is_asked_for_by_its_own_switch_only():
-    be = backends.create("tensorflow", 1, "cpu", 0)
+    be = backends.create("tensorflow", 1, "cpu", 0, "fp32")
     assert "fit" in be.variants([False], {"keras_fit": True}) and "fit" in be.variants([True], {"keras_fit": True})
     assert "fit" not in be.variants([False, True], {"keras_fit": False})
 
@@ -76,7 +76,7 @@ def test_state_lives_on_the_object():
     """Two numpy backends in one process keep their own dropout RNG: no module global shared between them."""
     s = specs.mlp((4, 4, 1), 3, [8], "relu", 0.5)
     x = np.ones((6, 4, 4, 1), np.float32)
-    a, b = backends.create("numpy", 1, "cpu", 1), backends.create("numpy", 1, "cpu", 2)
+    a, b = backends.create("numpy", 1, "cpu", 1, "fp32"), backends.create("numpy", 1, "cpu", 2, "fp32")
     na, nb = a.build(s, specs.init_weights(s, 0)), b.build(s, specs.init_weights(s, 0))
     first = na.forward(x, train=True)
     b.reseed(7)  # reseeding b must not touch a's masks

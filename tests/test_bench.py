@@ -11,7 +11,7 @@ from pipeline.measure import bench, child, rounds, verdict
 from pipeline.records import Measurement, Rates, control_arm, framework_of
 from tests.conftest import raw_params
 
-tb = backends.create("torch", 1, "cpu", 0)
+tb = backends.create("torch", 1, "cpu", 0, "fp32")
 P = params.parse(raw_params(**{"bench.warmup": 2, "bench.steps": 2, "bench.repeats": 2, "bench.latency_calls": 20,
                                "bench.infer_batch_sizes": [1, 16], "bench.compile": [False]}))
 SPEC = specs.mlp((8, 8, 1), 10, [16], "relu", 0.0)

@@ -7,9 +7,9 @@ from pipeline import backends, spec as specs
 from pipeline.backends import torch_backend
 from pipeline.train import loop
 
-tb = backends.create("torch", 2, "cpu", 0)
-tfb = backends.create("tensorflow", 2, "cpu", 0)
-nb = backends.create("numpy", 2, "cpu", 0)
+tb = backends.create("torch", 2, "cpu", 0, "fp32")
+tfb = backends.create("tensorflow", 2, "cpu", 0, "fp32")
+nb = backends.create("numpy", 2, "cpu", 0, "fp32")
 ALL = [tb, tfb, nb]
 OTHERS = [tfb, nb]  # each checked against torch
 name_of = lambda b: b.NAME  # noqa: E731

@@ -8,7 +8,7 @@ import pytest
 from pipeline import backends, spec as specs
 from pipeline.train import loop
 
-tb = backends.create("torch", 1, "cpu", 0)
+tb = backends.create("torch", 1, "cpu", 0, "fp32")
 SPEC = specs.mlp((8, 8, 1), 10, [8], "relu", 0.0)
 OPTIM = specs.Optim("sgd", 0.01, 0.9, 0.9, 0.999, 1e-8)
 EVAL_S = 0.15

@@ -14,8 +14,8 @@ from pipeline.backends.base import Feed
 from pipeline.backends.torch_backend import from_native
 from tests.conftest import ROOT
 
-nb = backends.create("numpy", 2, "cpu", 0)
-tb = backends.create("torch", 2, "cpu", 0)
+nb = backends.create("numpy", 2, "cpu", 0, "fp32")
+tb = backends.create("torch", 2, "cpu", 0, "fp32")
 RNG = np.random.default_rng(7)
 MASKS = np.random.default_rng(3)  # the dropout layer's generator in the layer tests
 
@@ -148,17 +148,17 @@ def test_max_pool_ties_send_the_gradient_to_the_first_maximum_like_torch():
 
 def test_setup_sets_the_blas_threads_it_reports():
     try:
-        got = backends.create("numpy", 1, "cpu", 0).info
+        got = backends.create("numpy", 1, "cpu", 0, "fp32").info
         blas = [b for b in threadpoolctl.threadpool_info() if b["user_api"] == "blas"]
         assert got["intra_op_threads"] == 1 and blas and all(b["num_threads"] == 1 for b in blas)
     finally:
-        backends.create("numpy", 2, "cpu", 0)
-    assert backends.create("numpy", 2, "cpu", 0).info["intra_op_threads"] == 2
+        backends.create("numpy", 2, "cpu", 0, "fp32")
+    assert backends.create("numpy", 2, "cpu", 0, "fp32").info["intra_op_threads"] == 2
 
 
 def test_cuda_is_refused_in_one_line():
     with pytest.raises(params.ParamsError, match="device: cuda.*numpy backend runs on the CPU"):
-        backends.create("numpy", 2, "cuda", 0)
+        backends.create("numpy", 2, "cuda", 0, "fp32")
 
 
 def test_loader_batches_do_not_depend_on_the_worker_count():

@@ -41,7 +41,7 @@ class Scripted(NumpyBackend):
     """A backend whose training step is the test's function (the timing logic is the contract's own)."""
 
     def __init__(self, step):
-        super().__init__(1, "cpu", 0)
+        super().__init__(1, "cpu", 0, "fp32")
         self.step = step
 
     def make_step(self, model, optim, variant):

@@ -18,7 +18,8 @@ LABEL = {"torch": "PyTorch", "tensorflow": "TensorFlow", "numpy": "NumPy"}
 SHORT = {"torch": "torch", "tensorflow": "tf", "numpy": "np"}  # for figure labels with little room
 
 
-def create(framework: str, threads: int, device: str, seed: int) -> Backend:
-    """The backend of `framework`, set up for this process (threads, device, seed); imports only that framework."""
+def create(framework: str, threads: int, device: str, seed: int, precision: str) -> Backend:
+    """The backend of `framework`, set up for this process (threads, device, seed, precision); imports only that
+    framework."""
     module = importlib.import_module(f"pipeline.backends.{framework}_backend")
-    return module.BACKEND(threads, device, seed)
+    return module.BACKEND(threads, device, seed, precision)

@@ -69,6 +69,21 @@ def check_threads(info: dict, threads: int) -> dict:
     return {"intra_op_threads": got[0], "inter_op_threads": got[1]}
 
 
+def check_precision(info: dict, precision: str) -> dict:
+    """The precision a backend really runs with (read back from the framework) must be the one asked for: fp32
+    with TF32 off, tf32 with it on, bf16 with bf16 compute (and TF32 off for what stays fp32)."""
+    got = info["precision"]
+    if got != precision:
+        raise RuntimeError(f"{info['framework']} runs with precision {got}; asked for {precision}")
+    return {"precision": got}
+
+
+def refuse_tf32_off_cuda(device: str) -> None:
+    """TF32 is a tensor-core format of NVIDIA GPUs (Ampere and newer): there is nothing to turn on elsewhere."""
+    raise ParamsError(f"params.yaml: precision: tf32 runs only on a CUDA GPU (this backend runs on {device}); "
+                      "use fp32 or bf16")
+
+
 class Backend(ABC):
     NAME: ClassVar[str]                 # the framework name used in params.yaml and cell names
     MODEL_SUFFIX: ClassVar[str]         # file suffix of a saved model
@@ -77,8 +92,9 @@ class Backend(ABC):
     info: dict                          # what the constructor really set: versions, device, thread counts
 
     @abstractmethod
-    def __init__(self, threads: int, device: str, seed: int):
-        """Threads (intra-op, 0 = the framework's default; inter-op 1), device and RNG, before anything runs."""
+    def __init__(self, threads: int, device: str, seed: int, precision: str):
+        """Threads (intra-op, 0 = the framework's default; inter-op 1), device, RNG and precision (fp32 | tf32 |
+        bf16, params.PRECISIONS), before anything runs; a precision the device cannot do is a ParamsError."""
 
     @abstractmethod
     def reseed(self, seed: int) -> None:

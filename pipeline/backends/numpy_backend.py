@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import threadpoolctl
 
-from pipeline.backends.base import Backend, Feed, Step, Variant
+from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_tf32_off_cuda
 from pipeline.backends.numpy_layers import Net, Optimizer, SoftmaxCrossEntropy
 from pipeline.errors import ParamsError
 from pipeline.spec import ModelSpec, Optim
@@ -21,17 +21,23 @@ class NumpyBackend(Backend):
     VARIANTS = {"numpy": Variant("hand-written forward and backward passes, im2col convolution, one BLAS matmul "
                                  "per layer")}
 
-    def __init__(self, threads: int, device: str, seed: int):
+    def __init__(self, threads: int, device: str, seed: int, precision: str):
         if device == "cuda":
             raise ParamsError("params.yaml: device: cuda, but the numpy backend runs on the CPU only (use auto or "
                               "cpu)")
+        if precision == "tf32":
+            refuse_tf32_off_cuda("cpu")
+        if precision != "fp32":  # NumPy has no bfloat16 type: its layers compute in float32 only
+            raise ParamsError(f"params.yaml: precision: {precision} is not available in the numpy backend (fp32 "
+                              "only); use fp32 or drop numpy from frameworks")
         if threads:  # the BLAS pool is NumPy's only parallelism; limit it for the whole process
             threadpoolctl.threadpool_limits(threads, user_api="blas")
         self.rng = np.random.default_rng(seed)  # dropout masks; reseed() re-seeds it in place for built networks
         blas = [b for b in threadpoolctl.threadpool_info() if b["user_api"] == "blas"]
         self.info = {"framework": self.NAME, "framework_version": np.__version__, "device": "cpu",
                      "blas": ", ".join(f"{b['internal_api']} {b['version']}" for b in blas),
-                     "intra_op_threads": max(b["num_threads"] for b in blas), "inter_op_threads": 1}
+                     "intra_op_threads": max(b["num_threads"] for b in blas), "inter_op_threads": 1,
+                     "precision": "fp32"}
 
     def reseed(self, seed: int) -> None:
         self.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state

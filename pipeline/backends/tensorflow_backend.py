@@ -14,7 +14,7 @@ import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
-from pipeline.backends.base import Backend, Feed, Step, Variant  # noqa: E402
+from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_tf32_off_cuda  # noqa: E402
 from pipeline.errors import ParamsError  # noqa: E402
 from pipeline.spec import Act, Conv, Dense, Dropout, Flatten, ModelSpec, Optim, Pool  # noqa: E402
 
@@ -29,7 +29,7 @@ class TensorFlowBackend(Backend):
                                "tf.data's input handling), compile()'s defaults (jit_compile='auto': XLA on a GPU, "
                                "off on a CPU)", compiled=None, opt_in="keras_fit")}
 
-    def __init__(self, threads: int, device: str, seed: int):
+    def __init__(self, threads: int, device: str, seed: int, precision: str):
         """Must run before TensorFlow executes anything in this process (its settings are process-wide)."""
         gpus = tf.config.list_physical_devices("GPU")
         if device == "cuda" and not gpus:
@@ -43,8 +43,13 @@ class TensorFlowBackend(Backend):
                 tf.config.set_visible_devices([], "GPU")
         except RuntimeError:  # TF already running in this process (tests): the first settings stay
             pass
+        if precision == "tf32" and self.device == "/CPU:0":
+            refuse_tf32_off_cuda("cpu")
         # fp32 means fp32: TensorFlow runs float32 matmuls and convolutions in TF32 on Ampere and newer by default
-        tf.config.experimental.enable_tensor_float_32_execution(False)
+        tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")
+        # bf16: each layer built with Keras' mixed_bfloat16 policy (bfloat16 compute, float32 weights); a policy per
+        # model, not Keras' process-wide global one
+        self.dtype = "mixed_bfloat16" if precision == "bf16" else "float32"
         self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)  # batch mean, on logits
         self.reseed(seed)
         name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "gpu") \
@@ -52,15 +57,17 @@ class TensorFlowBackend(Backend):
         self.info = {"framework": self.NAME, "framework_version": tf.__version__,
                      "keras_version": keras.__version__, "device": name,
                      "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count(),
-                     "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads()}
+                     "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+                     "precision": ("tf32" if tf.config.experimental.tensor_float_32_execution_enabled() else
+                                   "bf16" if self.dtype == "mixed_bfloat16" else "fp32")}
 
     def reseed(self, seed: int) -> None:
         keras.utils.set_random_seed(seed)  # Python, NumPy and TF seeds
 
     def build(self, spec: ModelSpec, weights: list[np.ndarray]) -> keras.Model:
         with tf.device(self.device):
-            model = keras.Sequential([keras.Input(spec.in_shape)] + [_layer(layer) for layer in spec.layers],
-                                     name=spec.name)
+            model = keras.Sequential([keras.Input(spec.in_shape)] + [_layer(layer, self.dtype)
+                                                                     for layer in spec.layers], name=spec.name)
             model.set_weights(weights)  # canonical layout is Keras' own: HWIO kernels, (in, out), NHWC flatten
         return model
 
@@ -82,7 +89,7 @@ class TensorFlowBackend(Backend):
         @tf.function(jit_compile=variant == "xla", reduce_retracing=True)
         def step(xb: tf.Tensor, yb: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
             with tf.GradientTape() as tape:
-                logits = model(xb, training=True)
+                logits = tf.cast(model(xb, training=True), tf.float32)  # the loss in float32 at any precision
                 loss = loss_fn(yb, logits)
             opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
             n = tf.cast(tf.shape(yb)[0], tf.float32)
@@ -94,7 +101,7 @@ class TensorFlowBackend(Backend):
     def make_predict(self, model: keras.Model, variant: str) -> Callable[[Any], Any]:
         if variant == "fit":  # Keras' own inference path
             return lambda xb: model.predict_on_batch(xb)
-        return tf.function(lambda xb: model(xb, training=False), jit_compile=variant == "xla",
+        return tf.function(lambda xb: tf.cast(model(xb, training=False), tf.float32), jit_compile=variant == "xla",
                            reduce_retracing=True)
 
     def train_timings(self, model: keras.Model, optim: Optim, data: Any, order: np.ndarray, variant: str,
@@ -166,20 +173,20 @@ class TensorFlowBackend(Backend):
         return iter(ds.repeat())
 
 
-def _layer(layer: object) -> keras.layers.Layer:
+def _layer(layer: object, dtype: str) -> keras.layers.Layer:
     match layer:
         case Conv(k, _, c_out):
-            return keras.layers.Conv2D(c_out, k, padding="same")
+            return keras.layers.Conv2D(c_out, k, padding="same", dtype=dtype)
         case Pool(size):
-            return keras.layers.MaxPooling2D(size)
+            return keras.layers.MaxPooling2D(size, dtype=dtype)
         case Flatten():
-            return keras.layers.Flatten()
+            return keras.layers.Flatten(dtype=dtype)
         case Dense(_, n_out):
-            return keras.layers.Dense(n_out)
+            return keras.layers.Dense(n_out, dtype=dtype)
         case Dropout(p):
-            return keras.layers.Dropout(p)
+            return keras.layers.Dropout(p, dtype=dtype)
         case Act(fn):
-            return keras.layers.ReLU() if fn == "relu" else keras.layers.Activation(fn)
+            return keras.layers.ReLU(dtype=dtype) if fn == "relu" else keras.layers.Activation(fn, dtype=dtype)
     raise TypeError(f"unknown layer {layer!r}")
 
 

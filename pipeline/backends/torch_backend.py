@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.backends.base import Backend, Feed, Step, Variant
+from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_tf32_off_cuda
 from pipeline.errors import ParamsError
 from pipeline.spec import Act, Conv, Dense, Dropout, Flatten, ModelSpec, Optim, Pool, init_weights
 
@@ -23,7 +23,7 @@ class TorchBackend(Backend):
                 "compile": Variant("torch.compile of the whole training step (forward, backward, optimizer "
                                    "update), static shapes, inductor", compiled=True)}
 
-    def __init__(self, threads: int, device: str, seed: int):
+    def __init__(self, threads: int, device: str, seed: int, precision: str):
         if threads:
             torch.set_num_threads(threads)
         try:
@@ -33,14 +33,29 @@ class TorchBackend(Backend):
         if device == "cuda" and not torch.cuda.is_available():
             raise ParamsError("params.yaml: device: cuda, but PyTorch sees no CUDA device (use auto or cpu)")
         self.device = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
-        # fp32 means fp32: TF32 off for matmuls and cuDNN convolutions, as the TensorFlow backend sets it
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        if precision == "tf32" and self.device.type != "cuda":
+            refuse_tf32_off_cuda(self.device.type)
+        # fp32 means fp32: TF32 off for matmuls and cuDNN convolutions (PyTorch's defaults differ between the two,
+        # and from TensorFlow's); tf32 turns both on, as the TensorFlow backend does
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+        # bf16: autocast around the forward pass (matmuls and convolutions in bfloat16, the loss and the weights in
+        # float32), the same split as Keras' mixed_bfloat16 policy
+        self.amp = torch.bfloat16 if precision == "bf16" else None
         self.reseed(seed)
         name = torch.cuda.get_device_name(0) if self.device.type == "cuda" else "cpu"
+        tf32 = torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
         self.info = {"framework": self.NAME, "framework_version": torch.__version__, "device": name,
                      "intra_op_threads": torch.get_num_threads(),
-                     "inter_op_threads": torch.get_num_interop_threads()}
+                     "inter_op_threads": torch.get_num_interop_threads(),
+                     "precision": "bf16" if self.amp is torch.bfloat16 and not tf32 else "tf32" if tf32 else "fp32"}
+
+    def _forward(self, net: Any, xb: torch.Tensor) -> torch.Tensor:
+        """Logits in float32, computed at the backend's precision."""
+        if self.amp is None:
+            return net(xb)
+        with torch.autocast(self.device.type, dtype=self.amp):
+            return net(xb).float()
 
     def reseed(self, seed: int) -> None:
         torch.manual_seed(seed)
@@ -70,7 +85,7 @@ class TorchBackend(Backend):
         opt = make_optimizer(model, optim)
 
         def step(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            logits = model(xb)
+            logits = self._forward(model, xb)
             loss = F.cross_entropy(logits, yb)  # mean over the batch, on logits
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -93,7 +108,7 @@ class TorchBackend(Backend):
         def predict(xb: torch.Tensor) -> torch.Tensor:
             model.eval()
             with torch.inference_mode():
-                return net(xb)
+                return self._forward(net, xb)
         return predict
 
     def numpy(self, t: Any) -> np.ndarray:

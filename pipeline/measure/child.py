@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from pipeline import backends, files, params
-from pipeline.backends.base import Backend, check_threads
+from pipeline.backends.base import Backend, check_precision, check_threads
 from pipeline.data.prepare import load_prepared, normalise, prepared_meta
 from pipeline.errors import ChildError
 from pipeline.measure import speedo, timing
@@ -106,8 +106,9 @@ def main(argv: list[str]) -> None:
     p = params.load(a.params)
     raw = load_prepared(a.data)
     shape, classes = tuple(prepared_meta(raw)["image_shape"]), len(raw["classes"])
-    be = backends.create(a.framework, a.threads, p.device, p.seed)
+    be = backends.create(a.framework, a.threads, p.device, p.seed, p.precision)
     checked = check_threads(be.info, a.threads)
+    precision = check_precision(be.info, p.precision)["precision"]  # refuses to measure what was not asked
     specs = params.networks(p, shape, classes)
     x, y = normalise(raw["x_train"], raw["mean"], raw["std"]), raw["y_train"]
     variants = be.variants(p.bench.compile, {"keras_fit": p.bench.keras_fit}) if a.kind == "variants" \
@@ -118,6 +119,7 @@ def main(argv: list[str]) -> None:
     for r in rows:
         r.framework, r.framework_version, r.device = a.framework, be.info["framework_version"], be.info["device"]
         r.threads, r.intra_op_threads, r.inter_op_threads = a.threads, *checked.values()
+        r.precision = precision
         r.peak_rss_mb, r.description = rss, be.VARIANTS[r.variant].description
     print(json.dumps([r.flat() for r in rows]))
 

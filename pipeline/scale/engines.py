@@ -26,12 +26,12 @@ class TorchDDP:
     gradients in buckets, overlapped with the backward pass."""
     NAME = "torch"
 
-    def __init__(self, threads: int, device: str, seed: int):
+    def __init__(self, threads: int, device: str, seed: int, precision: str):
         import torch.distributed as dist
         self.rank, self.world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local = int(os.environ.get("LOCAL_RANK", "0"))
         from pipeline.backends.torch_backend import BACKEND
-        self.be = BACKEND(threads, device, seed)
+        self.be = BACKEND(threads, device, seed, precision)
         if self.be.device.type == "cuda":  # one device per worker
             import torch
             torch.cuda.set_device(local)
@@ -49,19 +49,11 @@ class TorchDDP:
         return self.be.get_weights(model.module, spec)
 
     def make_step(self, model: Any, optim: Optim, global_batch: int) -> StepFn:
-        import torch.nn.functional as F
-        from pipeline.backends.torch_backend import make_optimizer
-        opt = make_optimizer(model, optim)
-        # DDP averages gradients over workers; with equal shards, the mean of shard means is the global mean
-        # (the shards' equal size is checked where they are cut).
-
-        def step(xb: Any, yb: Any) -> Any:
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return loss.detach() * len(yb) / global_batch
-        return step
+        """The backend's own training step (its optimizer, precision and loss) on the DDP-wrapped model: DDP
+        averages the gradients over workers during backward(), and with equal shards the mean of the shard means
+        is the global batch's mean (the shards' equal size is checked where they are cut)."""
+        step = self.be.make_step(model, optim, self.be.DEFAULT)
+        return lambda xb, yb: step(xb, yb)[0] / global_batch  # this shard's summed loss: a share of the mean
 
     def allreduce_s(self, model: Any, calls: int) -> float:
         """Seconds per all-reduce of one step's gradients (one flat buffer of every parameter), timed alone."""
@@ -93,9 +85,9 @@ class TFMultiWorker:
     single worker); the Keras optimizer all-reduces (sums) the gradients inside strategy.run."""
     NAME = "tensorflow"
 
-    def __init__(self, threads: int, device: str, seed: int):
+    def __init__(self, threads: int, device: str, seed: int, precision: str):
         from pipeline.backends.tensorflow_backend import BACKEND
-        self.be = BACKEND(threads, device, seed)  # threads first: process-wide, set once
+        self.be = BACKEND(threads, device, seed, precision)  # threads first: process-wide, set once
         import tensorflow as tf
         self.tf = tf
         cluster = json.loads(os.environ.get("TF_CONFIG", "{}"))
@@ -122,7 +114,8 @@ class TFMultiWorker:
 
         def replica(xb: Any, yb: Any) -> Any:
             with tf.GradientTape() as tape:
-                loss = loss_fn(yb, model(xb, training=True)) / global_batch  # summed grads = global mean's
+                logits = tf.cast(model(xb, training=True), tf.float32)  # the loss in float32 at any precision
+                loss = loss_fn(yb, logits) / global_batch  # the all-reduced (summed) gradients: the global mean's
             opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
             return loss
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import files, params
-from pipeline.backends.base import check_threads
+from pipeline.backends.base import check_precision, check_threads
 from pipeline.data.prepare import load_prepared, normalise, prepared_meta
 from pipeline.scale.engines import ENGINES
 from pipeline.spec import batch_order, init_weights
@@ -92,10 +92,11 @@ def main(argv: list[str]) -> None:
     a = ap.parse_args(argv)
     p = params.load(a.params)
     warmup, steps, repeats = a.warmup or p.scale.warmup, a.steps or p.scale.steps, a.repeats or p.scale.repeats
-    eng = ENGINES[a.framework](a.threads, p.device, p.seed)
+    eng = ENGINES[a.framework](a.threads, p.device, p.seed, p.precision)
     phase = lambda what: files.write_text(a.out / f"rank{eng.rank}.phase", f"{what} {os.getpid()}\n")  # noqa: E731
     phase("started")
     check_threads(eng.be.info, a.threads)
+    check_precision(eng.be.info, p.precision)
     raw = load_prepared(a.data)
     shape, classes = tuple(prepared_meta(raw)["image_shape"]), len(raw["classes"])
     rows = []

@@ -24,7 +24,7 @@ def main(argv: list[str]) -> None:
     p = params.load(a.params)
     raw = load_prepared(a.data)
     models = params.networks(p, tuple(prepared_meta(raw)["image_shape"]), len(raw["classes"]))
-    be = backends.create(a.framework, p.threads, p.device, p.seed)
+    be = backends.create(a.framework, p.threads, p.device, p.seed, p.precision)
     rows = loaders.sweep(be, raw, p.loaders, models, p.seed)
     files.write_json(a.out / "records.json", {"framework": a.framework, "setup": be.info,
                                               "env": files.read_json(a.env, "env"), "records": rows})

@@ -15,6 +15,7 @@ import pandas as pd
 
 from pipeline import backends, files, params, spec
 from pipeline.data.prepare import load_prepared, normalise, prepared_meta
+from pipeline.backends.base import check_precision
 from pipeline.records import Cell
 from pipeline.train.cell import train_cell
 
@@ -34,7 +35,8 @@ def main(argv: list[str]) -> None:
     raw = load_prepared(a.data)
     meta = prepared_meta(raw)
     net = params.model_spec(p, a.model, tuple(meta["image_shape"]), len(raw["classes"]))
-    be = backends.create(a.framework, p.threads, p.device, p.seed)
+    be = backends.create(a.framework, p.threads, p.device, p.seed, p.precision)
+    check_precision(be.info, p.precision)  # run.json records be.info: the precision it really trained at
     d = {k: normalise(raw[k], raw["mean"], raw["std"]) if k.startswith("x_") else raw[k] for k in raw}
     optim, epochs = params.optim(p, a.model), getattr(p.schedule, a.model).epochs
     target = getattr(p.target.of(meta["dataset"]), a.model)
