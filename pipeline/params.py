@@ -9,11 +9,12 @@ own constraints, so a rule and its message cannot drift apart).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from pipeline import spec
 from pipeline.backends import FRAMEWORKS
@@ -138,8 +139,17 @@ class Bench(_Section):
         return self
 
 
+def _auto_workers(value: Any) -> Any:
+    """`auto`: no worker, then powers of two up to this machine's cores, and the core count itself."""
+    if value != "auto":
+        return value
+    cores = len(os.sched_getaffinity(0))
+    return sorted({0, cores} | {2 ** k for k in range(cores.bit_length()) if 2 ** k <= cores})
+
+
 class Loaders(_Section):
-    workers: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1), Distinct]
+    workers: Annotated[list[Annotated[int, Field(ge=0)]], BeforeValidator(_auto_workers), Distinct,
+                       Field(min_length=1, description="or auto: 0, powers of two up to the cores, the cores")]
     batch_size: Count
     shift: Annotated[int, Field(ge=0)]
     pin_memory: bool

@@ -75,7 +75,7 @@ def _expected(tp: Any, meta: list, plural: bool = False) -> str:
     if typing.get_origin(tp) is list:
         words = ["a"] + ["non-empty"] * any(isinstance(m, at.MinLen) for m in meta) + ["list of"]
         words += ["distinct"] * (Distinct in meta) + [_expected(typing.get_args(tp)[0], [], plural=True)]
-        return " ".join(words)
+        return " ".join(words) + (f" ({why})" if why else "")
     noun = _NOUNS.get(tp, str(tp)).split(" (")[0] if plural else _NOUNS.get(tp, str(tp))
     noun = ("odd " if Odd in meta else "") + noun + ("s" if plural else "")
     text = noun + _bounds(meta) + (f" ({why})" if why else "")

@@ -166,3 +166,12 @@ def test_every_rule_on_every_field_refuses_in_one_line_naming_the_key(key, bad):
     assert where == key or where.startswith(key + "[")  # a wrong-typed list item is named with its index
     if where == key:
         assert msg.endswith(f"got {bad!r}")
+
+
+@pytest.mark.parametrize("cores, expected", [(1, [0, 1]), (2, [0, 1, 2]), (12, [0, 1, 2, 4, 8, 12]),
+                                             (16, [0, 1, 2, 4, 8, 16])])
+def test_loader_workers_auto_sweeps_up_to_this_machines_cores(monkeypatch, cores, expected):
+    import os
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert params.parse(raw_params(**{"loaders.workers": "auto"})).loaders.workers == expected
+    assert params.parse(raw_params(**{"loaders.workers": [0, 3]})).loaders.workers == [0, 3]  # a list stays
