@@ -86,7 +86,8 @@ class Measurement:
     """One model x variant measured by one benchmark child (a fresh process), with the calibration around it."""
     model: str
     variant: str
-    status: str = "ok"                     # ok | unsupported (a known "not on this machine" failure)
+    status: str = "ok"                     # ok | unsupported (a known "not on this machine" failure) | wrong
+                                           # (a variant whose first steps' losses differ from the default's)
     reason: str = ""                       # why unsupported
     first_step_s: float = math.nan         # the first step, tracing and compilation included
     train: Rates | None = None

@@ -287,3 +287,28 @@ def test_a_setting_arm_spawns_its_child_with_that_setting(monkeypatch):
     with pytest.raises(ChildError):
         child.spawn("d.npz", "p.yaml", "torch", "round", 2, "round 1 torch@train.batch_size=256", 256)
     assert seen[0][-2:] == ["--batch-size", "256"]
+
+
+def test_a_variant_whose_steps_differ_from_the_default_is_caught_before_it_is_timed(monkeypatch):
+    from pipeline.backends.base import Variant
+    cfg = params.parse(raw_params(**{"bench.steps": 2, "bench.repeats": 1, "bench.warmup": 1,
+                                     "bench.latency_calls": 20, "bench.infer_batch_sizes": [4]})).bench
+    real = tb.make_step
+
+    def make_step(model, optim, variant):  # "fast": a wrong update (10x the rate); "twin": the default's maths
+        if variant == "fast":
+            return real(model, specs.Optim(optim.name, optim.lr * 10, optim.momentum, optim.beta1, optim.beta2,
+                                           optim.eps), "eager")
+        return real(model, optim, "eager")
+    monkeypatch.setattr(tb, "make_step", make_step)
+    monkeypatch.setattr(tb, "make_predict", lambda model, variant: type(tb).make_predict(tb, model, "eager"))
+    monkeypatch.setattr(type(tb), "VARIANTS", tb.VARIANTS | {"fast": Variant("wrong on purpose"),
+                                                             "twin": Variant("the default again")})
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 8, 8, 1)).astype(np.float32), rng.integers(0, 10, 64)
+    spec = specs.mlp((8, 8, 1), 10, [16], "relu", 0.5)  # dropout on: left out of the check only
+    data = tb.put(x, y)
+    wrong = child.measure(tb, spec, OPTIM, data, 64, cfg, 16, 0, "fast")
+    assert wrong.status == "wrong" and wrong.reason.startswith("step 2's loss ") and "not timed" in wrong.reason
+    assert "differs from the default variant's" in wrong.reason and wrong.flat()["reason"] == wrong.reason
+    assert child.measure(tb, spec, OPTIM, data, 64, cfg, 16, 0, "twin").status == "ok"

@@ -26,7 +26,7 @@ from pipeline.errors import ChildError
 from pipeline.measure import speedo, timing
 from pipeline.params import Bench
 from pipeline.records import Measurement
-from pipeline.spec import ModelSpec, Optim, batch_order, init_weights
+from pipeline.spec import Dropout, ModelSpec, Optim, batch_order, init_weights
 
 KINDS = ("round", "variants", "threads")  # a round child runs the default variant; variants runs all of them
 # Errors that mean "this machine cannot run the variant" (no C compiler for inductor, no XLA device). Any other
@@ -39,6 +39,10 @@ def measure(be: Backend, spec: ModelSpec, optim: Optim, data: object, n: int, cf
             seed: int, variant: str) -> Measurement:
     """One model, one variant, in this process: training on the train stage's batches (whole training set, its
     batch order and size), inference at each batch size, batch-1 latency."""
+    if variant not in (be.DEFAULT, "fit"):  # Keras fit has no step of its own to compare (its test: equivalence)
+        wrong = same_steps(be, spec, optim, data, n, batch_size, seed, variant)
+        if wrong:
+            return Measurement(spec.name, variant, status="wrong", reason=wrong)
     model = be.build(spec, init_weights(spec, seed))
     first, per_step = be.train_timings(model, optim, data, batch_order(n, seed, 0), variant, batch_size,
                                        cfg.warmup, cfg.steps, cfg.repeats)
@@ -53,6 +57,32 @@ def measure(be: Backend, spec: ModelSpec, optim: Optim, data: object, n: int, cf
     lat = timing.latencies(lambda: predict(x1), cfg.warmup, cfg.latency_calls, be.sync) * 1e3
     m.latency_ms_p50, m.latency_ms_p95, m.latency_ms_p99 = (float(q) for q in np.percentile(lat, [50, 95, 99]))
     return m
+
+
+# How far a variant's loss may sit from the default's at each precision: a few roundings of the format's mantissa
+# (fp32: reordered sums, 2^-23 each, over long reductions; tf32 keeps 11 bits, bf16 8).
+LOSS_RTOL = {"fp32": 1e-4, "tf32": 4 * 2.0 ** -11, "bf16": 4 * 2.0 ** -8}
+
+
+def same_steps(be: Backend, spec: ModelSpec, optim: Optim, data: object, n: int, batch_size: int, seed: int,
+               variant: str) -> str:
+    """Why `variant` must not be timed ("" when it may): from the same weights and batch, its first two steps'
+    losses (the first checks the forward pass, the second the update) must equal the default variant's within
+    LOSS_RTOL. Dropout is left out of this check only, since compiled code draws its masks differently."""
+    plain = ModelSpec(spec.name, spec.in_shape, spec.classes,
+                      tuple(layer for layer in spec.layers if not isinstance(layer, Dropout)))
+    order = batch_order(n, seed, 0)
+    batches = [be.take(data, order[np.arange(i * batch_size, (i + 1) * batch_size) % n]) for i in (0, 1)]
+    losses = {}
+    for v in (be.DEFAULT, variant):
+        step = be.make_step(be.build(plain, init_weights(plain, seed)), optim, v)
+        losses[v] = [float(be.numpy(step(*b)[0])) / batch_size for b in batches]
+    rtol = LOSS_RTOL[be.info.get("precision", "fp32")]
+    for i, (a, b) in enumerate(zip(losses[be.DEFAULT], losses[variant])):
+        if not abs(b - a) <= rtol * abs(a):
+            return (f"step {i + 1}'s loss {b:.6g} differs from the default variant's {a:.6g} by more than "
+                    f"{rtol:.2g} (relative): not timed")
+    return ""
 
 
 def measure_or_unsupported(be: Backend, model: str, variant: str, run: Callable[[], Measurement]) -> Measurement:

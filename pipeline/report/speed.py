@@ -134,7 +134,8 @@ def compile_blocks(r: Results) -> list:
                      "vs default (same process)": m.rate("train") / default.rate("train")
                      if ok and default is not None else np.nan,
                      "first step s (compile)": m.first_step_s if ok else np.nan,
-                     "note": "" if ok else f"unsupported here: {m.reason}"})
+                     "note": "" if ok else f"{'WRONG' if m.status == 'wrong' else 'unsupported here'}: "
+                                           f"{m.reason}"})
     described = {m.variant: m.description for m in var}
     return [("h2", "Compilation"),
             ("p", "; ".join(f"`{k}`: {v}" for k, v in described.items())),
