@@ -98,6 +98,12 @@ class Measurement:
     calib_before_gflops: float = math.nan  # the speedometer before and after the child's measurements
     calib_after_gflops: float = math.nan
     drift: float = math.nan
+    speedometer: str = ""                  # what the speedometer measured (the CPU GEMM, or a matmul on the GPU)
+    gpu_sm_clock_mhz_before: float = math.nan  # NVML telemetry around the child on a CUDA device (NaN elsewhere)
+    gpu_sm_clock_mhz_after: float = math.nan
+    gpu_temperature_c_after: float = math.nan
+    gpu_power_w_after: float = math.nan
+    gpu_memory_used_mb_after: float = math.nan
     # the process that measured it
     framework: str = ""
     framework_version: str = ""

@@ -19,6 +19,7 @@ from typing import Any, Callable, ClassVar, Iterator
 import numpy as np
 
 from pipeline.errors import ParamsError
+from pipeline.measure import speedo
 from pipeline.measure.timing import repeat
 from pipeline.spec import ModelSpec, Optim
 
@@ -149,6 +150,15 @@ class Backend(ABC):
         """An endless iterator of (x, y) device batches of `feed`, prepared with `workers` parallelism."""
 
     # ---- written once for every backend ----------------------------------------------------------------------
+
+    def calibrate(self, threads: int) -> float:
+        """The speedometer (GFLOP/s) before and after a benchmark child: on a CPU the NumPy GEMM every child runs
+        alike; a backend on a GPU overrides this with a matmul on its device at its precision."""
+        return speedo.gemm_gflops(threads)
+
+    def speedometer(self) -> str:
+        """What calibrate() measures, in words for the report."""
+        return speedo.DESCRIPTION
 
     def variants(self, compile: list[bool], opt_in: dict[str, bool]) -> list[str]:
         """The variants to benchmark for these params (bench.compile, and switches such as keras_fit), in the

@@ -16,6 +16,7 @@ from keras import ops  # noqa: E402
 
 from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_tf32_off_cuda  # noqa: E402
 from pipeline.errors import ParamsError  # noqa: E402
+from pipeline.measure import speedo  # noqa: E402
 from pipeline.spec import Act, Conv, Dense, Dropout, Flatten, ModelSpec, Optim, Pool  # noqa: E402
 
 
@@ -127,6 +128,25 @@ class TensorFlowBackend(Backend):
         model.fit(ds.skip(warmup), epochs=repeats, steps_per_epoch=steps, verbose=0, shuffle=False,
                   callbacks=[clock])
         return first, [(marks[i + 1] - marks[i]) / steps for i in range(0, len(marks), 2)]
+
+    def calibrate(self, threads: int) -> float:
+        """On a GPU: a fixed matmul on the device at this backend's precision (bf16 in bfloat16, else float32 with
+        the TF32 setting in force), synchronised; on a CPU the shared NumPy GEMM."""
+        if self.device == "/CPU:0":
+            return super().calibrate(threads)
+        n = speedo.DEVICE_SIZE
+        with tf.device(self.device):
+            gen = tf.random.Generator.from_seed(0)
+            a, b = (tf.cast(gen.normal((n, n)), tf.bfloat16 if self.dtype == "mixed_bfloat16" else tf.float32)
+                    for _ in "ab")
+            mm = tf.function(lambda: tf.matmul(a, b)[0, 0])  # one element read back waits for the whole product
+            return speedo.burst_rate(mm, 2.0 * n**3, self.sync)
+
+    def speedometer(self) -> str:
+        if self.device == "/CPU:0":
+            return super().speedometer()
+        n = speedo.DEVICE_SIZE
+        return f"tf.matmul {n}x{n} {self.info['precision']} on {self.info['device']}"
 
     def numpy(self, t: Any) -> np.ndarray:
         return np.asarray(t)

@@ -12,6 +12,7 @@ from torch import nn
 
 from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_tf32_off_cuda
 from pipeline.errors import ParamsError
+from pipeline.measure import speedo
 from pipeline.spec import Act, Conv, Dense, Dropout, Flatten, ModelSpec, Optim, Pool, init_weights
 
 
@@ -110,6 +111,22 @@ class TorchBackend(Backend):
             with torch.inference_mode():
                 return self._forward(net, xb)
         return predict
+
+    def calibrate(self, threads: int) -> float:
+        """On CUDA: a fixed matmul on the device at this backend's precision (bf16 in bfloat16, else float32 with
+        the TF32 setting in force), synchronised; on a CPU the shared NumPy GEMM."""
+        if self.device.type != "cuda":
+            return super().calibrate(threads)
+        n = speedo.DEVICE_SIZE
+        g = torch.Generator(device=self.device).manual_seed(0)
+        a, b = (torch.randn(n, n, device=self.device, dtype=self.amp or torch.float32, generator=g) for _ in "ab")
+        return speedo.burst_rate(lambda: a @ b, 2.0 * n**3, lambda out: self.sync())
+
+    def speedometer(self) -> str:
+        if self.device.type != "cuda":
+            return super().speedometer()
+        n = speedo.DEVICE_SIZE
+        return f"torch matmul {n}x{n} {self.info['precision']} on {self.info['device']}"
 
     def numpy(self, t: Any) -> np.ndarray:
         return t.detach().cpu().numpy()

@@ -23,7 +23,7 @@ from pipeline import backends, files, params
 from pipeline.backends.base import Backend, check_precision, check_threads
 from pipeline.data.prepare import load_prepared, normalise, prepared_meta
 from pipeline.errors import ChildError
-from pipeline.measure import speedo, timing
+from pipeline.measure import speedo, telemetry, timing
 from pipeline.params import Bench
 from pipeline.records import Measurement
 from pipeline.spec import Dropout, ModelSpec, Optim, batch_order, init_weights
@@ -98,14 +98,23 @@ def measure_or_unsupported(be: Backend, model: str, variant: str, run: Callable[
 
 def child(be: Backend, specs: dict[str, tuple[ModelSpec, Optim]], data: object, n: int, cfg: Bench,
           batch_size: int, seed: int, threads: int, variants: list[str]) -> list[Measurement]:
-    """What one fresh process measures: calibrate, each model x variant, calibrate again."""
-    before = speedo.gemm_gflops(threads)
+    """What one fresh process measures: calibrate, each model x variant, calibrate again (the backend's
+    speedometer: the CPU GEMM, or a matmul on its GPU, with NVML telemetry around the child there)."""
+    gpu = be.speedometer() != speedo.DESCRIPTION
+    tel0 = telemetry.read() if gpu else {}
+    before = be.calibrate(threads)
     rows = [measure_or_unsupported(be, m, v, lambda m=m, v=v: measure(be, specs[m][0], specs[m][1], data, n, cfg,
                                                                       batch_size, seed, v))
             for m in specs for v in variants]
-    after = speedo.gemm_gflops(threads)
+    after = be.calibrate(threads)
+    tel1 = telemetry.read() if gpu else {}
     for r in rows:
         r.calib_before_gflops, r.calib_after_gflops, r.drift = before, after, speedo.drift(before, after)
+        r.speedometer = be.speedometer()
+        if gpu:
+            r.gpu_sm_clock_mhz_before, r.gpu_sm_clock_mhz_after = tel0["sm_clock_mhz"], tel1["sm_clock_mhz"]
+            r.gpu_temperature_c_after, r.gpu_power_w_after = tel1["temperature_c"], tel1["power_w"]
+            r.gpu_memory_used_mb_after = tel1["memory_used_mb"]
     return rows
 
 

@@ -1,12 +1,15 @@
-"""The machine's speedometer: a fixed fp32 GEMM before and after every benchmark child.
+"""The machine's speedometer: a fixed GEMM before and after every benchmark child (CPU or GPU).
 
-The same NumPy/BLAS kernel in every child, whatever framework it benchmarks, so it is one denominator for "% of
-peak", a drift detector (before vs after one measurement), and a normaliser that lets runs and machines be
-compared. It is a GEMM rate on these threads, not a hardware limit: convolution kernels can exceed it.
+On a CPU, the same NumPy/BLAS fp32 kernel in every child, whatever framework it benchmarks, so it is one
+denominator for "% of peak", a drift detector (before vs after one measurement), and a normaliser that lets runs
+and machines be compared. On a GPU the child's backend times a fixed matmul on the device itself, at the precision
+in use (Backend.calibrate), so the figure follows the device, not the host. Either is a GEMM rate, not a hardware
+limit: convolution kernels can exceed it.
 """
 from __future__ import annotations
 
 import time
+from typing import Any, Callable
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -17,25 +20,37 @@ SIZE = 512          # n of the n x n fp32 matmul: big enough to be compute-bound
 SECONDS = 0.3       # wall time of one calibration (several timed bursts, median taken)
 
 
+DEVICE_SIZE = 4096  # on a GPU: large enough to fill the device, so its figure follows clocks and throttling
+DESCRIPTION = f"NumPy fp32 GEMM {SIZE}x{SIZE} on the CPU"  # what gemm_gflops measures, for the report
+
+
+def burst_rate(call: Callable[[], Any], flops: float, sync: Callable[[Any], None] = lambda out: None,
+               seconds: float = SECONDS) -> float:
+    """Median GFLOP/s of `call` (doing `flops` each time) over ~`seconds`, in bursts of ~seconds/10; `sync`
+    waits for a device's queued work after each call (so the clock never runs ahead of the device, and a burst
+    is timed to its end). The first call is untimed."""
+    sync(call())
+    rates = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(rates) < 3:
+        k, t0 = 0, time.perf_counter()
+        while True:
+            sync(call())
+            k += 1
+            dt = time.perf_counter() - t0
+            if dt > seconds / 10:
+                break
+        rates.append(flops * k / dt / 1e9)
+    return float(np.median(rates))
+
+
 def gemm_gflops(threads: int, size: int = SIZE, seconds: float = SECONDS) -> float:
     """Median GFLOP/s of an fp32 size x size matmul on `threads` BLAS threads over ~`seconds`."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((size, size), dtype=np.float32)
     b = rng.standard_normal((size, size), dtype=np.float32)
-    rates = []
     with threadpool_limits(threads):
-        a @ b  # untimed: first call allocates and spins up the pool
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end or len(rates) < 3:
-            k, t0 = 0, time.perf_counter()
-            while True:
-                a @ b
-                k += 1
-                dt = time.perf_counter() - t0
-                if dt > seconds / 10:
-                    break
-            rates.append(2.0 * size**3 * k / dt / 1e9)
-    return float(np.median(rates))
+        return burst_rate(lambda: a @ b, 2.0 * size**3, seconds=seconds)
 
 
 def drift(before: float, after: float) -> float:

@@ -32,7 +32,9 @@ def _spread(c: BenchCell, phase: str) -> str:
 def stability_text(r: Results) -> str:
     cal, b = r.bench["calibration"], r.bench
     flagged = b["flagged"]
-    text = (f"**Machine stability**: the calibration GEMM (fp32 512×512 on {b.get('threads', '?')} threads, run before "
+    meters = sorted({m for rec in b["records"] if (m := rec.get("speedometer"))})
+    what = "; ".join(meters) if meters else "NumPy fp32 GEMM 512x512 on the CPU"
+    text = (f"**Machine stability**: the speedometer ({what}; {b.get('threads', '?')} threads, run before "
             f"and after every child) gave {cal['gflops_median']:,.0f} GFLOP/s median "
             f"[IQR {cal['gflops_q1']:,.0f}–{cal['gflops_q3']:,.0f}], CV {cal['cv_pct']:.1f}% over {cal['n']} "
             "calibrations. ")

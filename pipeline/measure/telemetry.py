@@ -1,0 +1,28 @@
+"""GPU telemetry around each benchmark child (NVML): SM clock, temperature, power, memory.
+
+Read before and after a child on a CUDA device, so a child whose GPU throttled (clock down, temperature up) can be
+told from one whose framework was slow. Without an NVIDIA driver (a CPU machine) NVML cannot start and every figure
+is absent (NaN), never made up.
+"""
+from __future__ import annotations
+
+import math
+
+FIELDS = ("sm_clock_mhz", "temperature_c", "power_w", "memory_used_mb")
+
+
+def read(index: int = 0) -> dict[str, float]:
+    """The device's figures now, or NaN for each when NVML is not there (no driver, no GPU)."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001  # no library, no driver: no telemetry on this machine, said by NaN
+        return {k: math.nan for k in FIELDS}
+    try:
+        h = pynvml.nvmlDeviceGetHandleByIndex(index)
+        return {"sm_clock_mhz": float(pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)),
+                "temperature_c": float(pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
+                "power_w": pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0,  # NVML reports milliwatts
+                "memory_used_mb": pynvml.nvmlDeviceGetMemoryInfo(h).used / 2**20}
+    finally:
+        pynvml.nvmlShutdown()

@@ -1,0 +1,60 @@
+"""The speedometer: the CPU GEMM everywhere on a CPU, a device matmul on a GPU, and NVML telemetry only where
+there is a driver (NaN, never made up, elsewhere)."""
+import math
+import sys
+import types
+
+import pytest
+
+from pipeline import backends
+from pipeline.measure import speedo, telemetry
+
+
+def test_burst_rate_counts_flops_per_second_and_syncs_every_call():
+    synced = []
+    clock = iter(range(10**6))
+
+    def call():
+        return next(clock)
+    rate = speedo.burst_rate(call, flops=2e9, sync=synced.append, seconds=0.05)
+    assert rate > 0 and len(synced) >= 4  # the untimed first call, then every timed one waited for
+    assert synced == sorted(synced) and synced[0] == 0
+
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow", "numpy"])
+def test_on_a_cpu_every_backend_uses_the_same_numpy_gemm(framework):
+    be = backends.create(framework, 1, "cpu", 0, "fp32")
+    assert be.speedometer() == speedo.DESCRIPTION == "NumPy fp32 GEMM 512x512 on the CPU"
+    assert 0.5 < be.calibrate(1) / speedo.gemm_gflops(1) < 2.0  # the same kernel, read twice on one machine
+
+
+def test_telemetry_without_a_driver_is_nan_not_invented(monkeypatch):
+    fake = types.ModuleType("pynvml")
+    fake.nvmlInit = lambda: (_ for _ in ()).throw(OSError("NVML Shared Library Not Found"))
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    got = telemetry.read()
+    assert set(got) == set(telemetry.FIELDS) and all(math.isnan(v) for v in got.values())
+
+
+def test_telemetry_reads_nvml_in_the_units_it_names(monkeypatch):
+    fake = types.ModuleType("pynvml")
+    calls = []
+    fake.NVML_CLOCK_SM, fake.NVML_TEMPERATURE_GPU = 1, 0
+    fake.nvmlInit, fake.nvmlShutdown = (lambda: calls.append("init")), (lambda: calls.append("shutdown"))
+    fake.nvmlDeviceGetHandleByIndex = lambda i: f"gpu{i}"
+    fake.nvmlDeviceGetClockInfo = lambda h, kind: 1755 if kind == 1 else 0
+    fake.nvmlDeviceGetTemperature = lambda h, kind: 61
+    fake.nvmlDeviceGetPowerUsage = lambda h: 312_500  # milliwatts
+    fake.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=3 * 2**30)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert telemetry.read(0) == {"sm_clock_mhz": 1755.0, "temperature_c": 61.0, "power_w": 312.5,
+                                 "memory_used_mb": 3072.0}
+    assert calls == ["init", "shutdown"]
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_the_speedometer_is_a_device_matmul_at_the_precision_in_use():
+    fp32, bf16 = (backends.create("torch", 1, "cuda", 0, p) for p in ("fp32", "bf16"))
+    assert fp32.speedometer().startswith("torch matmul 4096x4096 fp32 on ")
+    assert bf16.speedometer().startswith("torch matmul 4096x4096 bf16 on ")
+    assert bf16.calibrate(1) > fp32.calibrate(1) > 10 * speedo.gemm_gflops(1)  # a GPU, not the host
