@@ -56,7 +56,7 @@ def test_two_workers_take_the_steps_one_worker_takes_on_the_same_global_batch(pr
     for n in (1, 2):  # the first step, then one more (warmup 1, 1 timed): two Adam updates
         got[n] = launch.launch(framework, n, 1, ["mlp", "cnn"], prepared / "prepared.npz", pp, p.scale,
                                ("--warmup", "1", "--steps", "1", "--repeats", "1", "--dump"), workdir=prepared / f"w{n}")
-    assert [r["workers"] for r in got[1] + got[2]] == [1, 1, 2, 2]
+    assert [r["workers"] for r in got[1] + got[2]] == [1, 1, 2, 2] and {r["precision"] for r in got[2]} == {"fp32"}
     assert [r["shard_batch"] for r in got[2]] == [8, 8] and [r["global_batch"] for r in got[2]] == [16, 16]
     for one, two in zip(got[1], got[2]):  # the global batch's loss before the first update: the same
         assert two["loss_first"] == pytest.approx(one["loss_first"], rel=1e-5)

@@ -108,7 +108,8 @@ def main(argv: list[str]) -> None:
     if eng.rank == 0:
         files.write_json(a.out / "result.json", [{
             "framework": a.framework, "workers": eng.world, "threads_per_worker": a.threads, "comm": eng.comm,
-            "device": eng.be.info["device"], "framework_version": eng.be.info["framework_version"], **r}
+            "device": eng.be.info["device"], "framework_version": eng.be.info["framework_version"],
+            "precision": eng.be.info["precision"], **r}
             for r in rows])
     eng.barrier()  # no worker leaves (closing its end of the collectives) before rank 0 has written
     eng.close()
