@@ -16,15 +16,18 @@ from tests.conftest import write_params
 N_TEST = 200
 
 
-def bench_records(root):
+def bench_records(root, vary=()):
     """reports/bench/records.json as the stage writes it, from scripted children run through pipeline/measure:
-    torch trains MLPs 2x as fast as TensorFlow in every round; inference rates are equal."""
+    torch trains MLPs 2x as fast as TensorFlow in every round; inference rates are equal. `vary`: other values of
+    train.batch_size as interleaved arms (params' own: 128), each training 1.5x as fast per doubling."""
     from pipeline import params
     from pipeline.measure import bench, rounds, speedo
-    from pipeline.records import Measurement, Rates, framework_of
+    from pipeline.records import Measurement, Rates, framework_of, setting_of
     from tests.conftest import raw_params
 
-    cfg = params.parse(raw_params(**{"bench.infer_batch_sizes": [1, 512]})).bench
+    cfg = params.parse(raw_params(**{"bench.infer_batch_sizes": [1, 512]} | ({"bench.vary": "train.batch_size",
+                                                                            "bench.vary_values": list(vary)}
+                                                                           if vary else {}))).bench
     speed = {"torch": {"mlp": 1000.0, "cnn": 300.0}, "tensorflow": {"mlp": 500.0, "cnn": 310.0}}
 
     def child(arm, rd, kind="round", threads=2, variant=None):
@@ -33,6 +36,7 @@ def bench_records(root):
         rows = []
         for model in ("mlp", "cnn"):
             rate = speed[fw][model] * jitter / (2 if threads == 1 else 1)
+            rate *= 1.5 ** np.log2(setting_of(arm)[1] / 128) if setting_of(arm) else 1.0
             infer = 5000.0 * jitter
             rows.append(Measurement(
                 model, variant or {"torch": "eager"}.get(fw, "function"), framework=fw, threads=threads,
@@ -42,7 +46,8 @@ def bench_records(root):
                 calib_before_gflops=200.0 * jitter, calib_after_gflops=201.0 * jitter, description="the default",
                 kind=kind, arm=fw))
         return rows
-    rows = rounds.run_rounds(child, rounds.arms(["torch", "tensorflow"], True), cfg.rounds, cfg.max_drift)
+    arms = rounds.arms(["torch", "tensorflow"], True, cfg.vary, cfg.vary_values, 128)
+    rows = rounds.run_rounds(child, arms, cfg.rounds, cfg.max_drift)
     rows += [r for fw in ("torch", "tensorflow") for r in child(fw, 0, kind="variants")]
     rows += [Measurement("mlp", "xla", status="unsupported", reason="RuntimeError: no compiler", kind="variants",
                          arm="tensorflow", framework="tensorflow", description="XLA", calib_before_gflops=200.0,
@@ -56,7 +61,8 @@ def bench_records(root):
         "max_s": cfg.max_s, "min_effect": cfg.min_effect, "calibration": stab, "flagged": [],
         "records": [r.flat() for r in rows], "cells": [c.flat() for c in bench.per_cell(rows, flops,
                                                                                           stab["gflops_median"])],
-        "verdicts": bench.comparisons(rows, ["torch", "tensorflow"], ["mlp", "cnn"], cfg)}))
+        "verdicts": bench.comparisons(rows, ["torch", "tensorflow"], ["mlp", "cnn"], cfg, {"train.batch_size": 128}),
+        "vary": cfg.vary, "vary_own": 128 if vary else None}))
 
 
 def scale_records(root, measured=True):
@@ -344,3 +350,14 @@ def test_scaling_not_measured_says_how_to_opt_in(results):
     run_report(results)
     md = (results / "summary.md").read_text()
     assert "Not measured in this run: scaling is opt-in (`dvc exp run -S 'scale.workers=[1,2]'`" in md
+
+
+def test_settings_as_interleaved_arms_get_verdicts_and_a_figure(results):
+    import shutil
+    shutil.rmtree(results / "bench")
+    bench_records(results, vary=[256])
+    md = run_report(results)
+    assert "**Settings, interleaved**" in md
+    line = next(x for x in md.splitlines() if x.startswith("**mlp train**, PyTorch at train.batch_size=256"))
+    assert "batch_size=256 is faster" in line and "= 1.50x" in line  # 1.5x per doubling, paired round by round
+    assert "![Training samples/s against train.batch_size" in md and (results / "figures" / "settings.png").is_file()

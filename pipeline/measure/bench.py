@@ -137,6 +137,7 @@ def run(p: Params, data: Path, params_path: Path, threads: int, shape: tuple[int
         "frameworks": p.frameworks, "models": p.models, "threads": threads, "arms": arms, "rounds": cfg.rounds,
         "rounds_run": 1 + max(r.round for r in rows if r.kind == "round"), "max_s": cfg.max_s,
         "min_effect": cfg.min_effect, "flops_per_sample": flops, "calibration": stab,
+        "vary": cfg.vary, "vary_own": own.get(cfg.vary),  # the setting varied and the params' own value of it
         "flagged": [{"round": rd, "arm": arm, "why": why} for rd, arm, why in flagged],
         "cells": [c.flat() for c in cells], "verdicts": verdicts, "records": [r.flat() for r in rows]}
     metrics = {  # numbers only, units in the names, for dvc metrics

@@ -104,6 +104,26 @@ def threads(rows: pd.DataFrame, path: Path) -> Path:
     return _save(g.figure, path)
 
 
+def settings(rows: pd.DataFrame, key: str, path: Path) -> Path:
+    """Training samples/s (median over usable rounds, IQR bars) against the varied setting, a line per framework,
+    a panel per model: the interleaved arms of bench.vary."""
+    g = rows.groupby(["model", "framework", "value"])["train_samples_per_s"]
+    stats = pd.DataFrame({"median": g.median(), "q1": g.quantile(0.25), "q3": g.quantile(0.75)}).reset_index()
+    models, frameworks = list(dict.fromkeys(rows["model"])), list(dict.fromkeys(rows["framework"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(4.4 * len(models), 3.4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for fw in frameworks:  # the run's order, so each framework keeps its colour across figures
+            d = stats[(stats["model"] == model) & (stats["framework"] == fw)].sort_values("value")
+            ax.errorbar(d["value"], d["median"], yerr=[d["median"] - d["q1"], d["q3"] - d["median"]], capsize=3,
+                        marker="o", label=fw)
+        ax.set(title=model, xlabel=key, ylabel="training samples/s", xscale="log" if key != "threads" else "linear")
+        ax.set_xticks(sorted(stats["value"].unique()), [str(int(v)) for v in sorted(stats["value"].unique())])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def scaling(table: pd.DataFrame, path: Path, shared: bool = False) -> Path:
     """Per model: training samples/s (median, IQR bars) and efficiency against worker processes, a line per
     framework; the efficiency panel marks 1 (perfect scaling) and, when the workers share one CPU (`shared`), 1/N:

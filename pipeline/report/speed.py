@@ -71,6 +71,16 @@ def gap_text(r: Results, c: BenchCell, bench_rate: float) -> str | None:
                    "and this machine's speed drifts (see the calibration above); compare rates within one stage.")
 
 
+def setting_rows(r: Results) -> pd.DataFrame:
+    """Usable round rows of each framework's own arm and its bench.vary arms, with the setting's value."""
+    rows = bench_rows(r)
+    rows = rows[(rows["kind"] == "round") & (rows["flag"] == "") & (rows["status"] == "ok")
+                & ~rows["arm"].map(is_control)].copy()
+    rows["value"] = [s[1] if (s := setting_of(a)) else r.bench["vary_own"] for a in rows["arm"]]
+    rows["framework"] = rows["arm"].map(framework_of)
+    return rows
+
+
 def speed_blocks(r: Results, figdir: Path) -> list:
     b = r.bench
     cells = r.bench_cells
@@ -95,6 +105,9 @@ def speed_blocks(r: Results, figdir: Path) -> list:
         lines += ["**Settings, interleaved** (`bench.vary`): each framework at another value of one setting ran "
                   "as an extra arm of the same rounds, so these ratios are paired round by round like the "
                   "framework verdicts above (ratio = the setting's rate over the params' own value's)."] + settings
+    figs = [("img", figures.settings(setting_rows(r), b["vary"], figdir / "settings.png"),
+             f"Training samples/s against {b['vary']}, interleaved arms (median over usable rounds, IQR)")] \
+        if settings and b.get("vary", "none") != "none" else []
     gaps = [g for c in cells if (g := gap_text(r, c, c.train.samples_per_s))]
     return [
         ("h2", "Speed"),
@@ -109,7 +122,7 @@ def speed_blocks(r: Results, figdir: Path) -> list:
               "1 and the median is at least the minimum effect away from 1; otherwise \"no clear difference\". "
               "The control must read \"no clear difference\"; when it tells identical runs apart, the framework verdict "
               "of that model and phase is withheld."),
-        ("p", stability_text(r)), ("table", table), *[("p", line) for line in lines],
+        ("p", stability_text(r)), ("table", table), *[("p", line) for line in lines], *figs,
         ("p", "Training counts 3× forward FLOPs. % peak: share of the run's median calibration GEMM rate; % own "
               "calib: share of each process's own calibration (comparable across runs and machines). Both can "
               "pass 100% where convolution kernels beat the GEMM. First step: tracing/compilation, timed apart."),
