@@ -35,10 +35,10 @@ def pairs(arm_names: list[str]) -> list[tuple[str, str]]:
     return out + [(a, framework_of(a)) for a in arm_names if setting_of(a) is not None]
 
 
-def flag(child_rows: list[Measurement], reference: float, max_drift: float) -> str:
-    """Why one child's figures cannot be trusted ("" if they can): the machine changed speed during it, or it ran
-    wholly at a speed unlike the run's usual one (`reference`, the median calibration so far)."""
-    before, after = child_rows[0].calib_before_gflops, child_rows[0].calib_after_gflops
+def flag(before: float, after: float, reference: float, max_drift: float) -> str:
+    """Why one process's figures cannot be trusted ("" if they can), from the speedometer read `before` and
+    `after` it: the machine changed speed during it, or it ran wholly at a speed unlike the run's usual one
+    (`reference`, the median calibration so far). The bench's children and the scaling launches share this rule."""
     if speedo.drift(before, after) > max_drift:
         return f"machine speed changed {100 * (after / before - 1):+.0f}% during the measurement"
     if min(before, after) < (1 - max_drift) * reference:
@@ -65,7 +65,8 @@ def run_rounds(run: Callable[[str, int], list[Measurement]], arm_names: list[str
         for arm in order:
             got = run(arm, index)
             calibrations += [got[0].calib_before_gflops, got[0].calib_after_gflops]
-            why = flag(got, float(np.median(calibrations)), max_drift)
+            why = flag(got[0].calib_before_gflops, got[0].calib_after_gflops, float(np.median(calibrations)),
+                       max_drift)
             for r in got:
                 r.kind, r.round, r.arm, r.flag = "round", index, arm, why
             round_rows += got

@@ -2,10 +2,11 @@
 
 A round launches every framework at every worker count in `scale.workers` (alternating order, fresh processes),
 with the machine's GEMM read before and after each launch (speedo; a launch whose speed moved by more than
-`bench.max_drift` is flagged and left out, as in the bench). From the usable rounds: samples/s per framework, model
-and worker count; scaling efficiency rate(N) / (N x rate(1)), paired within a round; the communication share (one
-step's gradient all-reduce timed alone, over the step time: an upper bound, as DDP overlaps it with the backward
-pass); and at each N a speed verdict between the frameworks (verdict.speed on per-round ratios).
+`bench.max_drift`, or that ran wholly at an unusual speed, is flagged and left out: the bench's rule). From the
+usable rounds: samples/s per framework, model and worker count; scaling efficiency rate(N) / (N x rate(1)), paired
+within a round; the communication share (one step's gradient all-reduce timed alone, over the step time: an upper
+bound, as DDP overlaps it with the backward pass); and at each N a speed verdict between the frameworks
+(verdict.speed on per-round ratios).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from pipeline.errors import ParamsError
 from pipeline.measure import speedo, verdict
+from pipeline.measure.rounds import flag
 from pipeline.measure.stats import spread
 from pipeline.params import Params
 from pipeline.scale.engines import ENGINES
@@ -33,12 +35,12 @@ def plan(p: Params, threads: int) -> list[str]:
     return [f for f in p.frameworks if f in ENGINES]
 
 
-def rounds(p: Params, data: Path, params_path: Path, threads: int) -> list[dict]:
-    """Every launch's rows, each with its round, calibration and flag."""
-    frameworks = plan(p, threads)
+def rounds(p: Params, frameworks: list[str], data: Path, params_path: Path, threads: int) -> list[dict]:
+    """Every launch's rows, each with its round, calibration and flag (the bench's rule: rounds.flag)."""
     check_ports(p.scale.host, p.scale.port, max(p.scale.workers))
     configs = [(f, n) for f in frameworks for n in p.scale.workers]
     rows: list[dict] = []
+    calibrations: list[float] = []
     r = 0
     # Rounds go on past scale.rounds (up to twice as many) while a configuration lacks scale.rounds usable
     # launches: the flags decide, never the rates, so stopping cannot bias a verdict.
@@ -47,11 +49,12 @@ def rounds(p: Params, data: Path, params_path: Path, threads: int) -> list[dict]
             before = speedo.gemm_gflops(threads)
             got = launch(fw, n, max(threads // n, 1), p.models, data, params_path, p.scale)
             after = speedo.gemm_gflops(threads)
-            moved = speedo.drift(before, after) > p.bench.max_drift
-            why = f"machine speed changed {100 * (after / before - 1):+.0f}% during the launch" if moved else ""
+            calibrations += [before, after]
+            why = flag(before, after, float(np.median(calibrations)), p.bench.max_drift)
             rows += [row | {"round": r, "calib_before_gflops": before, "calib_after_gflops": after, "flag": why}
                      for row in got]
-            log.info("round %d/%d, %s at %d worker%s: %s%s", r + 1, p.scale.rounds, fw, n, "s" * (n > 1),
+            label = f"{r + 1}/{p.scale.rounds}" if r < p.scale.rounds else f"{r + 1} (again: launches flagged)"
+            log.info("round %s, %s at %d worker%s: %s%s", label, fw, n, "s" * (n > 1),
                      ", ".join(f"{x['model']} {x['samples_per_s']:,.0f} samples/s" for x in got),
                      f" (flagged: {why})" if why else "")
         r += 1
@@ -102,8 +105,8 @@ def run(p: Params, data: Path, params_path: Path, threads: int) -> tuple[dict, d
     """(records, metrics) of the scale stage; without scale.workers, a record that says nothing was measured."""
     if not p.scale.workers:
         return {"measured": False, "rows": [], "table": [], "verdicts": []}, {}
-    rows = rounds(p, data, params_path, threads)
     frameworks = plan(p, threads)
+    rows = rounds(p, frameworks, data, params_path, threads)
     table, verdicts = summary(rows, frameworks, p.models, p.scale.workers, p.bench.min_effect)
     calib = speedo.stability([x for r in rows for x in (r["calib_before_gflops"], r["calib_after_gflops"])])
     metrics = {f"{t['framework']}-{t['model']}-w{t['workers']}": {

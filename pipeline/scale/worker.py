@@ -35,14 +35,13 @@ def shard_order(n: int, seed: int, batch: int, world: int, rank: int) -> np.ndar
     return full[:, rank * part:(rank + 1) * part].reshape(-1)
 
 
-def measure(eng: object, net: object, optim: object, raw: dict, p: params.Params, warmup: int, steps: int,
-            repeats: int, out: Path, dump: bool) -> dict:
-    """One model on this worker: the first step (tracing included), `warmup` steps, `repeats` x `steps` timed
-    steps, then the all-reduce of one step's gradients alone. The figures are rank 0's; every worker runs this."""
+def measure(eng: object, net: object, optim: object, x: object, y: object, p: params.Params, warmup: int,
+            steps: int, repeats: int, out: Path, dump: bool) -> dict:
+    """One model on this worker, on its shards (`x`, `y`: one pass, on the device): the first step (tracing
+    included), `warmup` steps, `repeats` x `steps` timed steps, then the all-reduce of one step's gradients alone.
+    The figures are rank 0's; every worker runs this."""
     batch, shard = p.train.batch_size, p.train.batch_size // eng.world
-    idx = shard_order(len(raw["y_train"]), p.seed, batch, eng.world, eng.rank)
-    x, y = eng.be.take(eng.be.put(normalise(raw["x_train"], raw["mean"], raw["std"]), raw["y_train"]), idx)
-    per_pass = len(idx) // shard
+    per_pass = len(y) // shard
 
     def batches(start: int, k: int):  # the global steps start .. start+k-1, this worker's shard of each
         for i in range(start, start + k):
@@ -99,10 +98,12 @@ def main(argv: list[str]) -> None:
     check_precision(eng.be.info, p.precision)
     raw = load_prepared(a.data)
     shape, classes = tuple(prepared_meta(raw)["image_shape"]), len(raw["classes"])
+    idx = shard_order(len(raw["y_train"]), p.seed, p.train.batch_size, eng.world, eng.rank)
+    x, y = eng.be.take(eng.be.put(normalise(raw["x_train"], raw["mean"], raw["std"]), raw["y_train"]), idx)
     rows = []
     for model in a.models:
         phase(f"measuring {model}")
-        rows.append(measure(eng, params.model_spec(p, model, shape, classes), params.optim(p, model), raw, p,
+        rows.append(measure(eng, params.model_spec(p, model, shape, classes), params.optim(p, model), x, y, p,
                             warmup, steps, repeats, a.out, a.dump))
     phase("done")
     if eng.rank == 0:
