@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.backends import LABEL
+from pipeline.measure import speedo
 from pipeline.records import BenchCell, Cell, framework_of, is_control, setting_of
 from pipeline.report import figures
 from pipeline.report.results import Results, bench_rows
@@ -33,7 +34,7 @@ def stability_text(r: Results) -> str:
     cal, b = r.bench["calibration"], r.bench
     flagged = b["flagged"]
     meters = sorted({m for rec in b["records"] if (m := rec.get("speedometer"))})
-    what = "; ".join(meters) if meters else "NumPy fp32 GEMM 512x512 on the CPU"
+    what = "; ".join(meters) if meters else speedo.DESCRIPTION  # records from before speedometers were named
     text = (f"**Machine stability**: the speedometer ({what}; {b.get('threads', '?')} threads, run before "
             f"and after every child) gave {cal['gflops_median']:,.0f} GFLOP/s median "
             f"[IQR {cal['gflops_q1']:,.0f}–{cal['gflops_q3']:,.0f}], CV {cal['cv_pct']:.1f}% over {cal['n']} "
