@@ -15,3 +15,7 @@ class DataError(ValueError):
 
 class ChildError(RuntimeError):
     """A benchmark child process failed; the message names the child and ends with its last error line."""
+
+
+class Unavailable(RuntimeError):
+    """A benchmark variant this machine cannot run (CUDA graphs without a GPU): an `unsupported` row, not a bug."""

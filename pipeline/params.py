@@ -109,6 +109,8 @@ class Train(_Section):
 
 
 PRECISIONS = ("fp32", "tf32", "bf16")  # how matmuls and convolutions compute, the same in every framework
+# Opt-in variants (one child per framework after the rounds): each framework's way to do it, or a reason it has none
+VARIANTS = ("compile", "channels_last", "cuda_graphs", "fit")
 VARY = ("none", "train.batch_size", "threads")  # settings that change how a step runs, not what it computes
 
 
@@ -125,8 +127,7 @@ class Bench(_Section):
     steps: Count
     repeats: Count
     latency_calls: Annotated[int, Field(ge=20, description="p95/p99 need enough calls")]
-    compile: Annotated[list[bool], Field(min_length=1), Distinct]
-    keras_fit: bool
+    variants: Annotated[list[Literal[VARIANTS]], Distinct]
     thread_counts: list[Count]
     # A setting that changes only how a step runs, measured at other values as extra arms of the same rounds.
     vary: Literal[VARY]

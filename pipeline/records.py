@@ -87,9 +87,11 @@ class Measurement:
     model: str
     variant: str
     status: str = "ok"                     # ok | unsupported (a known "not on this machine" failure) | wrong
-                                           # (a variant whose first steps' losses differ from the default's)
-    reason: str = ""                       # why unsupported
+                                           # (a variant whose first steps' losses differ from the default's) |
+                                           # absent (bench.variants asked for what this framework or model lacks)
+    reason: str = ""                       # why not ok
     first_step_s: float = math.nan         # the first step, tracing and compilation included
+    train_mem_peak_mb: float = math.nan    # device memory allocated at peak while training (CUDA; NaN on a CPU)
     train: Rates | None = None
     infer: dict[int, Rates] = field(default_factory=dict)  # by inference batch size
     latency_ms_p50: float = math.nan       # batch-1 inference
@@ -137,7 +139,7 @@ class Measurement:
             for bs, r in sorted(self.infer.items()):
                 out |= r.flat(f"infer{bs}_")
         else:
-            for k in ("first_step_s", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99"):
+            for k in ("first_step_s", "train_mem_peak_mb", "latency_ms_p50", "latency_ms_p95", "latency_ms_p99"):
                 del out[k]
         return out
 

@@ -8,11 +8,11 @@ import inspect
 import numpy as np
 import pytest
 
-from pipeline import backends, spec as specs
+from pipeline import backends, params, spec as specs
 from pipeline.backends.base import Backend
 
 ABSTRACT = set(Backend.__abstractmethods__) - {"__init__"}
-CONSTANTS = {"NAME", "MODEL_SUFFIX", "DEFAULT", "VARIANTS"}
+CONSTANTS = {"NAME", "MODEL_SUFFIX", "DEFAULT", "VARIANTS", "ABSENT"}
 
 
 def module_of(framework: str):
@@ -46,19 +46,16 @@ def test_backend_implements_exactly_the_contract(framework):
 
 
 @pytest.mark.parametrize("framework", backends.FRAMEWORKS)
-def test_variants_follow_the_params_and_the_default_comes_first(framework):
+def test_every_variant_name_asked_is_measured_or_said_absent_and_the_default_comes_first(framework):
     be = backends.create(framework, 1, "cpu", 0, "fp32")
-    everything = be.variants([False, True], {"keras_fit": True})
+    assert be.variants([]) == [be.DEFAULT]
+    everything = be.variants(list(params.VARIANTS))
     assert everything[0] == be.DEFAULT and set(everything) == set(be.VARIANTS)
-    assert be.variants([False], {"keras_fit": False}) == [be.DEFAULT]
-    compiled = [n for n, v in be.VARIANTS.items() if v.compiled]
-    assert be.variants([True], {"keras_fit": False}) == compiled
-
-
-def test_keras_fit_is_asked_for_by_its_own_switch_only():
-    be = backends.create("tensorflow", 1, "cpu", 0, "fp32")
-    assert "fit" in be.variants([False], {"keras_fit": True}) and "fit" in be.variants([True], {"keras_fit": True})
-    assert "fit" not in be.variants([False, True], {"keras_fit": False})
+    for name in params.VARIANTS:  # each name: exactly one of "this framework's variant" or "absent, and why"
+        own = [n for n, v in be.VARIANTS.items() if v.asked_by == name]
+        assert len(own) + (name in be.ABSENT) == 1, name
+        assert be.variants([name]) == [be.DEFAULT] + own
+    assert {v.asked_by for v in be.VARIANTS.values()} - {""} <= set(params.VARIANTS)
 
 
 def test_a_missing_or_reshaped_method_is_caught():

@@ -13,7 +13,7 @@ from tests.conftest import raw_params
 
 tb = backends.create("torch", 1, "cpu", 0, "fp32")
 P = params.parse(raw_params(**{"bench.warmup": 2, "bench.steps": 2, "bench.repeats": 2, "bench.latency_calls": 20,
-                               "bench.infer_batch_sizes": [1, 16], "bench.compile": [False]}))
+                               "bench.infer_batch_sizes": [1, 16]}))
 SPEC = specs.mlp((8, 8, 1), 10, [16], "relu", 0.0)
 OPTIM = specs.Optim("adam", 1e-3, 0.9, 0.9, 0.999, 1e-8)
 
@@ -197,6 +197,23 @@ def test_child_rows_are_complete_and_calibrated():
     assert 0 < r["latency_ms_p50"] <= r["latency_ms_p95"] <= r["latency_ms_p99"]
     assert r["drift"] == pytest.approx(abs(r["calib_after_gflops"] / r["calib_before_gflops"] - 1))
     assert Measurement.from_flat(r) == m and m.rate("infer") == r["infer16_samples_per_s"]  # read back whole
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU's answer to cuda_graphs")
+def test_variants_a_framework_or_model_lacks_become_rows_saying_why():
+    x = np.random.default_rng(0).normal(size=(40, 8, 8, 1)).astype(np.float32)
+    asked = ["cuda_graphs", "channels_last", "fit"]
+    rows = child.child(tb, {"mlp": (SPEC, OPTIM)}, tb.put(x, np.arange(40) % 10), 40, P.bench, 8, 0, 1,
+                       tb.variants(asked), asked)
+    got = {m.variant: m for m in rows}
+    assert list(got) == ["eager", "channels_last", "cuda_graphs", "fit"]  # the backend's order, then the absent
+    assert got["eager"].status == "ok" and finite_positive(got["eager"].rate("train"))
+    assert got["cuda_graphs"].status == "unsupported" and "need a CUDA device" in got["cuda_graphs"].reason
+    assert (got["channels_last"].status, got["channels_last"].reason) == ("absent", child.NO_CONV)  # an MLP
+    assert (got["fit"].status, got["fit"].reason) == ("absent", tb.ABSENT["fit"])
+    assert math.isnan(got["eager"].train_mem_peak_mb)  # no device allocator on a CPU: no invented figure
+    for m in rows:  # every row, measured or not, reads back from records.json whole
+        assert Measurement.from_flat(m.flat()).status == m.status
 
 
 def test_thread_counts_are_checked_not_hoped_for():

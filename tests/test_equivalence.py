@@ -155,7 +155,7 @@ def test_every_timed_variant_does_the_same_training_work_as_the_default(be):
     o = specs.Optim("momentum", 0.05, 0.9, 0.9, 0.999, 1e-8)
     order = specs.batch_order(32, 0, 0)
     after = {}
-    for variant in be.variants([False, True], {"keras_fit": True}):
+    for variant in be.variants(["compile", "fit"]):
         model = be.build(s, w)
         first, per_step = be.train_timings(model, o, be.put(x, y), order, variant, 8, 2, 1, 1)  # 3 steps
         assert first > 0 and len(per_step) == 1
@@ -166,6 +166,43 @@ def test_every_timed_variant_does_the_same_training_work_as_the_default(be):
     assert max(np.abs(a - b).max() for a, b in zip(default, w)) > 1e-3  # the steps moved the weights
     for variant, weights in after.items():
         assert max(np.abs(a - b).max() for a, b in zip(weights, default)) <= 1e-5, variant
+
+
+def test_channels_last_trains_the_cnn_as_eager_does_in_another_memory_layout():
+    s = SPECS["cnn"]
+    w = specs.init_weights(s, 0)
+    x, y = batch(s, n=32, seed=5)
+    o = specs.Optim("adam", 0.01, 0.9, 0.9, 0.999, 1e-8)
+    after, models = {}, {}
+    for variant in ("eager", "channels_last"):
+        models[variant] = model = tb.build(s, w)
+        tb.train_timings(model, o, tb.put(x, y), specs.batch_order(32, 0, 0), variant, 8, 2, 1, 1)  # 3 steps
+        after[variant] = tb.get_weights(model, s)
+    import torch
+    convs = [p for p in models["channels_last"].parameters() if p.ndim == 4 and p.shape[1] > 1]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                         for p in convs)  # the layout really changed ...
+    assert max(np.abs(a - b).max() for a, b in zip(after["eager"], w)) > 1e-3
+    for a, b in zip(after["eager"], after["channels_last"]):  # ... and the maths did not
+        assert np.abs(a - b).max() <= 1e-5
+    logits = [tb.numpy(tb.make_predict(models[v], v)(tb.put(x, y)[0])) for v in ("eager", "channels_last")]
+    assert np.abs(logits[0] - logits[1]).max() <= 1e-4
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graphs_train_as_eager_does_on_a_gpu():
+    g = backends.create("torch", 2, "cuda", 0, "fp32")
+    s = SPECS["cnn"]
+    w = specs.init_weights(s, 0)
+    x, y = batch(s, n=32, seed=5)
+    o = specs.Optim("adam", 0.01, 0.9, 0.9, 0.999, 1e-8)
+    after = {}
+    for variant in ("eager", "cuda_graphs"):
+        model = g.build(s, w)
+        g.train_timings(model, o, g.put(x, y), specs.batch_order(32, 0, 0), variant, 8, 3, 2, 1)  # 5 steps
+        after[variant] = g.get_weights(model, s)
+    for a, b in zip(after["eager"], after["cuda_graphs"]):
+        assert np.abs(a - b).max() <= 1e-4
 
 
 def test_a_schedule_gives_every_framework_the_same_rate_at_every_step():

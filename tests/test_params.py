@@ -47,7 +47,8 @@ def test_every_key_in_params_yaml_has_a_comment():
     ({"train.batch_size": 0}, "params.yaml: train.batch_size: expected an integer >= 1"),
     ({"bench.rounds": 5}, "params.yaml: bench.rounds: expected an integer >= 6 (an exact 95% interval of a median "
                           "needs 6 values), got 5"),
-    ({"bench.compile": ["yes"]}, "params.yaml: bench.compile[0]: expected boolean"),
+    ({"bench.variants": ["xla"]}, "params.yaml: bench.variants: expected a list of distinct names from "
+                                  "['compile', 'channels_last', 'cuda_graphs', 'fit'], got ['xla']"),
     ({"bench.vary": "train.lr", "bench.vary_values": [1]},
      "params.yaml: bench.vary: expected one of none | train.batch_size | threads, got 'train.lr'"),
     ({"bench.vary": "threads"}, "params.yaml: bench.vary_values: list the values of bench.vary to measure"),
@@ -59,7 +60,8 @@ def test_every_key_in_params_yaml_has_a_comment():
     ({"seed": -1}, "params.yaml: seed: expected an integer in [0, 4294967295], got -1"),
     ({"train.eps": float("nan")}, "params.yaml: train.eps: expected a number > 0, got nan"),
     ({"data.timeout_s": "30"}, "params.yaml: data.timeout_s: expected number, got '30'"),
-    ({"bench.compile": [True, True]}, "params.yaml: bench.compile: expected a non-empty list of distinct booleans"),
+    ({"bench.variants": ["fit", "fit"]}, "params.yaml: bench.variants: expected a list of distinct names from "
+                                         "['compile', 'channels_last', 'cuda_graphs', 'fit'], got ['fit', 'fit']"),
     ({"bench.warmup": 0}, "params.yaml: bench.warmup: expected an integer >= 1 (the first calls include tracing"),
 ])
 def test_bad_values_name_the_key(overrides, message):

@@ -22,7 +22,7 @@ ENV = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "DVC_NO_ANAL
 TINY = {"data.name": "digits", "mlp.hidden": [32], "cnn.channels": [4, 8], "cnn.dense": 32, "cnn.kernel": 3,
         "schedule.mlp.epochs": 2, "schedule.cnn.epochs": 1, "bench.warmup": 1, "bench.steps": 2,
         "bench.repeats": 1, "bench.max_s": 1, "bench.latency_calls": 20, "bench.infer_batch_sizes": [1, 64],
-        "bench.compile": [False], "bench.keras_fit": False, "bench.thread_counts": [1, 2], "loaders.workers": [0, 1], "loaders.warmup": 1,
+        "bench.thread_counts": [1, 2], "loaders.workers": [0, 1], "loaders.warmup": 1,
         "loaders.batches": 2, "loaders.repeats": 3}
 
 
@@ -118,7 +118,7 @@ def test_whole_pipeline_on_tiny_settings(repo):
     state = torch.load(repo / "models/torch-mlp/model.pt", weights_only=True)
     assert state["1.weight"].shape == (32, 64)
     md = (repo / "reports/summary.md").read_text()
-    for section in ("## Accuracy", "## Speed", "## Compilation", "## Thread scaling", "## Data loading",
+    for section in ("## Accuracy", "## Speed", "## Variants", "## Thread scaling", "## Data loading",
                     "## Equivalence evidence"):
         assert section in md
     assert "A/A control" in md and "Machine stability" in md

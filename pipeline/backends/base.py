@@ -10,6 +10,7 @@ contract). Arrays cross the contract as NumPy in canonical layouts (see spec.py)
 """
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -31,8 +32,8 @@ Model = Any  # the framework's model object, from build()
 class Variant:
     """One way to run training and inference, as the bench selects it from params."""
     description: str       # one line for the report
-    compiled: bool | None = False  # measured when bench.compile lists this; None: whatever bench.compile says
-    opt_in: str = ""        # a bench switch that must also be on (Keras fit: `keras_fit`)
+    asked_by: str = ""     # the bench.variants name that selects it (params.VARIANTS); "" = the default
+    conv_only: bool = False  # a memory-layout change: a network without convolutions has nothing to change
 
 
 @dataclass
@@ -90,6 +91,7 @@ class Backend(ABC):
     MODEL_SUFFIX: ClassVar[str]         # file suffix of a saved model
     DEFAULT: ClassVar[str]              # the variant `train` uses: each framework's everyday path
     VARIANTS: ClassVar[dict[str, Variant]]
+    ABSENT: ClassVar[dict[str, str]] = {}  # bench.variants names with no variant here, and why (for the report)
     info: dict                          # what the constructor really set: versions, device, thread counts
 
     @abstractmethod
@@ -160,11 +162,19 @@ class Backend(ABC):
         """What calibrate() measures, in words for the report."""
         return speedo.DESCRIPTION
 
-    def variants(self, compile: list[bool], opt_in: dict[str, bool]) -> list[str]:
-        """The variants to benchmark for these params (bench.compile, and switches such as keras_fit), in the
-        backend's order; the first is DEFAULT whenever `compile` lists false."""
-        return [name for name, v in self.VARIANTS.items()
-                if (v.compiled is None or v.compiled in compile) and (not v.opt_in or opt_in.get(v.opt_in, False))]
+    def reset_memory_peak(self) -> None:
+        """Start a new device-memory peak (a GPU backend overrides this; a CPU has no such count)."""
+
+    def memory_peak_mb(self) -> float:
+        """Device memory allocated at its peak since reset_memory_peak (MiB; the resident data included); NaN on
+        a CPU, where the frameworks keep no allocator statistics (peak_rss_mb is the process's whole figure)."""
+        return math.nan
+
+    def variants(self, asked: list[str]) -> list[str]:
+        """The variants a variants child measures for bench.variants: DEFAULT first (the in-process reference),
+        then this backend's variant for each name asked, in the backend's order. A name this framework has no
+        variant for is in ABSENT, with the reason the report prints."""
+        return [self.DEFAULT] + [n for n, v in self.VARIANTS.items() if v.asked_by and v.asked_by in asked]
 
     def batches(self, data: Data, order: np.ndarray, batch_size: int) -> Iterator[tuple[Any, Any]]:
         """One epoch's full batches in `order`: one gather into contiguous memory, then slices (views in PyTorch).

@@ -20,6 +20,8 @@ class NumpyBackend(Backend):
     DEFAULT = "numpy"
     VARIANTS = {"numpy": Variant("hand-written forward and backward passes, im2col convolution, one BLAS matmul "
                                  "per layer")}
+    ABSENT = {name: "the NumPy reference has one way to run" for name in ("compile", "channels_last",
+                                                                          "cuda_graphs", "fit")}
 
     def __init__(self, threads: int, device: str, seed: int, precision: str):
         if device == "cuda":

@@ -25,10 +25,14 @@ class TensorFlowBackend(Backend):
     MODEL_SUFFIX = ".keras"
     DEFAULT = "function"
     VARIANTS = {"function": Variant("custom train step in tf.function (graph, no XLA; default)"),
-                "xla": Variant("the same whole train step in tf.function(jit_compile=True)", compiled=True),
+                "xla": Variant("the same whole train step in tf.function(jit_compile=True)", asked_by="compile"),
                 "fit": Variant("Keras Model.fit over the same in-memory batches fed through tf.data (includes "
                                "tf.data's input handling), compile()'s defaults (jit_compile='auto': XLA on a GPU, "
-                               "off on a CPU)", compiled=None, opt_in="keras_fit")}
+                               "off on a CPU)", asked_by="fit")}
+    ABSENT = {"channels_last": "TensorFlow's convolutions take NHWC (channels-last) by default: its default is "
+                               "already that layout",
+              "cuda_graphs": "TensorFlow has no switch of its own: its `xla` variant (bench.variants compile) is "
+                             "the launch-overhead remedy there"}
 
     def __init__(self, threads: int, device: str, seed: int, precision: str):
         """Must run before TensorFlow executes anything in this process (its settings are process-wide)."""
@@ -128,6 +132,15 @@ class TensorFlowBackend(Backend):
         model.fit(ds.skip(warmup), epochs=repeats, steps_per_epoch=steps, verbose=0, shuffle=False,
                   callbacks=[clock])
         return first, [(marks[i + 1] - marks[i]) / steps for i in range(0, len(marks), 2)]
+
+    def reset_memory_peak(self) -> None:
+        if self.device != "/CPU:0":
+            tf.config.experimental.reset_memory_stats(self.device.strip("/"))
+
+    def memory_peak_mb(self) -> float:
+        if self.device == "/CPU:0":
+            return super().memory_peak_mb()
+        return tf.config.experimental.get_memory_info(self.device.strip("/"))["peak"] / 2**20
 
     def calibrate(self, threads: int) -> float:
         """On a GPU: a fixed matmul on the device at this backend's precision (bf16 in bfloat16, else float32 with

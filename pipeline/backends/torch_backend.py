@@ -1,4 +1,4 @@
-"""The contract in PyTorch: eager by default, torch.compile of the whole step as a variant."""
+"""The contract in PyTorch: eager by default; torch.compile, channels_last and CUDA graphs as variants."""
 from __future__ import annotations
 
 import errno
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_tf32_off_cuda
-from pipeline.errors import ParamsError
+from pipeline.errors import ParamsError, Unavailable
 from pipeline.measure import speedo
 from pipeline.spec import Act, Conv, Dense, Dropout, Flatten, ModelSpec, Optim, Pool, init_weights
 
@@ -22,7 +22,14 @@ class TorchBackend(Backend):
     DEFAULT = "eager"
     VARIANTS = {"eager": Variant("PyTorch eager (default)"),
                 "compile": Variant("torch.compile of the whole training step (forward, backward, optimizer "
-                                   "update), static shapes, inductor", compiled=True)}
+                                   "update), static shapes, inductor", asked_by="compile"),
+                "channels_last": Variant("eager, weights and activations in channels_last (NHWC) memory: the "
+                                         "layout cuDNN's and oneDNN's fastest convolutions want (CNN only)",
+                                         asked_by="channels_last", conv_only=True),
+                "cuda_graphs": Variant("torch.compile(mode='reduce-overhead') of the whole step: inductor "
+                                       "kernels replayed as one CUDA graph, Adam capturable (CUDA only)",
+                                       asked_by="cuda_graphs")}
+    ABSENT = {"fit": "Keras' own training loop: PyTorch has none"}
 
     def __init__(self, threads: int, device: str, seed: int, precision: str):
         if threads:
@@ -80,19 +87,44 @@ class TorchBackend(Backend):
         i = torch.from_numpy(idx).to(self.device)
         return data[0].index_select(0, i), data[1].index_select(0, i)
 
-    def make_step(self, model: nn.Module, optim: Optim, variant: str) -> Step:
+    def _layout(self, model: nn.Module, variant: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The variant's input layout; channels_last also converts the model's conv weights, in place."""
+        if variant == "cuda_graphs" and self.device.type != "cuda":
+            raise Unavailable(f"cuda_graphs: CUDA graphs need a CUDA device; this child runs on {self.device.type}")
+        if variant != "channels_last":
+            return lambda xb: xb
+        model.to(memory_format=torch.channels_last)
+        return lambda xb: xb.contiguous(memory_format=torch.channels_last)  # free for 1 channel: same strides
+
+    def _compiled(self, fn: Callable, variant: str) -> Callable:
         """`compile` hands the whole step (forward, loss, backward, optimizer update) to torch.compile with static
-        shapes, so it is compared with XLA's whole step, not with a compiled forward pass alone."""
-        opt = make_optimizer(model, optim)
+        shapes, so it is compared with XLA's whole step, not with a compiled forward pass alone; `cuda_graphs`
+        does the same in reduce-overhead mode, whose outputs live in the graph's buffers until its next replay."""
+        if variant == "compile":
+            return torch.compile(fn, dynamic=False)
+        if variant != "cuda_graphs":
+            return fn
+        graphed = torch.compile(fn, mode="reduce-overhead", dynamic=False)
+
+        def run(*args: torch.Tensor) -> Any:
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: last replay's outputs may be overwritten
+            out = graphed(*args)
+            return out.clone() if isinstance(out, torch.Tensor) else tuple(t.clone() for t in out)
+        return run
+
+    def make_step(self, model: nn.Module, optim: Optim, variant: str) -> Step:
+        """One update in `variant` (VARIANTS): the same maths, another layout or launch path."""
+        layout = self._layout(model, variant)
+        opt = make_optimizer(model, optim, capturable=variant == "cuda_graphs")
 
         def step(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            logits = self._forward(model, xb)
+            logits = self._forward(model, layout(xb))
             loss = F.cross_entropy(logits, yb)  # mean over the batch, on logits
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             return loss.detach() * len(yb), (logits.argmax(1) == yb).sum()
-        run = torch.compile(step, dynamic=False) if variant == "compile" else step
+        run = self._compiled(step, variant)
 
         def train_step(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             model.train()
@@ -104,12 +136,13 @@ class TorchBackend(Backend):
         return Step(train_step, opt, set_lr)
 
     def make_predict(self, model: nn.Module, variant: str) -> Callable[[Any], Any]:
-        net = torch.compile(model, dynamic=False) if variant == "compile" else model
+        layout = self._layout(model, variant)
+        net = self._compiled(model, variant)
 
         def predict(xb: torch.Tensor) -> torch.Tensor:
             model.eval()
             with torch.inference_mode():
-                return self._forward(net, xb)
+                return self._forward(net, layout(xb))
         return predict
 
     def calibrate(self, threads: int) -> float:
@@ -127,6 +160,13 @@ class TorchBackend(Backend):
             return super().speedometer()
         n = speedo.DEVICE_SIZE
         return f"torch matmul {n}x{n} {self.info['precision']} on {self.info['device']}"
+
+    def reset_memory_peak(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+    def memory_peak_mb(self) -> float:
+        return torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else super().memory_peak_mb()
 
     def numpy(self, t: Any) -> np.ndarray:
         return t.detach().cpu().numpy()
@@ -213,10 +253,12 @@ def _module(layer: object) -> nn.Module:
     raise TypeError(f"unknown layer {layer!r}")
 
 
-def make_optimizer(model: nn.Module, o: Optim) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, o: Optim, capturable: bool = False) -> torch.optim.Optimizer:
+    """Every hyperparameter explicit. `capturable` keeps Adam's step count on the device, as a CUDA graph needs;
+    the maths is the same."""
     if o.name == "adam":
         return torch.optim.Adam(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                                weight_decay=0.0, amsgrad=False)
+                                weight_decay=0.0, amsgrad=False, capturable=capturable)
     return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum if o.name == "momentum" else 0.0,
                            dampening=0.0, nesterov=False, weight_decay=0.0)
 

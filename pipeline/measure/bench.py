@@ -91,7 +91,7 @@ def _metric_name(v: dict) -> str:
 
 def variants_asked(cfg: Bench) -> bool:
     """Whether the params ask for any variant beyond each framework's default (the variants child is opt-in)."""
-    return any(cfg.compile) or cfg.keras_fit
+    return bool(cfg.variants)
 
 
 def run(p: Params, data: Path, params_path: Path, threads: int, shape: tuple[int, int, int],
@@ -122,7 +122,10 @@ def run(p: Params, data: Path, params_path: Path, threads: int, shape: tuple[int
                              cfg.rounds, cfg.max_drift, log.warning, cfg.max_s)
     if variants_asked(cfg):  # opt-in: the compile variants' first steps cost 15-25 s a process here
         rows += [r for fw in p.frameworks for r in extra(fw, "variants", threads, f"{fw} variants")]
-    rows += [r for fw in p.frameworks for t in cfg.thread_counts if t != threads
+    on_gpu = sorted({r.device for r in rows if r.device != "cpu"})
+    if on_gpu and cfg.thread_counts:  # CPU threads only feed the GPU's launches there: nothing a GPU user tunes
+        log.info("thread sweep skipped: the children ran on %s, not on the CPU's threads", ", ".join(on_gpu))
+    rows += [r for fw in p.frameworks for t in cfg.thread_counts if t != threads and not on_gpu
              for r in extra(fw, "threads", t, f"{fw} {t} threads")]
     flops = {m: net.flops_per_sample() for m, (net, _) in params.networks(p, shape, classes).items()}
     stab = speedo.stability(rounds.calibrations(rows))  # the whole run's machine; verdicts use their rounds' own
@@ -137,6 +140,7 @@ def run(p: Params, data: Path, params_path: Path, threads: int, shape: tuple[int
         "frameworks": p.frameworks, "models": p.models, "threads": threads, "arms": arms, "rounds": cfg.rounds,
         "rounds_run": 1 + max(r.round for r in rows if r.kind == "round"), "max_s": cfg.max_s,
         "min_effect": cfg.min_effect, "flops_per_sample": flops, "calibration": stab,
+        "devices": sorted({r.device for r in rows}), "threads_skipped": bool(on_gpu and cfg.thread_counts),
         "vary": cfg.vary, "vary_own": own.get(cfg.vary),  # the setting varied and the params' own value of it
         "flagged": [{"round": rd, "arm": arm, "why": why} for rd, arm, why in flagged],
         "cells": [c.flat() for c in cells], "verdicts": verdicts, "records": [r.flat() for r in rows]}

@@ -15,18 +15,18 @@ import resource
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from pipeline import backends, files, params
 from pipeline.backends.base import Backend, check_precision, check_threads
 from pipeline.data.prepare import load_prepared, normalise, prepared_meta
-from pipeline.errors import ChildError
+from pipeline.errors import ChildError, Unavailable
 from pipeline.measure import speedo, telemetry, timing
 from pipeline.params import Bench
 from pipeline.records import Measurement
-from pipeline.spec import Dropout, ModelSpec, Optim, batch_order, init_weights
+from pipeline.spec import Conv, Dropout, ModelSpec, Optim, batch_order, init_weights
 
 KINDS = ("round", "variants", "threads")  # a round child runs the default variant; variants runs all of them
 # Errors that mean "this machine cannot run the variant" (no C compiler for inductor, no XLA device). Any other
@@ -43,10 +43,12 @@ def measure(be: Backend, spec: ModelSpec, optim: Optim, data: object, n: int, cf
         wrong = same_steps(be, spec, optim, data, n, batch_size, seed, variant)
         if wrong:
             return Measurement(spec.name, variant, status="wrong", reason=wrong)
+    be.reset_memory_peak()
     model = be.build(spec, init_weights(spec, seed))
     first, per_step = be.train_timings(model, optim, data, batch_order(n, seed, 0), variant, batch_size,
                                        cfg.warmup, cfg.steps, cfg.repeats)
-    m = Measurement(spec.name, variant, first_step_s=first, train=timing.rates(per_step, batch_size))
+    m = Measurement(spec.name, variant, first_step_s=first, train=timing.rates(per_step, batch_size),
+                    train_mem_peak_mb=be.memory_peak_mb())
     predict = be.make_predict(model, variant)
     for bs in cfg.infer_batch_sizes:
         xb = be.take(data, np.arange(bs) % n)[0]
@@ -85,10 +87,20 @@ def same_steps(be: Backend, spec: ModelSpec, optim: Optim, data: object, n: int,
     return ""
 
 
+NO_CONV = "no convolutions in this network: a layout variant has nothing to change"
+
+
+def applies(be: Backend, spec: ModelSpec, variant: str) -> bool:
+    """A layout variant (channels_last) changes nothing in a network without convolutions: not measured there."""
+    return not be.VARIANTS[variant].conv_only or any(isinstance(layer, Conv) for layer in spec.layers)
+
+
 def measure_or_unsupported(be: Backend, model: str, variant: str, run: Callable[[], Measurement]) -> Measurement:
     """run() for a non-default variant; a known "not on this machine" failure becomes an unsupported row."""
     try:
         return run()
+    except Unavailable as e:  # the backend itself says this device cannot run it
+        return Measurement(model, variant, status="unsupported", reason=str(e))
     except Exception as e:  # noqa: BLE001  # re-raised below unless it is a known unavailability
         text = f"{type(e).__name__}: {e}"
         if variant == be.DEFAULT or not any(u in text for u in UNAVAILABLE):
@@ -97,15 +109,19 @@ def measure_or_unsupported(be: Backend, model: str, variant: str, run: Callable[
 
 
 def child(be: Backend, specs: dict[str, tuple[ModelSpec, Optim]], data: object, n: int, cfg: Bench,
-          batch_size: int, seed: int, threads: int, variants: list[str]) -> list[Measurement]:
+          batch_size: int, seed: int, threads: int, variants: list[str], asked: Sequence[str] = ()) -> list[Measurement]:
     """What one fresh process measures: calibrate, each model x variant, calibrate again (the backend's
-    speedometer: the CPU GEMM, or a matmul on its GPU, with NVML telemetry around the child there)."""
+    speedometer: the CPU GEMM, or a matmul on its GPU, with NVML telemetry around the child there). A name in
+    `asked` (bench.variants) this framework has no variant for becomes an `absent` row saying why."""
     gpu = be.speedometer() != speedo.DESCRIPTION
     tel0 = telemetry.read() if gpu else {}
     before = be.calibrate(threads)
     rows = [measure_or_unsupported(be, m, v, lambda m=m, v=v: measure(be, specs[m][0], specs[m][1], data, n, cfg,
                                                                       batch_size, seed, v))
+            if applies(be, specs[m][0], v) else Measurement(m, v, status="absent", reason=NO_CONV)
             for m in specs for v in variants]
+    rows += [Measurement(m, name, status="absent", reason=be.ABSENT[name]) for m in specs for name in asked
+             if name in be.ABSENT]
     after = be.calibrate(threads)
     tel1 = telemetry.read() if gpu else {}
     for r in rows:
@@ -150,16 +166,16 @@ def main(argv: list[str]) -> None:
     precision = check_precision(be.info, p.precision)["precision"]  # refuses to measure what was not asked
     specs = params.networks(p, shape, classes)
     x, y = normalise(raw["x_train"], raw["mean"], raw["std"]), raw["y_train"]
-    variants = be.variants(p.bench.compile, {"keras_fit": p.bench.keras_fit}) if a.kind == "variants" \
-        else [be.DEFAULT]
+    variants = be.variants(p.bench.variants) if a.kind == "variants" else [be.DEFAULT]
     rows = child(be, specs, be.put(x, y), len(y), p.bench, a.batch_size or p.train.batch_size, p.seed, a.threads,
-                 variants)
+                 variants, p.bench.variants if a.kind == "variants" else ())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     for r in rows:
         r.framework, r.framework_version, r.device = a.framework, be.info["framework_version"], be.info["device"]
         r.threads, r.intra_op_threads, r.inter_op_threads = a.threads, *checked.values()
         r.precision = precision
-        r.peak_rss_mb, r.description = rss, be.VARIANTS[r.variant].description
+        r.peak_rss_mb = rss
+        r.description = be.VARIANTS[r.variant].description if r.variant in be.VARIANTS else ""
     print(json.dumps([r.flat() for r in rows]))
 
 

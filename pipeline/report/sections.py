@@ -123,7 +123,7 @@ def build(r: Results, params_text: str, prepared: dict, figdir: Path) -> list[re
     B.append(("img", figures.samples(prepared["x_test"], prepared["y_test"], preds, list(prepared["classes"]),
                                      figdir / "samples.png"),
               f"Test images with true label and each framework's {model} prediction; red: a framework is wrong"))
-    B += speed.speed_blocks(r, figdir) + speed.compile_blocks(r)
+    B += speed.speed_blocks(r, figdir) + speed.variant_blocks(r)
     B += speed.thread_blocks(r, figdir)
     table, verdicts = loaders_section(r)
     B += [("h2", "Data loading: num_workers / num_parallel_calls"),

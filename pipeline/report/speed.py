@@ -1,7 +1,7 @@
-"""The report's speed sections: verdicts, A/A control, stability, compile variants, threads.
+"""The report's speed sections: verdicts, A/A control, stability, settings, variants, threads.
 
 The report's speed sections: rates over rounds, verdicts with their intervals, the A/A control, the machine's
-stability, compile variants and thread scaling. Blocks as in sections.py.
+stability, bench.vary settings (with device memory), variants and thread scaling. Blocks as in sections.py.
 """
 from __future__ import annotations
 
@@ -82,6 +82,21 @@ def setting_rows(r: Results) -> pd.DataFrame:
     return rows
 
 
+def setting_table(rows: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Per framework, model and setting value: medians over usable rounds of training and largest-batch inference
+    samples/s, and the device memory training peaked at (a GPU's allocator count; a CPU keeps none)."""
+    infer = max((c for c in rows.columns if c.startswith("infer") and c.endswith("_samples_per_s")),
+                key=lambda c: int(c[5:].split("_")[0]))
+    rows = rows.assign(framework=rows["framework"].map(LABEL), train_mem_peak_mb=rows.get("train_mem_peak_mb", np.nan))
+    g = rows.groupby(["framework", "model", "value"], sort=False)
+    out = g.agg(**{"train samples/s": ("train_samples_per_s", "median"),
+                   f"{infer.split('_')[0]} samples/s": (infer, "median"),
+                   "train memory peak MiB": ("train_mem_peak_mb", "median")}).reset_index()
+    if out["train memory peak MiB"].isna().all():
+        out = out.assign(**{"train memory peak MiB": "n/a on a CPU"})
+    return out.rename(columns={"value": key})
+
+
 def speed_blocks(r: Results, figdir: Path) -> list:
     b = r.bench
     cells = r.bench_cells
@@ -106,7 +121,8 @@ def speed_blocks(r: Results, figdir: Path) -> list:
         lines += ["**Settings, interleaved** (`bench.vary`): each framework at another value of one setting ran "
                   "as an extra arm of the same rounds, so these ratios are paired round by round like the "
                   "framework verdicts above (ratio = the setting's rate over the params' own value's)."] + settings
-    figs = [("img", figures.settings(setting_rows(r), b["vary"], figdir / "settings.png"),
+    figs = [("table", setting_table(setting_rows(r), b["vary"])),
+            ("img", figures.settings(setting_rows(r), b["vary"], figdir / "settings.png"),
              f"Training samples/s against {b['vary']}, interleaved arms (median over usable rounds, IQR)")] \
         if settings and b.get("vary", "none") != "none" else []
     gaps = [g for c in cells if (g := gap_text(r, c, c.train.samples_per_s))]
@@ -134,12 +150,16 @@ def speed_blocks(r: Results, figdir: Path) -> list:
     ]
 
 
-def compile_blocks(r: Results) -> list:
+NOTE = {"wrong": "WRONG", "unsupported": "unsupported here", "absent": "not in this framework"}
+
+
+def variant_blocks(r: Results) -> list:
     var = r.of_kind("variants")
     if not var:
-        return [("h2", "Compilation"), ("p", "Not measured in this run: the variants child is opt-in, to keep the "
+        return [("h2", "Variants"), ("p", "Not measured in this run: the variants child is opt-in, to keep the "
                  "default run within its budget (torch.compile's first step alone took 14-24 s a process on 2 "
-                 "cores). Add it with `dvc exp run -S 'bench.compile=[false,true]' -S bench.keras_fit=true`.")]
+                 "cores). Add it with `dvc exp run -S 'bench.variants=[compile,channels_last,cuda_graphs,fit]'` "
+                 "(cuda_graphs needs a GPU).")]
     rows = []
     for m in var:
         ok = m.status == "ok"
@@ -150,19 +170,23 @@ def compile_blocks(r: Results) -> list:
                      "vs default (same process)": m.rate("train") / default.rate("train")
                      if ok and default is not None else np.nan,
                      "first step s (compile)": m.first_step_s if ok else np.nan,
-                     "note": "" if ok else f"{'WRONG' if m.status == 'wrong' else 'unsupported here'}: "
-                                           f"{m.reason}"})
-    described = {m.variant: m.description for m in var}
-    return [("h2", "Compilation"),
+                     "note": "" if ok else f"{NOTE.get(m.status, m.status)}: {m.reason}"})
+    described = {m.variant: m.description for m in var if m.description}
+    return [("h2", "Variants"),
             ("p", "; ".join(f"`{k}`: {v}" for k, v in described.items())),
-            ("p", "One process per framework measures every variant on the same batches; \"vs default\" is a "
-                  "within-process diagnostic, not a verdict. The first step (tracing, compilation) is timed apart "
-                  "from the steady-state rate."),
+            ("p", "One process per framework measures every variant on the same batches, each checked first (its "
+                  "first two steps' losses must equal the default's); \"vs default\" is a within-process "
+                  "diagnostic, not a verdict. The first step (tracing, compilation) is timed apart from the "
+                  "steady-state rate."),
             ("table", pd.DataFrame(rows))]
 
 
 def thread_blocks(r: Results, figdir: Path) -> list:
     th = r.of_kind("threads")
+    if r.bench.get("threads_skipped"):
+        return [("h2", "Thread scaling"), ("p", "Skipped: the children ran on "
+                 f"{', '.join(d for d in r.bench['devices'] if d != 'cpu')}, where CPU intra-op threads only issue "
+                 "the GPU's kernel launches; batch size, precision and the variants are the axes that matter there.")]
     if not th:
         return [("h2", "Thread scaling"), ("p", f"Not measured in this run (all children ran on "
                  f"{r.bench['threads']} threads): the sweep is opt-in, one process per framework and count; add it "
