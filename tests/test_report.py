@@ -1,5 +1,6 @@
 """The report from a small fixed set of result files: numbers, wording, figures, HTML, and bad inputs."""
 import json
+import math
 import re
 from dataclasses import asdict
 
@@ -16,10 +17,11 @@ from tests.conftest import write_params
 N_TEST = 200
 
 
-def bench_records(root, vary=()):
+def bench_records(root, vary=(), gpu=False):
     """reports/bench/records.json as the stage writes it, from scripted children run through pipeline/measure:
     torch trains MLPs 2x as fast as TensorFlow in every round; inference rates are equal. `vary`: other values of
-    train.batch_size as interleaved arms (params' own: 128), each training 1.5x as fast per doubling."""
+    train.batch_size as interleaved arms (params' own: 128), each training 1.5x as fast per doubling. `gpu`: the
+    children report a GPU, whose allocator peaked at 100 MiB + 1 MiB per sample of the batch."""
     from pipeline import params
     from pipeline.measure import bench, rounds, speedo
     from pipeline.records import Measurement, Rates, framework_of, setting_of
@@ -36,7 +38,8 @@ def bench_records(root, vary=()):
         rows = []
         for model in ("mlp", "cnn"):
             rate = speed[fw][model] * jitter / (2 if threads == 1 else 1)
-            rate *= 1.5 ** np.log2(setting_of(arm)[1] / 128) if setting_of(arm) else 1.0
+            batch = setting_of(arm)[1] if setting_of(arm) else 128
+            rate *= 1.5 ** np.log2(batch / 128)
             infer = 5000.0 * jitter
             rows.append(Measurement(
                 model, variant or {"torch": "eager"}.get(fw, "function"), framework=fw, threads=threads,
@@ -44,7 +47,8 @@ def bench_records(root, vary=()):
                                                                                    1.0)},
                 latency_ms_p50=0.5, latency_ms_p95=0.7, latency_ms_p99=0.9, first_step_s=0.2,
                 calib_before_gflops=200.0 * jitter, calib_after_gflops=201.0 * jitter, description="the default",
-                kind=kind, arm=fw))
+                kind=kind, arm=fw, device="NVIDIA H100" if gpu else "cpu",
+                train_mem_peak_mb=100.0 + batch if gpu else math.nan))
         return rows
     arms = rounds.arms(["torch", "tensorflow"], True, cfg.vary, cfg.vary_values, 128)
     rows = rounds.run_rounds(child, arms, cfg.rounds, cfg.max_drift)
@@ -52,7 +56,7 @@ def bench_records(root, vary=()):
     rows += [Measurement("mlp", "xla", status="unsupported", reason="RuntimeError: no compiler", kind="variants",
                          arm="tensorflow", framework="tensorflow", description="XLA", calib_before_gflops=200.0,
                          calib_after_gflops=200.0)]
-    rows += [r for fw in ("torch", "tensorflow") for r in child(fw, 0, kind="threads", threads=1)]
+    rows += [] if gpu else [r for fw in ("torch", "tensorflow") for r in child(fw, 0, kind="threads", threads=1)]
     flops = {"mlp": 1000, "cnn": 100000}
     stab = speedo.stability(rounds.calibrations(rows))
     (root / "bench").mkdir(parents=True)
@@ -62,7 +66,8 @@ def bench_records(root, vary=()):
         "records": [r.flat() for r in rows], "cells": [c.flat() for c in bench.per_cell(rows, flops,
                                                                                           stab["gflops_median"])],
         "verdicts": bench.comparisons(rows, ["torch", "tensorflow"], ["mlp", "cnn"], cfg, {"train.batch_size": 128}),
-        "vary": cfg.vary, "vary_own": 128 if vary else None}))
+        "vary": cfg.vary, "vary_own": 128 if vary else None, "threads_skipped": gpu,
+        "devices": sorted({r.device for r in rows})}))
 
 
 def scale_records(root, measured=True):
@@ -361,3 +366,17 @@ def test_settings_as_interleaved_arms_get_verdicts_and_a_figure(results):
     line = next(x for x in md.splitlines() if x.startswith("**mlp train**, PyTorch at train.batch_size=256"))
     assert "batch_size=256 is faster" in line and "= 1.50x" in line  # 1.5x per doubling, paired round by round
     assert "![Training samples/s against train.batch_size" in md and (results / "figures" / "settings.png").is_file()
+
+
+def test_a_gpu_batch_size_sweep_shows_memory_and_the_thread_sweep_says_it_was_skipped(results):
+    import shutil
+    shutil.rmtree(results / "bench")
+    bench_records(results, vary=[512], gpu=True)
+    md = run_report(results)
+    header = next(x for x in md.splitlines() if "train memory peak MiB" in x)
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    rows = {(r[0], r[1], r[2]): r for line in md.splitlines()
+            if len(r := [c.strip() for c in line.strip("|").split("|")]) == len(cols) and r[0] == "PyTorch"}
+    mem = cols.index("train memory peak MiB")
+    assert float(rows[("PyTorch", "mlp", "128")][mem]) == 228 and float(rows[("PyTorch", "mlp", "512")][mem]) == 612
+    assert "## Thread scaling\n\nSkipped: the children ran on NVIDIA H100" in md

@@ -122,7 +122,7 @@ def run(p: Params, data: Path, params_path: Path, threads: int, shape: tuple[int
                              cfg.rounds, cfg.max_drift, log.warning, cfg.max_s)
     if variants_asked(cfg):  # opt-in: the compile variants' first steps cost 15-25 s a process here
         rows += [r for fw in p.frameworks for r in extra(fw, "variants", threads, f"{fw} variants")]
-    on_gpu = sorted({r.device for r in rows if r.device != "cpu"})
+    on_gpu = sorted({r.device for r in rows if r.device not in ("cpu", "")})
     if on_gpu and cfg.thread_counts:  # CPU threads only feed the GPU's launches there: nothing a GPU user tunes
         log.info("thread sweep skipped: the children ran on %s, not on the CPU's threads", ", ".join(on_gpu))
     rows += [r for fw in p.frameworks for t in cfg.thread_counts if t != threads and not on_gpu

@@ -90,7 +90,7 @@ def setting_table(rows: pd.DataFrame, key: str) -> pd.DataFrame:
     rows = rows.assign(framework=rows["framework"].map(LABEL), train_mem_peak_mb=rows.get("train_mem_peak_mb", np.nan))
     g = rows.groupby(["framework", "model", "value"], sort=False)
     out = g.agg(**{"train samples/s": ("train_samples_per_s", "median"),
-                   f"{infer.split('_')[0]} samples/s": (infer, "median"),
+                   f"infer samples/s (batch {infer[5:].split('_')[0]})": (infer, "median"),
                    "train memory peak MiB": ("train_mem_peak_mb", "median")}).reset_index()
     if out["train memory peak MiB"].isna().all():
         out = out.assign(**{"train memory peak MiB": "n/a on a CPU"})
@@ -185,7 +185,7 @@ def thread_blocks(r: Results, figdir: Path) -> list:
     th = r.of_kind("threads")
     if r.bench.get("threads_skipped"):
         return [("h2", "Thread scaling"), ("p", "Skipped: the children ran on "
-                 f"{', '.join(d for d in r.bench['devices'] if d != 'cpu')}, where CPU intra-op threads only issue "
+                 f"{', '.join(d for d in r.bench['devices'] if d not in ('cpu', ''))}, where CPU intra-op threads only issue "
                  "the GPU's kernel launches; batch size, precision and the variants are the axes that matter there.")]
     if not th:
         return [("h2", "Thread scaling"), ("p", f"Not measured in this run (all children ran on "
