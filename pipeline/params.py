@@ -105,7 +105,9 @@ class Train(_Section):
     eval_batch_size: Count
     eval_every: Count
     stop_at_target: bool
-    repeats: Count
+    # auto is held as 0 (no seeds is no run): the train stage resolves it once it knows the device (cell.seeds_for)
+    repeats: Annotated[int, BeforeValidator(lambda v: 0 if v == "auto" else v),
+                       Field(ge=0, description="or auto: 1 on a CPU, 6 on a GPU")]
 
 
 PRECISIONS = ("fp32", "tf32", "bf16")  # how matmuls and convolutions compute, the same in every framework

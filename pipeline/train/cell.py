@@ -14,6 +14,7 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from pipeline.backends.base import Backend
+from pipeline.measure import verdict
 from pipeline.params import Train
 from pipeline.records import CellMetrics, SeedRun
 from pipeline.spec import ModelSpec, Optim, batch_order, digest, init_weights
@@ -96,11 +97,21 @@ def evidence(be: Backend, spec: ModelSpec, d: dict, seed: int, epochs: int) -> t
             "readback_weights_sha256": digest(be.get_weights(model, spec))}, logits
 
 
+def seeds_for(repeats: int, be: Backend) -> int:
+    """train.repeats, with `auto` (held as 0) resolved for the device: on a GPU a seed costs seconds, so enough
+    seeds for the seeds' own paired time-to-target test (verdict.min_rounds); on a CPU one, whose verdict the
+    bench's interleaved per-step speed carries (a seed there costs minutes of the ten-minute budget)."""
+    if repeats:
+        return repeats
+    return verdict.min_rounds() if be.info["device"] != "cpu" else 1
+
+
 def train_cell(be: Backend, spec: ModelSpec, optim: Optim, d: dict, tp: Train, epochs: int, target: float,
                seed: int, names: list[str], label: str) -> Trained:
-    """`tp.repeats` seeds from `seed` on; the metrics over them; the first seed's tables; the evidence."""
+    """`tp.repeats` seeds (seeds_for) from `seed` on; the metrics over them; the first seed's tables; the
+    evidence."""
     runs = [run_seed(be, spec, optim, d, tp, epochs, target, seed + r, f"{label} seed {seed + r}")
-            for r in range(tp.repeats)]
+            for r in range(seeds_for(tp.repeats, be))]
     seeds, first = [r for r, _ in runs], runs[0][1]
     y_true = d["y_test"]
     metrics, per_class = summarise(seeds, target, spec, epochs, y_true, first["logits"], len(names))
