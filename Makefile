@@ -8,7 +8,7 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: repro test compare venv clean
+.PHONY: repro test compare gpu-check venv clean
 
 venv: $(VENV)/.installed
 
@@ -28,6 +28,13 @@ repro: venv
 # Compare DVC experiments (README "Comparing experiments"): EXPS="a b" BASELINE=a, or all of this commit's.
 compare: venv
 	$(BIN)/python -m pipeline.report.compare $(EXPS) $(if $(BASELINE),--baseline $(BASELINE))
+
+# One GPU's figures in minutes (README "On a GPU"): the train stages, then a fresh bench child per precision and
+# batch size. GPU_CHECK="--batch-sizes 512 --precisions bf16" narrows it; GPU_CHECK=--cpu is a dry run without one.
+GPU_CHECK ?=
+gpu-check: venv
+	$(BIN)/dvc repro prepare
+	$(BIN)/python -m pipeline.measure.gpucheck $(GPU_CHECK)
 
 # pytest exits 5 when it collects no test: that is a failure here, not a pass. Two worker processes (pytest-xdist):
 # the two end-to-end pipeline runs take most of the time and overlap the rest; worksteal rebalances what is left.

@@ -216,6 +216,23 @@ def test_variants_a_framework_or_model_lacks_become_rows_saying_why():
         assert Measurement.from_flat(m.flat()).status == m.status
 
 
+def test_timed_steps_hold_no_gather_or_copy_only_the_step(monkeypatch):
+    """Data stays on the device: the epoch's batches are gathered once before the first step, never in a timed
+    one, even when the timed steps run past the end of the epoch (5 batches here, 10 steps)."""
+    events, take, make_step = [], tb.take, tb.make_step
+    monkeypatch.setattr(tb, "take", lambda data, idx: events.append("take") or take(data, idx))
+
+    def watched(model, optim, variant):
+        step = make_step(model, optim, variant)
+        return base.Step(lambda x, y: events.append("step") or step(x, y), step.optimizer, step.set_lr)
+    monkeypatch.setattr(tb, "make_step", watched)
+    x = np.random.default_rng(0).normal(size=(40, 8, 8, 1)).astype(np.float32)
+    data = tb.put(x, np.arange(40) % 10)
+    first, per_step = tb.train_timings(tb.build(SPEC, specs.init_weights(SPEC, 0)), OPTIM, data,
+                                       specs.batch_order(40, 0, 0), "eager", 8, warmup=2, steps=4, repeats=2)
+    assert events == ["take"] + ["step"] * (1 + 1 + 4 * 2) and len(per_step) == 2
+
+
 def test_thread_counts_are_checked_not_hoped_for():
     assert base.check_threads({"framework": "torch", "intra_op_threads": 2, "inter_op_threads": 1}, 2) == {
         "intra_op_threads": 2, "inter_op_threads": 1}

@@ -10,6 +10,7 @@ contract). Arrays cross the contract as NumPy in canonical layouts (see spec.py)
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from abc import ABC, abstractmethod
@@ -194,13 +195,11 @@ class Backend(ABC):
     def train_timings(self, model: Model, optim: Optim, data: Data, order: np.ndarray, variant: str,
                       batch_size: int, warmup: int, steps: int, repeats: int) -> tuple[float, list[float]]:
         """(seconds of the first step, incl. compilation; seconds per step of each timed repeat, warmup
-        excluded), stepping through `order` in full batches (cycling) as the train stage does."""
+        excluded), stepping through `order` in full batches (cycling) as the train stage does. The epoch's batches
+        are gathered and sliced on the device before the first step, so no timed step holds a host-to-device copy,
+        a gather or a slice: only the step itself."""
         step = self.make_step(model, optim, variant)
-
-        def endless() -> Iterator[tuple[Any, Any]]:
-            while True:
-                yield from self.batches(data, order, batch_size)
-        it = endless()
+        it = itertools.cycle(list(self.batches(data, order, batch_size)))
 
         def run(k: int) -> Any:
             out = None

@@ -1,0 +1,63 @@
+"""make gpu-check's logic, run on the CPU (--cpu): its stages and children, its sums, and its refusals."""
+import json
+
+import pytest
+import torch
+
+from pipeline import params
+from pipeline.data.prepare import load_prepared, prepared_meta
+from pipeline.errors import ParamsError
+from pipeline.measure import bench, gpucheck
+from tests.conftest import write_params
+
+TINY = {"frameworks": ["torch"], "models": ["mlp", "cnn"], "data.name": "idx", "data.mirrors": ["http://x"],
+        "cnn.channels": [4], "cnn.dense": 16, "mlp.hidden": [16], "schedule.mlp.epochs": 1, "schedule.cnn.epochs": 1,
+        "threads": 1, "bench.warmup": 1, "bench.steps": 2, "bench.repeats": 1, "bench.latency_calls": 20,
+        "bench.infer_batch_sizes": [1, 16]}
+
+
+def test_a_dry_run_times_the_stages_and_sweeps_batch_sizes_in_fresh_children(prepared, capsys):
+    pp = write_params(prepared / "params.yaml", **TINY)
+    out = prepared / "gpu-check.json"
+    gpucheck.main(["--cpu", "--data", str(prepared / "prepared.npz"), "--params", str(pp), "--precisions", "fp32",
+                   "--batch-sizes", "8,16", "--out", str(out)])
+    got = json.loads(out.read_text())
+    assert [(s["stage"], s["seeds"]) for s in got["stages"]] == [("train@torch-mlp", 1), ("train@torch-cnn", 1)]
+    points = {(r["model"], r["batch_size"], r["variant"]): r for r in got["points"]}
+    assert set(points) == {(m, b, v) for b in (8, 16) for m, v in (("mlp", "eager"), ("mlp", "channels_last"),
+                                                                    ("cnn", "eager"), ("cnn", "channels_last"))}
+    assert points[("mlp", 8, "channels_last")]["status"] == "absent"  # an MLP has no convolution to lay out
+    raw = load_prepared(prepared / "prepared.npz")
+    p = params.load(pp)
+    flops = {m: net.flops_per_sample() for m, (net, _) in params.networks(
+        p, tuple(prepared_meta(raw)["image_shape"]), len(raw["classes"])).items()}
+    for (model, batch, variant), r in points.items():
+        if r["status"] != "ok":
+            continue
+        # one timed repeat: samples/s x seconds per step is the batch the child was told to train at
+        assert r["train_samples_per_s"] * r["train_step_ms"] / 1e3 == pytest.approx(batch, rel=1e-6)
+        assert r["pct_of_device"] == pytest.approx(
+            100 * r["train_samples_per_s"] * bench.WORK["train"] * flops[model] / (r["speedometer_gflops"] * 1e9))
+        assert r["precision"] == "fp32" and r["device"] == "cpu"
+    printed = capsys.readouterr().out
+    assert "Not measured: torch mlp channels_last: no convolutions" in printed
+    assert "train@torch-cnn" in printed and "% of device" in printed
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer where there is no GPU")
+def test_without_a_gpu_it_says_so_in_one_line(prepared):
+    with pytest.raises(ParamsError, match="gpu-check: PyTorch sees no CUDA device here; run it on a GPU machine"):
+        gpucheck.main(["--data", str(prepared / "prepared.npz")])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--precisions", "fp32,tf32"], "gpu-check: --precisions tf32 runs only on a CUDA GPU"),
+    (["--precisions", "fp32", "--variants", "xla"], "params.yaml: bench.variants: expected a list of distinct names"),
+    (["--precisions", "fp16"], "params.yaml: precision: expected one of fp32 | tf32 | bf16, got 'fp16'"),
+    (["--batch-sizes", "128,big"], "gpu-check: --batch-sizes '128,big': expected integers"),
+])
+def test_bad_settings_stop_it_before_anything_runs(prepared, monkeypatch, args, message):
+    monkeypatch.setattr(gpucheck, "stage_times", lambda *a: pytest.fail("ran before its settings were checked"))
+    pp = write_params(prepared / "params.yaml", **TINY)
+    with pytest.raises(ParamsError, match=message.replace("|", r"\|").replace("(", r"\(")):
+        gpucheck.main(["--cpu", "--data", str(prepared / "prepared.npz"), "--params", str(pp), *args])
