@@ -1,4 +1,4 @@
-"""The contract in PyTorch: eager by default; torch.compile, channels_last and CUDA graphs as variants."""
+"""The contract in PyTorch: eager by default; torch.compile, channels_last, CUDA graphs."""
 from __future__ import annotations
 
 import errno

@@ -1,4 +1,4 @@
-"""`make gpu-check`: the pipeline's stages and bench children on one GPU, per precision and batch size.
+"""`make gpu-check`: train stages and bench children on one GPU, by precision and batch size.
 
     python -m pipeline.measure.gpucheck [--data data/prepared.npz] [--params params.yaml] [--out FILE]
         [--batch-sizes 128,512,2048] [--precisions fp32,tf32,bf16] [--variants channels_last] [--cpu]
