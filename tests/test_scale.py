@@ -202,7 +202,13 @@ def test_worker_counts_must_split_the_batch_and_leave_each_worker_a_thread():
     p = params.parse(raw_params(**SMALL | {"scale.workers": [1, 4]}))
     with pytest.raises(Exception, match=r"^params.yaml: scale.workers: 4 workers on 2 threads leave a worker "
                                         r"without a thread"):
-        run.plan(p, 2)
+        run.plan(p, 2, gpus=0)
+    assert run.plan(p, 2, gpus=4) == ["torch", "tensorflow"]  # device auto on a 4-GPU host: a GPU per worker
+    with pytest.raises(Exception, match=r"^params.yaml: scale.workers: 4 workers need a GPU each, and 2 are visible"):
+        run.plan(p, 2, gpus=2)
+    cuda = params.parse(raw_params(**SMALL | {"scale.workers": [1, 4], "device": "cuda"}))
+    with pytest.raises(Exception, match=r"^params.yaml: scale.workers: 4 workers need a GPU each, and 0 are"):
+        run.plan(cuda, 2, gpus=0)
 
 
 def test_each_tensorflow_worker_gets_its_place_in_the_cluster_and_one_gpu(monkeypatch):

@@ -7,6 +7,7 @@ is absent (NaN), never made up.
 from __future__ import annotations
 
 import math
+import os
 
 FIELDS = ("sm_clock_mhz", "temperature_c", "power_w", "memory_used_mb")
 
@@ -26,3 +27,19 @@ def read(index: int = 0) -> dict[str, float]:
                 "memory_used_mb": pynvml.nvmlDeviceGetMemoryInfo(h).used / 2**20}
     finally:
         pynvml.nvmlShutdown()
+
+
+def gpu_count() -> int:
+    """NVIDIA GPUs this process may use: CUDA_VISIBLE_DEVICES' list where it is set, else NVML's count; 0 without
+    a driver. Read without importing a framework (the scale stage plans before any worker starts)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001  # no library, no driver: no GPU to use
+        return 0
+    try:
+        n = pynvml.nvmlDeviceGetCount()
+    finally:
+        pynvml.nvmlShutdown()
+    return n if visible is None else min(n, len([d for d in visible.split(",") if d.strip() not in ("", "-1")]))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ParamsError
-from pipeline.measure import speedo, verdict
+from pipeline.measure import speedo, telemetry, verdict
 from pipeline.measure.rounds import flag
 from pipeline.measure.stats import spread
 from pipeline.params import Params
@@ -26,10 +26,16 @@ from pipeline.scale.launch import check_ports, launch
 log = logging.getLogger("scale")
 
 
-def plan(p: Params, threads: int) -> list[str]:
-    """The frameworks to launch; refuses worker counts this machine cannot give a thread each."""
+def plan(p: Params, threads: int, gpus: int) -> list[str]:
+    """The frameworks to launch. Workers on GPUs (device cuda, or auto where `gpus` are visible) get one device
+    each, so a launch may not outnumber them; workers on the CPU share its threads, so each must get one."""
+    on_gpu = p.device == "cuda" or (p.device == "auto" and gpus > 0)
+    top = max(p.scale.workers)
+    if on_gpu and top > gpus:
+        raise ParamsError(f"params.yaml: scale.workers: {top} workers need a GPU each, and {gpus} "
+                          f"{'is' if gpus == 1 else 'are'} visible; lower it (or device: cpu)")
     too_many = [n for n in p.scale.workers if threads // n < 1]
-    if too_many and p.device != "cuda":
+    if too_many and not on_gpu:
         raise ParamsError(f"params.yaml: scale.workers: {too_many[0]} workers on {threads} threads leave a worker "
                           "without a thread (each gets threads / workers); lower it or raise threads")
     return [f for f in p.frameworks if f in ENGINES]
@@ -105,7 +111,7 @@ def run(p: Params, data: Path, params_path: Path, threads: int) -> tuple[dict, d
     """(records, metrics) of the scale stage; without scale.workers, a record that says nothing was measured."""
     if not p.scale.workers:
         return {"measured": False, "rows": [], "table": [], "verdicts": []}, {}
-    frameworks = plan(p, threads)
+    frameworks = plan(p, threads, telemetry.gpu_count())
     rows = rounds(p, frameworks, data, params_path, threads)
     table, verdicts = summary(rows, frameworks, p.models, p.scale.workers, p.bench.min_effect)
     calib = speedo.stability([x for r in rows for x in (r["calib_before_gflops"], r["calib_after_gflops"])])
