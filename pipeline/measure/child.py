@@ -109,7 +109,8 @@ def measure_or_unsupported(be: Backend, model: str, variant: str, run: Callable[
 
 
 def child(be: Backend, specs: dict[str, tuple[ModelSpec, Optim]], data: object, n: int, cfg: Bench,
-          batch_size: int, seed: int, threads: int, variants: list[str], asked: Sequence[str] = ()) -> list[Measurement]:
+          batch_size: int, seed: int, threads: int, variants: list[str],
+          asked: Sequence[str] = ()) -> list[Measurement]:
     """What one fresh process measures: calibrate, each model x variant, calibrate again (the backend's
     speedometer: the CPU GEMM, or a matmul on its GPU, with NVML telemetry around the child there). A name in
     `asked` (bench.variants) this framework has no variant for becomes an `absent` row saying why."""

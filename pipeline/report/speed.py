@@ -184,9 +184,10 @@ def variant_blocks(r: Results) -> list:
 def thread_blocks(r: Results, figdir: Path) -> list:
     th = r.of_kind("threads")
     if r.bench.get("threads_skipped"):
-        return [("h2", "Thread scaling"), ("p", "Skipped: the children ran on "
-                 f"{', '.join(d for d in r.bench['devices'] if d not in ('cpu', ''))}, where CPU intra-op threads only issue "
-                 "the GPU's kernel launches; batch size, precision and the variants are the axes that matter there.")]
+        gpus = ", ".join(d for d in r.bench["devices"] if d not in ("cpu", ""))
+        return [("h2", "Thread scaling"), ("p", f"Skipped: the children ran on {gpus}, where CPU intra-op threads "
+                 "only issue the GPU's kernel launches; batch size, precision and the variants are the axes that "
+                 "matter there.")]
     if not th:
         return [("h2", "Thread scaling"), ("p", f"Not measured in this run (all children ran on "
                  f"{r.bench['threads']} threads): the sweep is opt-in, one process per framework and count; add it "
