@@ -20,7 +20,8 @@ N_TEST = 200
 def bench_records(root, vary=(), gpu=False):
     """reports/bench/records.json as the stage writes it, from scripted children run through pipeline/measure:
     torch trains MLPs 2x as fast as TensorFlow in every round; inference rates are equal. `vary`: other values of
-    train.batch_size as interleaved arms (params' own: 128), each training 1.5x as fast per doubling. `gpu`: the
+    train.batch_size as interleaved arms (params' own: 128), each training 1.5x as fast per doubling; batch-1
+    inference is 25x slower than batch 512. `gpu`: the
     children report a GPU, whose allocator peaked at 100 MiB + 1 MiB per sample of the batch."""
     from pipeline import params
     from pipeline.measure import bench, rounds, speedo
@@ -43,8 +44,8 @@ def bench_records(root, vary=(), gpu=False):
             infer = 5000.0 * jitter
             rows.append(Measurement(
                 model, variant or {"torch": "eager"}.get(fw, "function"), framework=fw, threads=threads,
-                train=Rates(rate, rate, rate, 1.0, 0.0, 3, 1.0), infer={512: Rates(infer, infer, infer, 0.0, 0.0, 3,
-                                                                                   1.0)},
+                train=Rates(rate, rate, rate, 1.0, 0.0, 3, 1.0),
+                infer={bs: Rates(v, v, v, 0.0, 0.0, 3, 1.0) for bs, v in ((1, infer / 25), (512, infer))},
                 latency_ms_p50=0.5, latency_ms_p95=0.7, latency_ms_p99=0.9, first_step_s=0.2,
                 calib_before_gflops=200.0 * jitter, calib_after_gflops=201.0 * jitter, description="the default",
                 kind=kind, arm=fw, device="NVIDIA H100" if gpu else "cpu",
@@ -380,3 +381,15 @@ def test_a_gpu_batch_size_sweep_shows_memory_and_the_thread_sweep_says_it_was_sk
     mem = cols.index("train memory peak MiB")
     assert float(rows[("PyTorch", "mlp", "128")][mem]) == 228 and float(rows[("PyTorch", "mlp", "512")][mem]) == 612
     assert "## Thread scaling\n\nSkipped: the children ran on NVIDIA H100" in md
+    assert "infer samples/s" not in header  # inference does not vary with the training batch: its own table
+
+
+def test_inference_is_shown_at_every_batch_size_measured(results):
+    md = run_report(results)
+    lines = md.splitlines()
+    at = next(i for i, x in enumerate(lines) if "batch 1, samples/s" in x)
+    cols = [c.strip() for c in lines[at].strip("|").split("|")]
+    row = next([c.strip() for c in x.strip("|").split("|")] for x in lines[at:] if "| PyTorch" in x and "| mlp" in x)
+    # 6 rounds, jitter 1.00/1.01/1.02 in turn: median 1.01 x (200 at batch 1, 5000 at batch 512)
+    assert cols[2:] == ["batch 1, samples/s", "batch 512, samples/s"]
+    assert [float(v.replace(",", "")) for v in row[2:]] == pytest.approx([202, 5050])

@@ -5,6 +5,7 @@ stability, bench.vary settings (with device memory), variants and thread scaling
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -83,18 +84,26 @@ def setting_rows(r: Results) -> pd.DataFrame:
 
 
 def setting_table(rows: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Per framework, model and setting value: medians over usable rounds of training and largest-batch inference
-    samples/s, and the device memory training peaked at (a GPU's allocator count; a CPU keeps none)."""
-    infer = max((c for c in rows.columns if c.startswith("infer") and c.endswith("_samples_per_s")),
-                key=lambda c: int(c[5:].split("_")[0]))
+    """Per framework, model and setting value: the median training samples/s over usable rounds, and the device
+    memory training peaked at (a GPU's allocator count; a CPU keeps none)."""
     rows = rows.assign(framework=rows["framework"].map(LABEL), train_mem_peak_mb=rows.get("train_mem_peak_mb", np.nan))
-    g = rows.groupby(["framework", "model", "value"], sort=False)
-    out = g.agg(**{"train samples/s": ("train_samples_per_s", "median"),
-                   f"infer samples/s (batch {infer[5:].split('_')[0]})": (infer, "median"),
-                   "train memory peak MiB": ("train_mem_peak_mb", "median")}).reset_index()
+    out = rows.groupby(["framework", "model", "value"], sort=False).agg(**{
+        "train samples/s": ("train_samples_per_s", "median"),
+        "train memory peak MiB": ("train_mem_peak_mb", "median")}).reset_index()
     if out["train memory peak MiB"].isna().all():
         out = out.assign(**{"train memory peak MiB": "n/a on a CPU"})
     return out.rename(columns={"value": key})
+
+
+def infer_table(r: Results) -> pd.DataFrame:
+    """Inference samples/s per framework and model at each bench.infer_batch_sizes value: the median over the
+    usable rounds of each framework's own arm (every child measures every inference batch size)."""
+    rows = setting_rows(r)
+    rows = rows[~rows["arm"].map(lambda a: bool(setting_of(a)))]
+    cols = sorted((c for c in rows.columns if re.fullmatch(r"infer\d+_samples_per_s", c)),
+                  key=lambda c: int(c[5:].split("_")[0]))
+    out = rows.assign(framework=rows["framework"].map(LABEL)).groupby(["framework", "model"], sort=False)[cols]
+    return out.median().rename(columns={c: f"batch {c[5:].split('_')[0]}, samples/s" for c in cols}).reset_index()
 
 
 def speed_blocks(r: Results, figdir: Path) -> list:
@@ -139,7 +148,9 @@ def speed_blocks(r: Results, figdir: Path) -> list:
               "1 and the median is at least the minimum effect away from 1; otherwise \"no clear difference\". "
               "The control must read \"no clear difference\"; when it tells identical runs apart, the framework verdict "
               "of that model and phase is withheld."),
-        ("p", stability_text(r)), ("table", table), *[("p", line) for line in lines], *figs,
+        ("p", stability_text(r)), ("table", table),
+        ("p", "Inference against batch size (`bench.infer_batch_sizes`; the table above shows the largest), median "
+              "over usable rounds:"), ("table", infer_table(r)), *[("p", line) for line in lines], *figs,
         ("p", "Training counts 3× forward FLOPs. % peak: share of the run's median calibration GEMM rate; % own "
               "calib: share of each process's own calibration (comparable across runs and machines). Both can "
               "pass 100% where convolution kernels beat the GEMM. First step: tracing/compilation, timed apart."),
