@@ -57,6 +57,8 @@ def bench_records(root, vary=(), gpu=False):
     rows += [Measurement("mlp", "xla", status="unsupported", reason="RuntimeError: no compiler", kind="variants",
                          arm="tensorflow", framework="tensorflow", description="XLA", calib_before_gflops=200.0,
                          calib_after_gflops=200.0)]
+    rows += [Measurement(m, "fit", status="absent", reason="Keras' own loop", kind="variants", arm="torch",
+                         framework="torch", calib_before_gflops=200.0, calib_after_gflops=200.0) for m in ("mlp", "cnn")]
     rows += [] if gpu else [r for fw in ("torch", "tensorflow") for r in child(fw, 0, kind="threads", threads=1)]
     flops = {"mlp": 1000, "cnn": 100000}
     stab = speedo.stability(rounds.calibrations(rows))
@@ -180,6 +182,8 @@ def test_summary_has_the_numbers_and_noise_aware_wording(results):
     assert "**cnn train**, PyTorch vs TensorFlow: no clear difference (torch/tensorflow = 0.97x" in md  # 3% < the 5% minimum effect
     assert "Machine stability" in md and "No child saw the machine change speed" in md
     assert "unsupported here: RuntimeError: no compiler" in md
+    assert "Not measured: PyTorch `fit` (mlp, cnn): Keras' own loop." in md
+    assert not re.search(r"\| PyTorch +\| mlp +\| fit ", md) and re.search(r"\| TensorFlow +\| mlp +\| xla ", md)
     assert "**PyTorch loader**: fastest with workers=2, 2.00x of workers=0 (1,800 vs 900 samples/s; repeats do " \
            "not overlap within one process, a diagnostic)" in md
     assert "| mlp     | True" in md  # equivalence row
@@ -380,6 +384,7 @@ def test_a_gpu_batch_size_sweep_shows_memory_and_the_thread_sweep_says_it_was_sk
             if len(r := [c.strip() for c in line.strip("|").split("|")]) == len(cols) and r[0] == "PyTorch"}
     mem = cols.index("train memory peak MiB")
     assert float(rows[("PyTorch", "mlp", "128")][mem]) == 228 and float(rows[("PyTorch", "mlp", "512")][mem]) == 612
+    assert list(rows)[:2] == [("PyTorch", "mlp", "128"), ("PyTorch", "mlp", "512")]  # each model's values in order
     assert "## Thread scaling\n\nSkipped: the children ran on NVIDIA H100" in md
     assert "infer samples/s" not in header  # inference does not vary with the training batch: its own table
 

@@ -106,8 +106,8 @@ def run(p: Params, data: Path, params_path: Path, threads: int, shape: tuple[int
         batch = setting[1] if setting and setting[0] == "train.batch_size" else None
         got = child.spawn(data, params_path, framework_of(arm), kind, t, label, batch)
         log.info("%s: %s; calibration %.0f -> %.0f GFLOP/s", label, ", ".join(
-            f"{r.model} {r.variant} train {r.rate('train') if r.train else float('nan'):,.0f} samples/s"
-            for r in got), got[0].calib_before_gflops, got[0].calib_after_gflops)
+            f"{r.model} {r.variant} " + (f"train {r.rate('train'):,.0f} samples/s" if r.status == "ok" else r.status)
+            for r in got if r.status != "absent"), got[0].calib_before_gflops, got[0].calib_after_gflops)
         return got
 
     def extra(fw: str, kind: str, t: int, label: str) -> list[Measurement]:

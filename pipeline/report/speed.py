@@ -92,7 +92,10 @@ def setting_table(rows: pd.DataFrame, key: str) -> pd.DataFrame:
         "train memory peak MiB": ("train_mem_peak_mb", "median")}).reset_index()
     if out["train memory peak MiB"].isna().all():
         out = out.assign(**{"train memory peak MiB": "n/a on a CPU"})
-    return out.rename(columns={"value": key})
+    first = {k: i for i, k in enumerate(dict.fromkeys(zip(out["framework"], out["model"])))}  # the run's order
+    out = out.sort_values("value", kind="stable")
+    out = out.iloc[sorted(range(len(out)), key=lambda i: first[(out["framework"].iloc[i], out["model"].iloc[i])])]
+    return out.rename(columns={"value": key}).reset_index(drop=True)
 
 
 def infer_table(r: Results) -> pd.DataFrame:
@@ -171,8 +174,11 @@ def variant_blocks(r: Results) -> list:
                  "default run within its budget (torch.compile's first step alone took 14-24 s a process on 2 "
                  "cores). Add it with `dvc exp run -S 'bench.variants=[compile,channels_last,cuda_graphs,fit]'` "
                  "(cuda_graphs needs a GPU).")]
-    rows = []
+    rows, absent = [], {}
     for m in var:
+        if m.status == "absent":  # asked for, but nothing of that name here: one sentence below, not a row per model
+            absent.setdefault((LABEL[m.framework], m.variant, m.reason), []).append(m.model)
+            continue
         ok = m.status == "ok"
         # each child measures its default variant first
         default = next((d for d in var if (d.framework, d.model, d.status) == (m.framework, m.model, "ok")), None)
@@ -189,7 +195,9 @@ def variant_blocks(r: Results) -> list:
                   "first two steps' losses must equal the default's); \"vs default\" is a within-process "
                   "diagnostic, not a verdict. The first step (tracing, compilation) is timed apart from the "
                   "steady-state rate."),
-            ("table", pd.DataFrame(rows))]
+            ("table", pd.DataFrame(rows)),
+            *([("p", "Not measured: " + "; ".join(f"{fw} `{v}` ({', '.join(models)}): {why}"
+                                                  for (fw, v, why), models in absent.items()) + ".")] if absent else [])]
 
 
 def thread_blocks(r: Results, figdir: Path) -> list:
