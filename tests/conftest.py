@@ -10,12 +10,19 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# Tests that need a CUDA GPU run where one is and are skipped (said, never faked) elsewhere; their CPU twins check
+# the answer a machine without one gives.
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer of a machine without a GPU")
 
 
 def raw_params(**overrides: Any) -> dict:

@@ -9,7 +9,7 @@ from pipeline.backends import base
 from pipeline.errors import ChildError
 from pipeline.measure import bench, child, rounds, verdict
 from pipeline.records import Measurement, Rates, control_arm, framework_of
-from tests.conftest import raw_params
+from tests.conftest import no_cuda, raw_params
 
 tb = backends.create("torch", 1, "cpu", 0, "fp32")
 P = params.parse(raw_params(**{"bench.warmup": 2, "bench.steps": 2, "bench.repeats": 2, "bench.latency_calls": 20,
@@ -199,7 +199,7 @@ def test_child_rows_are_complete_and_calibrated():
     assert Measurement.from_flat(r) == m and m.rate("infer") == r["infer16_samples_per_s"]  # read back whole
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU's answer to cuda_graphs")
+@no_cuda
 def test_variants_a_framework_or_model_lacks_become_rows_saying_why():
     x = np.random.default_rng(0).normal(size=(40, 8, 8, 1)).astype(np.float32)
     asked = ["cuda_graphs", "channels_last", "fit"]

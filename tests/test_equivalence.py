@@ -6,6 +6,7 @@ import pytest
 from pipeline import backends, spec as specs
 from pipeline.backends import torch_backend
 from pipeline.train import loop
+from tests.conftest import cuda
 
 tb = backends.create("torch", 2, "cpu", 0, "fp32")
 tfb = backends.create("tensorflow", 2, "cpu", 0, "fp32")
@@ -189,7 +190,7 @@ def test_channels_last_trains_the_cnn_as_eager_does_in_another_memory_layout():
     assert np.abs(logits[0] - logits[1]).max() <= 1e-4
 
 
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+@cuda
 def test_cuda_graphs_train_as_eager_does_on_a_gpu():
     g = backends.create("torch", 2, "cuda", 0, "fp32")
     s = SPECS["cnn"]

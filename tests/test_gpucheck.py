@@ -2,13 +2,12 @@
 import json
 
 import pytest
-import torch
 
 from pipeline import params
 from pipeline.data.prepare import load_prepared, prepared_meta
 from pipeline.errors import ParamsError
 from pipeline.measure import bench, gpucheck
-from tests.conftest import write_params
+from tests.conftest import no_cuda, write_params
 
 TINY = {"frameworks": ["torch"], "models": ["mlp", "cnn"], "data.name": "idx", "data.mirrors": ["http://x"],
         "cnn.channels": [4], "cnn.dense": 16, "mlp.hidden": [16], "schedule.mlp.epochs": 1, "schedule.cnn.epochs": 1,
@@ -44,7 +43,7 @@ def test_a_dry_run_times_the_stages_and_sweeps_batch_sizes_in_fresh_children(pre
     assert "train@torch-cnn" in printed and "% of device" in printed
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer where there is no GPU")
+@no_cuda
 def test_without_a_gpu_it_says_so_in_one_line(prepared):
     with pytest.raises(ParamsError, match="gpu-check: PyTorch sees no CUDA device here; run it on a GPU machine"):
         gpucheck.main(["--data", str(prepared / "prepared.npz")])

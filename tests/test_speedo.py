@@ -8,6 +8,7 @@ import pytest
 
 from pipeline import backends
 from pipeline.measure import speedo, telemetry
+from tests.conftest import cuda
 
 
 def test_burst_rate_counts_flops_per_second_and_syncs_every_call():
@@ -54,7 +55,7 @@ def test_telemetry_reads_nvml_in_the_units_it_names(monkeypatch):
     assert calls == ["init", "shutdown"]
 
 
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+@cuda
 def test_on_a_gpu_the_speedometer_is_a_device_matmul_at_the_precision_in_use():
     fp32, bf16 = (backends.create("torch", 1, "cuda", 0, p) for p in ("fp32", "bf16"))
     assert fp32.speedometer().startswith("torch matmul 4096x4096 fp32 on ")
