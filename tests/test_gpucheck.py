@@ -6,7 +6,7 @@ import pytest
 from pipeline import params
 from pipeline.data.prepare import load_prepared, prepared_meta
 from pipeline.errors import ParamsError
-from pipeline.measure import bench, gpucheck
+from pipeline.measure import gpucheck
 from tests.conftest import no_cuda, write_params
 
 TINY = {"frameworks": ["torch"], "models": ["mlp", "cnn"], "data.name": "idx", "data.mirrors": ["http://x"],
@@ -36,7 +36,7 @@ def test_a_dry_run_times_the_stages_and_sweeps_batch_sizes_in_fresh_children(pre
         # one timed repeat: samples/s x seconds per step is the batch the child was told to train at
         assert r["train_samples_per_s"] * r["train_step_ms"] / 1e3 == pytest.approx(batch, rel=1e-6)
         assert r["pct_of_device"] == pytest.approx(
-            100 * r["train_samples_per_s"] * bench.WORK["train"] * flops[model] / (r["speedometer_gflops"] * 1e9))
+            100 * r["train_samples_per_s"] * 3 * flops[model] / (r["speedometer_gflops"] * 1e9))  # 3x forward
         assert r["precision"] == "fp32" and r["device"] == "cpu"
     printed = capsys.readouterr().out
     assert "Not measured: torch mlp channels_last: no convolutions" in printed
@@ -60,3 +60,17 @@ def test_bad_settings_stop_it_before_anything_runs(prepared, monkeypatch, args, 
     pp = write_params(prepared / "params.yaml", **TINY)
     with pytest.raises(ParamsError, match=message.replace("|", r"\|").replace("(", r"\(")):
         gpucheck.main(["--cpu", "--data", str(prepared / "prepared.npz"), "--params", str(pp), *args])
+
+
+def test_no_train_runs_the_sweep_alone(prepared, monkeypatch, capsys):
+    from pipeline.records import Measurement
+    ran = []
+    monkeypatch.setattr(gpucheck.subprocess, "run", lambda *a, **k: pytest.fail("a train stage ran"))
+    monkeypatch.setattr(gpucheck.child, "spawn", lambda data, path, fw, kind, threads, label, bs: ran.append(
+        (fw, kind, bs)) or [Measurement("cnn", "cuda_graphs", status="absent", reason="stub", framework=fw,
+                                        device="cpu")])
+    pp = write_params(prepared / "params.yaml", **TINY)
+    gpucheck.main(["--cpu", "--no-train", "--data", str(prepared / "prepared.npz"), "--params", str(pp),
+                   "--precisions", "fp32", "--batch-sizes", "8,16"])
+    assert ran == [("torch", "variants", 8), ("torch", "variants", 16)]
+    assert "not run (--no-train)" in capsys.readouterr().out

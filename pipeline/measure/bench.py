@@ -23,7 +23,6 @@ from pipeline.records import (FORMAT, PHASES, BenchCell, Measurement, PhaseSumma
                               setting_of)
 
 log = logging.getLogger("bench")
-WORK = {"train": 3, "infer": 1}  # forward FLOPs per sample a phase costs: training ~ forward + 2x backward
 
 
 def comparisons(rows: list[Measurement], frameworks: list[str], models: list[str], cfg: Bench,
@@ -72,10 +71,10 @@ def per_cell(rows: list[Measurement], flops: dict[str, int], run_gflops: float) 
         phases = {}
         for phase in PHASES:
             rates = np.array([r.rate(phase) for r in sub])
-            s, work = spread(rates), WORK[phase] * flops[model]
+            s = spread(rates)
             phases[phase] = PhaseSummary(
-                s.median, s.q1, s.q3, s.cv_pct, 100 * s.median * work / (run_gflops * 1e9),
-                float(np.median(100 * rates * work / (own * 1e9))))
+                s.median, s.q1, s.q3, s.cv_pct, speedo.share_pct(s.median, phase, flops[model], run_gflops),
+                float(np.median(speedo.share_pct(rates, phase, flops[model], own))))
         med = {k: float(np.median([getattr(r, k) for r in sub]))
                for k in ("latency_ms_p50", "latency_ms_p95", "latency_ms_p99", "first_step_s")}
         out.append(BenchCell(fw, model, len(sub), **phases, **med))

@@ -1,7 +1,7 @@
 """`make gpu-check`: train stages and bench children on one GPU, by precision and batch size.
 
     python -m pipeline.measure.gpucheck [--data data/prepared.npz] [--params params.yaml] [--out FILE]
-        [--batch-sizes 128,512,2048] [--precisions fp32,tf32,bf16] [--variants channels_last] [--cpu]
+        [--batch-sizes 128,512,2048] [--precisions fp32,tf32,bf16] [--variants channels_last] [--cpu] [--no-train]
 
 For a GPU owner, in a few minutes: it times the train stage of every cell on the GPU (the stage's own script with
 params.yaml's settings and device cuda), then starts one fresh bench child per framework, precision and training
@@ -10,7 +10,8 @@ times; training and inference samples/s; the device speedometer (a matmul at tha
 of it; and the device memory training peaked at. A framework that is not installed (TensorFlow is often absent on
 a GPU box) is skipped and said. No verdicts: one process per point is a survey; the interleaved bench
 (`dvc exp run -S device=cuda ...`) gives those. Nothing is written under reports/ (those are DVC's); --out keeps
-the rows as JSON. `--cpu` runs the same on the CPU (fp32 and bf16), as a dry run without a GPU.
+the rows as JSON. `--cpu` runs the same on the CPU (fp32 and bf16), as a dry run without a GPU; `--no-train` runs
+the sweep alone (its children need only the params stack, not pandas' or scikit-learn's train-stage outputs).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import yaml
 from pipeline import files, params
 from pipeline.data.prepare import load_prepared, prepared_meta
 from pipeline.errors import ChildError, ParamsError
-from pipeline.measure import bench, child
+from pipeline.measure import child, speedo
 from pipeline.records import Measurement
 
 log = logging.getLogger("gpu-check")
@@ -95,7 +96,7 @@ def point(m: Measurement, precision: str, batch: int, flops: dict[str, int]) -> 
             "variant": m.variant, "train_samples_per_s": train,
             "train_step_ms": m.train.step_time_ms_median if ok else float("nan"),
             "infer_samples_per_s": m.rate("infer") if ok else float("nan"),
-            "pct_of_device": 100 * train * bench.WORK["train"] * flops[m.model] / (calib * 1e9),
+            "pct_of_device": speedo.share_pct(train, "train", flops[m.model], calib),
             "speedometer_gflops": calib, "mem_peak_mb": m.train_mem_peak_mb, "first_step_s": m.first_step_s,
             "sm_clock_mhz": m.gpu_sm_clock_mhz_after, "device": m.device, "status": m.status,
             "note": "" if ok else f"{m.status}: {m.reason}"}
@@ -132,6 +133,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--precisions", default="fp32,tf32,bf16", help="fp32, tf32, bf16 (comma-separated)")
     ap.add_argument("--variants", default="channels_last", help="bench.variants names beside each default")
     ap.add_argument("--cpu", action="store_true", help="a dry run on the CPU (tf32 is a GPU format: refused)")
+    ap.add_argument("--no-train", action="store_true", help="the sweep only, without the train stages' times")
     a = ap.parse_args(argv)
     device = "cpu" if a.cpu else "cuda"
     if not a.cpu and not _cuda():
@@ -153,7 +155,8 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         work = Path(tmp)
         base = write(overridden(raw, device=device), work / "params.yaml")
-        stages = stage_times(base, a.data, [(fw, m) for fw in frameworks for m in params.parse(raw).models], work)
+        cells = [] if a.no_train else [(fw, m) for fw in frameworks for m in params.parse(raw).models]
+        stages = stage_times(base, a.data, cells, work)
         rows = sweep(raw, a.data, frameworks, precisions, batch_sizes, variants, device, work)
     print(summary(stages, rows))
     if a.out:
@@ -169,7 +172,7 @@ def summary(stages: list[dict], rows: list[dict]) -> str:
     """The printout: stage times, the speedometer, then the sweep by precision, batch size and variant (a variant
     a model or framework lacks is one line below it, not a row per point)."""
     table = pd.DataFrame(rows)
-    speedo = table.groupby(["framework", "precision"], sort=False)["speedometer_gflops"].median()
+    readings = table.groupby(["framework", "precision"], sort=False)["speedometer_gflops"].median()
     cols = ["framework", "model", "precision", "batch_size", "variant", "train_samples_per_s",
             "infer_samples_per_s", "pct_of_device", "mem_peak_mb", "first_step_s", "note"]
     shown = table[table["status"] != "absent"][cols].fillna({"mem_peak_mb": "n/a"})
@@ -178,9 +181,9 @@ def summary(stages: list[dict], rows: list[dict]) -> str:
     fmt = lambda v: f"{v:,.1f}"  # noqa: E731
     return "\n\n".join([
         "Stage times (train stage, process start included)\n"
-        + pd.DataFrame(stages).to_string(index=False, float_format=fmt),
+        + (pd.DataFrame(stages).to_string(index=False, float_format=fmt) if stages else "not run (--no-train)"),
         f"Device speedometer (GFLOP/s, median per framework and precision) on {table['device'].iloc[0]}\n"
-        + speedo.to_string(float_format=fmt),
+        + readings.to_string(float_format=fmt),
         "Training and inference samples/s; % of device: training FLOPs/s over the speedometer at that precision\n"
         + shown.to_string(index=False, float_format=fmt), *(["Not measured: " + "; ".join(absent)] if absent else [])])
 

@@ -20,6 +20,7 @@ SIZE = 512          # n of the n x n fp32 matmul: big enough to be compute-bound
 SECONDS = 0.3       # wall time of one calibration (several timed bursts, median taken)
 
 
+WORK = {"train": 3, "infer": 1}  # forward FLOPs per sample a phase costs: training ~ forward + 2x backward
 DEVICE_SIZE = 4096  # on a GPU: large enough to fill the device, so its figure follows clocks and throttling
 DESCRIPTION = f"NumPy fp32 GEMM {SIZE}x{SIZE} on the CPU"  # what gemm_gflops measures, for the report
 
@@ -62,3 +63,8 @@ def stability(values: list[float]) -> dict:
     """The run's calibration figure with its spread: median, quartiles, and CV (%) over every calibration."""
     s = spread(values)
     return {"gflops_median": s.median, "gflops_q1": s.q1, "gflops_q3": s.q3, "cv_pct": s.cv_pct, "n": s.n}
+
+
+def share_pct(samples_per_s: Any, phase: str, flops_per_sample: int, gflops: Any) -> Any:
+    """A rate as % of a speedometer reading ("% of peak"): the phase's FLOP/s over the GEMM's (arrays too)."""
+    return 100 * samples_per_s * WORK[phase] * flops_per_sample / (gflops * 1e9)
