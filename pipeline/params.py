@@ -9,6 +9,7 @@ own constraints, so a rule and its message cannot drift apart).
 """
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -267,3 +268,16 @@ def load(path: str | Path = "params.yaml") -> Params:
         where = f" line {mark.line + 1}" if mark else ""
         raise ParamsError(f"{path}:{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
     return parse(raw)
+
+
+def override(raw: dict, **dotted: Any) -> dict:
+    """A copy of params.yaml's mapping with dotted keys replaced (`bench.variants`), as `dvc exp run -S` would;
+    not validated (parse it)."""
+    raw = copy.deepcopy(raw)
+    for key, value in dotted.items():
+        *parents, last = key.split(".")
+        d = raw
+        for k in parents:
+            d = d[k]
+        d[last] = value
+    return raw

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 from pipeline.errors import DataError
 
@@ -150,9 +150,14 @@ class Measurement:
         m = cls(**plain)
         if "train_samples_per_s" in d:
             m.train = read(Rates, d, path, "bench", prefix="train_")
-        sizes = {int(k[5:].split("_")[0]) for k in d if k.startswith("infer") and k.endswith("_samples_per_s")}
-        m.infer = {bs: read(Rates, d, path, "bench", prefix=f"infer{bs}_") for bs in sorted(sizes)}
+        m.infer = {bs: read(Rates, d, path, "bench", prefix=f"infer{bs}_") for bs in infer_sizes(d)}
         return m
+
+
+def infer_sizes(columns: Iterable[str]) -> list[int]:
+    """The inference batch sizes a flat row (or a DataFrame's columns) holds rates for, ascending: the `bs` of
+    each `infer{bs}_samples_per_s`."""
+    return sorted({int(k[5:].split("_")[0]) for k in columns if k.startswith("infer") and k.endswith("_samples_per_s")})
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,6 @@
 """Shared fixtures: params built from the repo's params.yaml with overrides, tiny IDX data, a local HTTP server."""
 from __future__ import annotations
 
-import copy
 import http.server
 import os
 import threading
@@ -12,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+
+from pipeline import params
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -27,14 +28,7 @@ no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answe
 
 def raw_params(**overrides: Any) -> dict:
     """params.yaml as a dict with dotted-key overrides, e.g. raw_params(**{"data.name": "digits"})."""
-    raw = copy.deepcopy(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    for key, value in overrides.items():
-        d = raw
-        *parents, last = key.split(".")
-        for k in parents:
-            d = d[k]
-        d[last] = value
-    return raw
+    return params.override(yaml.safe_load((ROOT / "params.yaml").read_text()), **overrides)
 
 
 def write_params(path: Path, **overrides: Any) -> Path:

@@ -16,7 +16,6 @@ the sweep alone (its children need only the params stack, not pandas' or scikit-
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib.util
 import logging
 import os
@@ -48,15 +47,9 @@ def available(frameworks: list[str]) -> list[str]:
 
 
 def overridden(raw: dict, **dotted: Any) -> dict:
-    """params.yaml's mapping with dotted keys replaced (`bench.variants`), validated: a value the schema refuses
-    stops here, in one line naming the key."""
-    raw = copy.deepcopy(raw)
-    for key, value in dotted.items():
-        *parents, last = key.split(".")
-        d = raw
-        for k in parents:
-            d = d[k]
-        d[last] = value
+    """params.yaml's mapping with dotted keys replaced, validated: a value the schema refuses stops here, in one
+    line naming the key."""
+    raw = params.override(raw, **dotted)
     params.parse(raw)
     return raw
 

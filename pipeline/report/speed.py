@@ -5,7 +5,6 @@ stability, bench.vary settings (with device memory), variants and thread scaling
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import pandas as pd
 
 from pipeline.backends import LABEL
 from pipeline.measure import speedo
-from pipeline.records import BenchCell, Cell, framework_of, is_control, setting_of
+from pipeline.records import BenchCell, Cell, framework_of, infer_sizes, is_control, setting_of
 from pipeline.report import figures
 from pipeline.report.results import Results, bench_rows
 
@@ -103,10 +102,9 @@ def infer_table(r: Results) -> pd.DataFrame:
     usable rounds of each framework's own arm (every child measures every inference batch size)."""
     rows = setting_rows(r)
     rows = rows[~rows["arm"].map(lambda a: bool(setting_of(a)))]
-    cols = sorted((c for c in rows.columns if re.fullmatch(r"infer\d+_samples_per_s", c)),
-                  key=lambda c: int(c[5:].split("_")[0]))
-    out = rows.assign(framework=rows["framework"].map(LABEL)).groupby(["framework", "model"], sort=False)[cols]
-    return out.median().rename(columns={c: f"batch {c[5:].split('_')[0]}, samples/s" for c in cols}).reset_index()
+    cols = {f"infer{bs}_samples_per_s": f"batch {bs}, samples/s" for bs in infer_sizes(rows.columns)}
+    out = rows.assign(framework=rows["framework"].map(LABEL)).groupby(["framework", "model"], sort=False)[list(cols)]
+    return out.median().rename(columns=cols).reset_index()
 
 
 def speed_blocks(r: Results, figdir: Path) -> list:
@@ -196,8 +194,8 @@ def variant_blocks(r: Results) -> list:
                   "diagnostic, not a verdict. The first step (tracing, compilation) is timed apart from the "
                   "steady-state rate."),
             ("table", pd.DataFrame(rows)),
-            *([("p", "Not measured: " + "; ".join(f"{fw} `{v}` ({', '.join(models)}): {why}"
-                                                  for (fw, v, why), models in absent.items()) + ".")] if absent else [])]
+            *[("p", "Not measured: " + "; ".join(f"{fw} `{v}` ({', '.join(models)}): {why}"
+                                                 for (fw, v, why), models in absent.items()) + ".")] * bool(absent)]
 
 
 def thread_blocks(r: Results, figdir: Path) -> list:
