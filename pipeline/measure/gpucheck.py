@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -95,11 +96,9 @@ def point(m: Measurement, precision: str, batch: int, flops: dict[str, int]) -> 
             "note": "" if ok else f"{m.status}: {m.reason}"}
 
 
-def sweep(raw: dict, data: Path, frameworks: list[str], precisions: list[str], batch_sizes: list[int],
-          variants: list[str], device: str, work: Path) -> list[dict]:
+def sweep(raw: dict, p: params.Params, meta: dict[str, np.ndarray], data: Path, frameworks: list[str],
+          precisions: list[str], batch_sizes: list[int], variants: list[str], device: str, work: Path) -> list[dict]:
     """One fresh bench child per framework, precision and batch size (variants kind), in that nesting order."""
-    meta = load_prepared(data)
-    p = params.parse(raw)
     flops = {m: net.flops_per_sample() for m, (net, _) in params.networks(
         p, tuple(prepared_meta(meta)["image_shape"]), len(meta["classes"])).items()}
     threads = p.threads or len(os.sched_getaffinity(0))
@@ -132,8 +131,8 @@ def main(argv: list[str]) -> None:
     if not a.cpu and not _cuda():
         raise ParamsError("gpu-check: PyTorch sees no CUDA device here; run it on a GPU machine (or add --cpu for "
                           "a dry run of the same steps)")
+    p = params.load(a.params)  # a missing or bad params file: one line naming it
     raw = yaml.safe_load(a.params.read_text())
-    params.parse(raw)
     try:
         batch_sizes = [int(b) for b in a.batch_sizes.split(",")]
     except ValueError:
@@ -143,14 +142,14 @@ def main(argv: list[str]) -> None:
         raise ParamsError("gpu-check: --precisions tf32 runs only on a CUDA GPU; drop it with --cpu")
     for prec in precisions:  # every setting the sweep will use is checked before anything runs
         overridden(raw, device=device, precision=prec, **{"bench.variants": variants})
-    load_prepared(a.data)  # a missing or bad file: one line naming it, before anything runs
-    frameworks = available(params.parse(raw).frameworks)
+    meta = load_prepared(a.data)  # a missing or bad file: one line naming it, before anything runs
+    frameworks = available(p.frameworks)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         work = Path(tmp)
         base = write(overridden(raw, device=device), work / "params.yaml")
-        cells = [] if a.no_train else [(fw, m) for fw in frameworks for m in params.parse(raw).models]
-        stages = stage_times(base, a.data, cells, work)
-        rows = sweep(raw, a.data, frameworks, precisions, batch_sizes, variants, device, work)
+        stages = stage_times(base, a.data, [] if a.no_train else [(fw, m) for fw in frameworks for m in p.models],
+                             work)
+        rows = sweep(raw, p, meta, a.data, frameworks, precisions, batch_sizes, variants, device, work)
     print(summary(stages, rows))
     if a.out:
         files.write_json(a.out, {"stages": stages, "points": rows})
