@@ -55,6 +55,19 @@ def test_telemetry_reads_nvml_in_the_units_it_names(monkeypatch):
     assert calls == ["init", "shutdown"]
 
 
+def test_the_gpus_a_process_may_use_follow_cuda_visible_devices(monkeypatch):
+    fake = types.ModuleType("pynvml")
+    fake.nvmlInit, fake.nvmlShutdown, fake.nvmlDeviceGetCount = (lambda: None), (lambda: None), (lambda: 8)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert telemetry.gpu_count() == 8  # NVML's count when nothing narrows it
+    for visible, n in (("2,3", 2), ("", 0), ("-1", 0), ("0,1,2,3,4,5,6,7,8,9", 8)):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        assert telemetry.gpu_count() == n, visible
+    fake.nvmlInit = lambda: (_ for _ in ()).throw(OSError("NVML Shared Library Not Found"))
+    assert telemetry.gpu_count() == 0  # no driver: no GPU to give a worker
+
+
 @cuda
 def test_on_a_gpu_the_speedometer_is_a_device_matmul_at_the_precision_in_use():
     fp32, bf16 = (backends.create("torch", 1, "cuda", 0, p) for p in ("fp32", "bf16"))
