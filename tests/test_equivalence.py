@@ -6,7 +6,6 @@ import pytest
 from pipeline import backends, spec as specs
 from pipeline.backends import torch_backend
 from pipeline.train import loop
-from tests.conftest import cuda
 
 tb = backends.create("torch", 2, "cpu", 0, "fp32")
 tfb = backends.create("tensorflow", 2, "cpu", 0, "fp32")
@@ -188,22 +187,6 @@ def test_channels_last_trains_the_cnn_as_eager_does_in_another_memory_layout():
         assert np.abs(a - b).max() <= 1e-5
     logits = [tb.numpy(tb.make_predict(models[v], v)(tb.put(x, y)[0])) for v in ("eager", "channels_last")]
     assert np.abs(logits[0] - logits[1]).max() <= 1e-4
-
-
-@cuda
-def test_cuda_graphs_train_as_eager_does_on_a_gpu():
-    g = backends.create("torch", 2, "cuda", 0, "fp32")
-    s = SPECS["cnn"]
-    w = specs.init_weights(s, 0)
-    x, y = batch(s, n=32, seed=5)
-    o = specs.Optim("adam", 0.01, 0.9, 0.9, 0.999, 1e-8)
-    after = {}
-    for variant in ("eager", "cuda_graphs"):
-        model = g.build(s, w)
-        g.train_timings(model, o, g.put(x, y), specs.batch_order(32, 0, 0), variant, 8, 3, 2, 1)  # 5 steps
-        after[variant] = g.get_weights(model, s)
-    for a, b in zip(after["eager"], after["cuda_graphs"]):
-        assert np.abs(a - b).max() <= 1e-4
 
 
 def test_a_schedule_gives_every_framework_the_same_rate_at_every_step():

@@ -1,0 +1,75 @@
+"""What only a CUDA GPU can show, PyTorch only (a lent GPU box carries no TensorFlow): the device speedometer,
+precision read back, data resident, memory peaks, and the GPU variants doing the default's maths. Skipped, and
+said, without a GPU; `python -m pytest tests/test_cuda.py` is the GPU session's first check."""
+import numpy as np
+import pytest
+import torch
+
+from pipeline import backends, spec as specs
+from pipeline.measure import speedo
+from tests.conftest import cuda
+
+pytestmark = cuda
+MNIST_CNN = specs.cnn((28, 28, 1), 10, [32, 64], 5, 1024, 0.0)
+
+
+def batch(spec, n, seed=5):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, *spec.in_shape)).astype(np.float32), rng.integers(0, 10, n)
+
+
+def test_on_a_gpu_the_speedometer_is_a_device_matmul_at_the_precision_in_use():
+    fp32, bf16 = (backends.create("torch", 1, "cuda", 0, p) for p in ("fp32", "bf16"))
+    assert fp32.speedometer().startswith("torch matmul 4096x4096 fp32 on ")
+    assert bf16.speedometer().startswith("torch matmul 4096x4096 bf16 on ")
+    assert bf16.calibrate(1) > fp32.calibrate(1) > 10 * speedo.gemm_gflops(1)  # a GPU, not the host
+
+
+def test_precision_is_set_and_read_back_on_the_gpu():
+    tf32 = backends.create("torch", 1, "cuda", 0, "tf32")
+    assert tf32.info["precision"] == "tf32" and torch.backends.cuda.matmul.allow_tf32
+    fp32 = backends.create("torch", 1, "cuda", 0, "fp32")  # PyTorch's own defaults differ: both off, checked
+    assert fp32.info["precision"] == "fp32"
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+
+
+def test_data_stays_on_the_device_and_memory_peaks_grow_with_the_batch():
+    g = backends.create("torch", 1, "cuda", 0, "fp32")
+    x, y = batch(MNIST_CNN, 1024)
+    data = g.put(x, y)
+    assert data[0].device.type == data[1].device.type == "cuda"
+    assert all(xb.device.type == "cuda" for xb, _ in g.batches(data, specs.batch_order(1024, 0, 0), 256))
+    o = specs.Optim("adam", 1e-3, 0.9, 0.9, 0.999, 1e-8)
+    peaks = {}
+    for bs in (64, 512):
+        g.reset_memory_peak()
+        g.train_timings(g.build(MNIST_CNN, specs.init_weights(MNIST_CNN, 0)), o, data,
+                        specs.batch_order(1024, 0, 0), "eager", bs, 2, 2, 1)
+        peaks[bs] = g.memory_peak_mb()
+    # the resident data (3 MiB) is in both; batch 512's first conv output alone is 98 MiB (32 x 28 x 28 floats)
+    assert peaks[512] > peaks[64] + 50 > 50
+
+
+@pytest.mark.parametrize("variant", ["channels_last", "cuda_graphs"])
+def test_gpu_variants_train_as_eager_does(variant):
+    """Momentum SGD (updates linear in the gradients, so kernel rounding stays rounding) leaves the same weights;
+    Adam, the capturable one CUDA graphs need, gives the same losses step by step."""
+    g = backends.create("torch", 2, "cuda", 0, "fp32")
+    s = specs.cnn((12, 10, 1), 10, [4, 6], 3, 20, 0.0)
+    w = specs.init_weights(s, 0)
+    x, y = batch(s, 32)
+    data, order = g.put(x, y), specs.batch_order(32, 0, 0)
+    sgd = specs.Optim("momentum", 0.05, 0.9, 0.9, 0.999, 1e-8)
+    after = {}
+    for v in ("eager", variant):
+        model = g.build(s, w)
+        g.train_timings(model, sgd, data, order, v, 8, 3, 2, 1)  # 5 steps
+        after[v] = g.get_weights(model, s)
+    for a, b in zip(after["eager"], after[variant]):
+        assert np.abs(a - b).max() <= 1e-4
+    adam = specs.Optim("adam", 0.01, 0.9, 0.9, 0.999, 1e-8)
+    losses = {}
+    for v in ("eager", variant):
+        step = g.make_step(g.build(s, w), adam, v)
+        losses[v] = [float(g.numpy(step(*b)[0])) / 8 for b in list(g.batches(data, order, 8)) * 2]
+    assert losses[variant] == pytest.approx(losses["eager"], rel=1e-3)
