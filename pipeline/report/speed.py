@@ -92,9 +92,8 @@ def setting_table(rows: pd.DataFrame, key: str) -> pd.DataFrame:
     if out["train memory peak MiB"].isna().all():
         out = out.assign(**{"train memory peak MiB": "n/a on a CPU"})
     first = {k: i for i, k in enumerate(dict.fromkeys(zip(out["framework"], out["model"])))}  # the run's order
-    out = out.sort_values("value", kind="stable")
-    out = out.iloc[sorted(range(len(out)), key=lambda i: first[(out["framework"].iloc[i], out["model"].iloc[i])])]
-    return out.rename(columns={"value": key}).reset_index(drop=True)
+    out = out.assign(cell=[first[k] for k in zip(out["framework"], out["model"])]).sort_values(["cell", "value"])
+    return out.drop(columns="cell").rename(columns={"value": key}).reset_index(drop=True)
 
 
 def infer_table(r: Results) -> pd.DataFrame:
