@@ -240,3 +240,25 @@ def test_set_lr_really_changes_the_step(be):
         step(*be.put(x, y))
         moved.append(max(np.abs(a - b).max() for a, b in zip(be.get_weights(model, s), specs.init_weights(s, 0))))
     assert moved[0] > 1e-3 and moved[1] == 0.0
+
+
+def test_torch_momentum_buffers_made_before_the_first_step_update_as_lazily_made_ones():
+    """The buffers start at zero outside any step (a CUDA graph must not own them): every update is PyTorch's own
+    lazily-initialised SGD's, bit for bit."""
+    import torch
+    be = backends.create("torch", 1, "cpu", 0, "fp32")
+    s = SPECS["cnn"]
+    x, y = batch(s, n=16, seed=5)
+    xb, yb = be.put(x, y)
+    o = specs.Optim("momentum", 0.05, 0.9, 0.9, 0.999, 1e-8)
+    ours, lazy = (be.build(s, specs.init_weights(s, 0)) for _ in "ab")
+    opts = [torch_backend.make_optimizer(ours, o), torch.optim.SGD(lazy.parameters(), lr=0.05, momentum=0.9)]
+    assert all(not b.any() for b in (opts[0].state[p]["momentum_buffer"] for p in ours.parameters()))
+    assert not opts[1].state  # PyTorch's own makes them inside the first step
+    for model, opt in zip((ours, lazy), opts):
+        for _ in range(3):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xb), yb).backward()
+            opt.step()
+    for a, b in zip(ours.parameters(), lazy.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -255,12 +255,19 @@ def _module(layer: object) -> nn.Module:
 
 def make_optimizer(model: nn.Module, o: Optim, capturable: bool = False) -> torch.optim.Optimizer:
     """Every hyperparameter explicit. `capturable` keeps Adam's step count on the device, as a CUDA graph needs;
-    the maths is the same."""
+    the maths is the same. Momentum buffers start at zero here, not as a clone of the first gradient inside the
+    first step: the same update (0.9 x 0 + g is g, exactly, with no dampening), but a buffer made inside a CUDA graph
+    lives in the graph's memory, which its next replay overwrites (PyTorch raises "accessing tensor output of
+    CUDAGraphs that has been overwritten")."""
     if o.name == "adam":
         return torch.optim.Adam(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
                                 weight_decay=0.0, amsgrad=False, capturable=capturable)
-    return torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum if o.name == "momentum" else 0.0,
-                           dampening=0.0, nesterov=False, weight_decay=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=o.lr, momentum=o.momentum if o.name == "momentum" else 0.0,
+                          dampening=0.0, nesterov=False, weight_decay=0.0)
+    if o.name == "momentum":
+        for p in model.parameters():
+            opt.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return opt
 
 
 class _PerSample(torch.utils.data.Dataset):
