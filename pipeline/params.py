@@ -129,6 +129,7 @@ class Bench(_Section):
     warmup: Annotated[int, Field(ge=1, description="the first calls include tracing/compilation")]
     steps: Count
     repeats: Count
+    min_repeat_s: Annotated[float, Field(ge=0, le=10, description="seconds; 0 = bench.steps as they are")]
     latency_calls: Annotated[int, Field(ge=20, description="p95/p99 need enough calls")]
     variants: Annotated[list[Literal[VARIANTS]], Distinct]
     thread_counts: list[Count]

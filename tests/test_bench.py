@@ -12,8 +12,8 @@ from pipeline.records import Measurement, Rates, control_arm, framework_of
 from tests.conftest import no_cuda, raw_params
 
 tb = backends.create("torch", 1, "cpu", 0, "fp32")
-P = params.parse(raw_params(**{"bench.warmup": 2, "bench.steps": 2, "bench.repeats": 2, "bench.latency_calls": 20,
-                               "bench.infer_batch_sizes": [1, 16]}))
+P = params.parse(raw_params(**{"bench.warmup": 2, "bench.steps": 2, "bench.repeats": 2, "bench.min_repeat_s": 0,
+                               "bench.latency_calls": 20, "bench.infer_batch_sizes": [1, 16]}))
 SPEC = specs.mlp((8, 8, 1), 10, [16], "relu", 0.0)
 OPTIM = specs.Optim("adam", 1e-3, 0.9, 0.9, 0.999, 1e-8)
 
@@ -325,7 +325,7 @@ def test_a_setting_arm_spawns_its_child_with_that_setting(monkeypatch):
 
 def test_a_variant_whose_steps_differ_from_the_default_is_caught_before_it_is_timed(monkeypatch):
     from pipeline.backends.base import Variant
-    cfg = params.parse(raw_params(**{"bench.steps": 2, "bench.repeats": 1, "bench.warmup": 1,
+    cfg = params.parse(raw_params(**{"bench.steps": 2, "bench.repeats": 1, "bench.warmup": 1, "bench.min_repeat_s": 0,
                                      "bench.latency_calls": 20, "bench.infer_batch_sizes": [4]})).bench
     real = tb.make_step
 

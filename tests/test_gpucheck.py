@@ -12,7 +12,7 @@ from tests.conftest import no_cuda, write_params
 TINY = {"frameworks": ["torch"], "models": ["mlp", "cnn"], "data.name": "idx", "data.mirrors": ["http://x"],
         "cnn.channels": [4], "cnn.dense": 16, "mlp.hidden": [16], "schedule.mlp.epochs": 1, "schedule.cnn.epochs": 1,
         "threads": 1, "bench.warmup": 1, "bench.steps": 2, "bench.repeats": 1, "bench.latency_calls": 20,
-        "bench.infer_batch_sizes": [1, 16]}
+        "bench.infer_batch_sizes": [1, 16], "bench.min_repeat_s": 0}
 
 
 def test_a_dry_run_times_the_stages_and_sweeps_batch_sizes_in_fresh_children(prepared, capsys):
@@ -38,6 +38,7 @@ def test_a_dry_run_times_the_stages_and_sweeps_batch_sizes_in_fresh_children(pre
         assert r["pct_of_device"] == pytest.approx(
             100 * r["train_samples_per_s"] * 3 * flops[model] / (r["speedometer_gflops"] * 1e9))  # 3x forward
         assert r["precision"] == "fp32" and r["device"] == "cpu"
+        assert r["train_cv_pct"] == 0.0  # the spread column: one timed repeat has none
     printed = capsys.readouterr().out
     assert "Not measured: torch mlp channels_last: no convolutions" in printed
     assert "train@torch-cnn" in printed and "% of device" in printed

@@ -20,6 +20,23 @@ def test_warmup_calls_are_not_timed():
     assert len(per_step) == 3 and max(per_step) < 0.05
 
 
+
+def test_a_repeat_shorter_than_min_s_is_discarded_and_run_again_with_more_steps():
+    """GPU-like steps (about 1 ms): 3 of them cannot be timed against a 50 ms floor, so the first repeat is thrown
+    away and every timed one runs long enough; steps that already last the floor (CPU-like) run as asked."""
+    sizes = []
+
+    def run(k):
+        sizes.append(k)
+        time.sleep(0.001 * k)
+    per_step = timing.repeat(run, warmup=1, steps=3, repeats=2, min_s=0.05)
+    assert sizes[:2] == [1, 3] and len(sizes) == 4  # warmup, the discarded short repeat, two timed ones
+    assert sizes[2] == sizes[3] >= 50  # each timed repeat >= 50 ms of 1 ms steps
+    assert len(per_step) == 2 and all(0.001 <= t < 0.003 for t in per_step)
+    sizes.clear()
+    timing.repeat(lambda k: (sizes.append(k), time.sleep(0.03 * k)), warmup=0, steps=2, repeats=2, min_s=0.05)
+    assert sizes == [2, 2]
+
 def test_latencies_skip_warmup_and_time_each_call():
     n = [0]
 
@@ -73,3 +90,18 @@ def test_a_batch_larger_than_the_training_set_is_a_params_error_not_a_hang():
         next(be.batches(data, np.arange(10), 16))
     with pytest.raises(ParamsError):  # the bench's endless cycle stops at once instead of spinning
         be.train_timings(None, None, data, np.arange(10), "numpy", 16, 2, 1, 1)
+
+
+def test_keras_fit_lengthens_a_short_repeat_as_the_step_variants_do():
+    """Model.fit times whole epochs, not timing.repeat's calls: its repeats must last min_s all the same."""
+    from pipeline import backends, spec as specs
+    be = backends.create("tensorflow", 1, "cpu", 0, "fp32")
+    s = specs.mlp((8, 8, 1), 10, [16], "relu", 0.0)
+    rng = np.random.default_rng(0)
+    data = be.put(rng.normal(size=(64, 8, 8, 1)).astype(np.float32), rng.integers(0, 10, 64))
+    o = specs.Optim("momentum", 0.05, 0.9, 0.9, 0.999, 1e-8)
+    model = be.build(s, specs.init_weights(s, 0))
+    t0 = time.perf_counter()
+    _, per_step = be.train_timings(model, o, data, specs.batch_order(64, 0, 0), "fit", 8, 2, 2, 2, 0.2)
+    # 2 steps of this MLP take milliseconds: without the rule the two repeats end within 0.1 s
+    assert len(per_step) == 2 and time.perf_counter() - t0 >= 0.4

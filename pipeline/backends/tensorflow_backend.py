@@ -1,6 +1,7 @@
 """The contract in TensorFlow/Keras 3: a tf.function train step; XLA and Model.fit variants."""
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from keras import ops  # noqa: E402
 from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_tf32_off_cuda  # noqa: E402
 from pipeline.errors import ParamsError  # noqa: E402
 from pipeline.measure import speedo  # noqa: E402
+from pipeline.measure.timing import MAX_STEPS  # noqa: E402
 from pipeline.spec import Act, Conv, Dense, Dropout, Flatten, ModelSpec, Optim, Pool  # noqa: E402
 
 
@@ -110,9 +112,11 @@ class TensorFlowBackend(Backend):
                            reduce_retracing=True)
 
     def train_timings(self, model: keras.Model, optim: Optim, data: Any, order: np.ndarray, variant: str,
-                      batch_size: int, warmup: int, steps: int, repeats: int) -> tuple[float, list[float]]:
+                      batch_size: int, warmup: int, steps: int, repeats: int,
+                      min_s: float = 0.0) -> tuple[float, list[float]]:
         if variant != "fit":
-            return super().train_timings(model, optim, data, order, variant, batch_size, warmup, steps, repeats)
+            return super().train_timings(model, optim, data, order, variant, batch_size, warmup, steps, repeats,
+                                         min_s)
         # Model.fit over the same in-memory batches in the same order, fed through tf.data (so its figure includes
         # tf.data's input handling). One epoch of 1 step is the first step, one of warmup-1 steps the rest of the
         # warmup, then one epoch of `steps` steps per timed repeat.
@@ -129,6 +133,13 @@ class TensorFlowBackend(Backend):
         if warmup > 1:
             model.fit(ds.skip(1), epochs=1, steps_per_epoch=warmup - 1, verbose=0, shuffle=False)
         marks.clear()
+        while min_s:  # untimed epochs size the repeats until one lasts min_s, as timing.repeat's do
+            model.fit(ds.skip(warmup), epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False, callbacks=[clock])
+            warmup, took = warmup + steps, marks[1] - marks[0]
+            marks.clear()
+            if took >= min_s or steps >= MAX_STEPS:
+                break
+            steps = min(MAX_STEPS, max(steps + 1, math.ceil(steps * 1.2 * min_s / max(took, 1e-9))))
         model.fit(ds.skip(warmup), epochs=repeats, steps_per_epoch=steps, verbose=0, shuffle=False,
                   callbacks=[clock])
         return first, [(marks[i + 1] - marks[i]) / steps for i in range(0, len(marks), 2)]

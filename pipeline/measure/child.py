@@ -46,14 +46,14 @@ def measure(be: Backend, spec: ModelSpec, optim: Optim, data: object, n: int, cf
     be.reset_memory_peak()
     model = be.build(spec, init_weights(spec, seed))
     first, per_step = be.train_timings(model, optim, data, batch_order(n, seed, 0), variant, batch_size,
-                                       cfg.warmup, cfg.steps, cfg.repeats)
+                                       cfg.warmup, cfg.steps, cfg.repeats, cfg.min_repeat_s)
     m = Measurement(spec.name, variant, first_step_s=first, train=timing.rates(per_step, batch_size),
                     train_mem_peak_mb=be.memory_peak_mb())
     predict = be.make_predict(model, variant)
     for bs in cfg.infer_batch_sizes:
         xb = be.take(data, np.arange(bs) % n)[0]
         per_call = timing.repeat(lambda k, xb=xb: [predict(xb) for _ in range(k)][-1], cfg.warmup, cfg.steps,
-                                 cfg.repeats, be.sync)
+                                 cfg.repeats, be.sync, cfg.min_repeat_s)
         m.infer[bs] = timing.rates(per_call, bs)
     x1 = be.take(data, np.arange(1))[0]
     lat = timing.latencies(lambda: predict(x1), cfg.warmup, cfg.latency_calls, be.sync) * 1e3

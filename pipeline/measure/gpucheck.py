@@ -89,6 +89,7 @@ def point(m: Measurement, precision: str, batch: int, flops: dict[str, int]) -> 
     return {"framework": m.framework, "model": m.model, "precision": precision, "batch_size": batch,
             "variant": m.variant, "train_samples_per_s": train,
             "train_step_ms": m.train.step_time_ms_median if ok else float("nan"),
+            "train_cv_pct": m.train.cv_pct if ok else float("nan"),
             "infer_samples_per_s": m.rate("infer") if ok else float("nan"),
             "pct_of_device": speedo.share_pct(train, "train", flops[m.model], calib),
             "speedometer_gflops": calib, "mem_peak_mb": m.train_mem_peak_mb, "first_step_s": m.first_step_s,
@@ -165,9 +166,9 @@ def summary(stages: list[dict], rows: list[dict]) -> str:
     a model or framework lacks is one line below it, not a row per point)."""
     table = pd.DataFrame(rows)
     readings = table.groupby(["framework", "precision"], sort=False)["speedometer_gflops"].median()
-    cols = ["framework", "model", "precision", "batch_size", "variant", "train_samples_per_s",
+    cols = ["framework", "model", "precision", "batch_size", "variant", "train_samples_per_s", "train_cv_pct",
             "infer_samples_per_s", "pct_of_device", "mem_peak_mb", "first_step_s", "note"]
-    shown = table[table["status"] != "absent"][cols].fillna({"mem_peak_mb": "n/a"})
+    shown = table[table["status"] != "absent"][cols].astype({"mem_peak_mb": object}).fillna({"mem_peak_mb": "n/a"})
     absent = sorted({f"{r['framework']} {r['model']} {r['variant']}: {r['note'][len('absent: '):]}"
                      for r in rows if r["status"] == "absent"})
     fmt = lambda v: f"{v:,.1f}"  # noqa: E731
@@ -176,7 +177,8 @@ def summary(stages: list[dict], rows: list[dict]) -> str:
         + (pd.DataFrame(stages).to_string(index=False, float_format=fmt) if stages else "not run (--no-train)"),
         f"Device speedometer (GFLOP/s, median per framework and precision) on {table['device'].iloc[0]}\n"
         + readings.to_string(float_format=fmt),
-        "Training and inference samples/s; % of device: training FLOPs/s over the speedometer at that precision\n"
+        "Training and inference samples/s; train CV: their spread over the child's timed repeats (%); % of device: "
+        "training FLOPs/s over the speedometer at that precision\n"
         + shown.to_string(index=False, float_format=fmt), *(["Not measured: " + "; ".join(absent)] if absent else [])])
 
 

@@ -1,10 +1,14 @@
 """Timing rules shared by every measurement: untimed warmup, timed repeats, rates with spread.
 
 Warmup calls are never timed (they include tracing, compilation, allocator growth, worker start-up).
-Timed calls are grouped into repeats; a figure is the median over repeats with its IQR and CV.
+Timed calls are grouped into repeats; a figure is the median over repeats with its IQR and CV. A repeat must
+last `min_s` to be timed at all: a GPU step takes a millisecond or two, and five of them are mostly the timer's and
+the synchronisation's own cost, so a shorter repeat is discarded (it served as warmup) and run again with more
+steps, as torch.utils.benchmark's blocked_autorange does. A CPU step is slow enough that nothing changes there.
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable
 
@@ -13,17 +17,24 @@ import numpy as np
 from pipeline.measure.stats import spread
 from pipeline.records import Rates
 
+MAX_STEPS = 100_000  # a bound on a lengthened repeat, whatever a broken clock says
+
 
 def repeat(run: Callable[[int], Any], warmup: int, steps: int, repeats: int,
-           sync: Callable[[Any], None] = lambda _: None) -> list[float]:
-    """Seconds per step for each repeat: `run(n)` does n steps; `sync(result)` waits for async devices."""
+           sync: Callable[[Any], None] = lambda _: None, min_s: float = 0.0) -> list[float]:
+    """Seconds per step for each repeat: `run(n)` does n steps; `sync(result)` waits for async devices. A repeat
+    shorter than `min_s` is discarded and the steps per repeat raised to last about 1.2 x min_s."""
     if warmup:
         sync(run(warmup))
-    per_step = []
-    for _ in range(repeats):
+    per_step: list[float] = []
+    while len(per_step) < repeats:
         t0 = time.perf_counter()
         sync(run(steps))
-        per_step.append((time.perf_counter() - t0) / steps)
+        took = time.perf_counter() - t0
+        if took < min_s and steps < MAX_STEPS:
+            steps = min(MAX_STEPS, max(steps + 1, math.ceil(steps * 1.2 * min_s / max(took, 1e-9))))
+            continue
+        per_step.append(took / steps)
     return per_step
 
 
