@@ -16,7 +16,7 @@ from pipeline.backends import LABEL
 from pipeline.measure import verdict
 from pipeline.records import Cell, CellMetrics
 from pipeline.report import figures
-from pipeline.report.results import Results, history_rows, pair_label, pairs
+from pipeline.report.results import Results, gpus, history_rows, pair_label, pairs
 
 
 def time_to_target_blocks(r: Results, figdir: Path) -> list:
@@ -122,8 +122,9 @@ def headline(r: Results) -> list:
     children = len(r.of_kind("round")) // max(len(r.models), 1)
     withheld = _withheld(b["verdicts"])
     noise = (f"Speed evidence: {b['rounds_run']} interleaved rounds, {children} fresh processes, "
-             f"{len(b['flagged'])} flagged by the drift monitor; calibration GEMM {cal['gflops_median']:,.0f} "
-             f"GFLOP/s median, CV {cal['cv_pct']:.1f}%.")
+             f"{len(b['flagged'])} flagged by the drift monitor; "
+             f"{'device speedometer (a matmul on the GPU)' if gpus(r) else 'calibration GEMM'} "
+             f"{cal['gflops_median']:,.0f} GFLOP/s median, CV {cal['cv_pct']:.1f}%.")
     if withheld:
         noise += (f" **{len(withheld)} of {len(b['verdicts'])} speed comparisons got no verdict** (first: "
                   f"{withheld[0]['model']} {withheld[0]['phase']}, {withheld[0]['text']}). The machine was too "

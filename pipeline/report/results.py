@@ -95,6 +95,11 @@ def collect(root: Path, frameworks: list[str], models: list[str]) -> Results:
     return r
 
 
+def gpus(r: Results) -> list[str]:
+    """The GPUs the bench's children ran on ([] on a CPU): their speedometer was a matmul there, not the host's GEMM."""
+    return [d for d in r.bench.get("devices", []) if d not in ("cpu", "")]
+
+
 def bench_rows(r: Results) -> pd.DataFrame:
     """Every benchmark child's row: kind (round | variants | threads), round, arm, framework, model, variant, ..."""
     return pd.DataFrame(r.bench["records"])
