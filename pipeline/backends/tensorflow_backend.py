@@ -1,7 +1,6 @@
 """The contract in TensorFlow/Keras 3: a tf.function train step; XLA and Model.fit variants."""
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from keras import ops  # noqa: E402
 from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_tf32_off_cuda  # noqa: E402
 from pipeline.errors import ParamsError  # noqa: E402
 from pipeline.measure import speedo  # noqa: E402
-from pipeline.measure.timing import MAX_STEPS  # noqa: E402
+from pipeline.measure.timing import MAX_STEPS, lengthened  # noqa: E402
 from pipeline.spec import Act, Conv, Dense, Dropout, Flatten, ModelSpec, Optim, Pool  # noqa: E402
 
 
@@ -139,7 +138,7 @@ class TensorFlowBackend(Backend):
             marks.clear()
             if took >= min_s or steps >= MAX_STEPS:
                 break
-            steps = min(MAX_STEPS, max(steps + 1, math.ceil(steps * 1.2 * min_s / max(took, 1e-9))))
+            steps = lengthened(steps, took, min_s)
         model.fit(ds.skip(warmup), epochs=repeats, steps_per_epoch=steps, verbose=0, shuffle=False,
                   callbacks=[clock])
         return first, [(marks[i + 1] - marks[i]) / steps for i in range(0, len(marks), 2)]

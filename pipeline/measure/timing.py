@@ -20,6 +20,12 @@ from pipeline.records import Rates
 MAX_STEPS = 100_000  # a bound on a lengthened repeat, whatever a broken clock says
 
 
+def lengthened(steps: int, took_s: float, min_s: float) -> int:
+    """Steps for a repeat to last about 1.2 x min_s, when `steps` took `took_s` (at least one more, at most
+    MAX_STEPS)."""
+    return min(MAX_STEPS, max(steps + 1, math.ceil(steps * 1.2 * min_s / max(took_s, 1e-9))))
+
+
 def repeat(run: Callable[[int], Any], warmup: int, steps: int, repeats: int,
            sync: Callable[[Any], None] = lambda _: None, min_s: float = 0.0) -> list[float]:
     """Seconds per step for each repeat: `run(n)` does n steps; `sync(result)` waits for async devices. A repeat
@@ -32,7 +38,7 @@ def repeat(run: Callable[[int], Any], warmup: int, steps: int, repeats: int,
         sync(run(steps))
         took = time.perf_counter() - t0
         if took < min_s and steps < MAX_STEPS:
-            steps = min(MAX_STEPS, max(steps + 1, math.ceil(steps * 1.2 * min_s / max(took, 1e-9))))
+            steps = lengthened(steps, took, min_s)
             continue
         per_step.append(took / steps)
     return per_step
