@@ -116,6 +116,8 @@ class Measurement:
     inter_op_threads: int = 0
     precision: str = ""       # what the backend really ran with (fp32 | tf32 | bf16), read back and checked
     peak_rss_mb: float = math.nan
+    child_wall_s: float = math.nan     # the process from launch to exit, as its parent timed it
+    child_setup_s: float = math.nan    # of which before its first measurement: interpreter, imports, data, device
     # its place in the bench
     kind: str = "round"                    # round | variants | threads
     round: int | None = None

@@ -39,6 +39,7 @@ def test_a_dry_run_times_the_stages_and_sweeps_batch_sizes_in_fresh_children(pre
             100 * r["train_samples_per_s"] * 3 * flops[model] / (r["speedometer_gflops"] * 1e9))  # 3x forward
         assert r["precision"] == "fp32" and r["device"] == "cpu"
         assert r["train_cv_pct"] == 0.0  # the spread column: one timed repeat has none
+        assert r["child_wall_s"] > r["child_setup_s"] > 0.5  # the parent's clock spans the child's start-up
     printed = capsys.readouterr().out
     assert "Not measured: torch mlp channels_last: no convolutions" in printed
     assert "train@torch-cnn" in printed and "% of device" in printed

@@ -48,7 +48,8 @@ def bench_records(root, vary=(), gpu=False):
                 infer={bs: Rates(v, v, v, 0.0, 0.0, 3, 1.0) for bs, v in ((1, infer / 25), (512, infer))},
                 latency_ms_p50=0.5, latency_ms_p95=0.7, latency_ms_p99=0.9, first_step_s=0.2,
                 calib_before_gflops=200.0 * jitter, calib_after_gflops=201.0 * jitter, description="the default",
-                kind=kind, arm=fw, device="NVIDIA H100" if gpu else "cpu",
+                kind=kind, arm=fw, device="NVIDIA H100" if gpu else "cpu", child_wall_s=6.0 + rd % 2,
+                child_setup_s=2.5,
                 train_mem_peak_mb=100.0 + batch if gpu else math.nan))
         return rows
     arms = rounds.arms(["torch", "tensorflow"], True, cfg.vary, cfg.vary_values, 128)
@@ -388,6 +389,8 @@ def test_a_gpu_batch_size_sweep_shows_memory_and_the_thread_sweep_says_it_was_sk
     assert "## Thread scaling\n\nSkipped: the children ran on NVIDIA H100" in md
     stability = next(x for x in md.splitlines() if x.startswith("**Machine stability**"))
     assert "device speedometer (a matmul on the GPU)" in md and "threads" not in stability
+    # the rounds alternate 6-s and 7-s children: where the bench's time goes
+    assert "A round child took 6.5 s median, 2.5 s of it before its first measurement" in stability
     assert "infer samples/s" not in header  # inference does not vary with the training batch: its own table
 
 

@@ -104,9 +104,10 @@ def run(p: Params, data: Path, params_path: Path, threads: int, shape: tuple[int
         t = setting[1] if setting and setting[0] == "threads" else t
         batch = setting[1] if setting and setting[0] == "train.batch_size" else None
         got = child.spawn(data, params_path, framework_of(arm), kind, t, label, batch)
-        log.info("%s: %s; calibration %.0f -> %.0f GFLOP/s", label, ", ".join(
+        log.info("%s: %s; calibration %.0f -> %.0f GFLOP/s; %.1f s (%.1f s to start)", label, ", ".join(
             f"{r.model} {r.variant} " + (f"train {r.rate('train'):,.0f} samples/s" if r.status == "ok" else r.status)
-            for r in got if r.status != "absent"), got[0].calib_before_gflops, got[0].calib_after_gflops)
+            for r in got if r.status != "absent"), got[0].calib_before_gflops, got[0].calib_after_gflops,
+            got[0].child_wall_s, got[0].child_setup_s)
         return got
 
     def extra(fw: str, kind: str, t: int, label: str) -> list[Measurement]:

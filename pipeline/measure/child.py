@@ -14,10 +14,12 @@ import json
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import psutil
 
 from pipeline import backends, files, params
 from pipeline.backends.base import Backend, check_precision, check_threads
@@ -143,11 +145,16 @@ def spawn(data: Path, params_path: Path, framework: str, kind: str, threads: int
     cmd = [sys.executable, "-m", "pipeline.measure.child", "--data", str(data), "--params", str(params_path),
            "--framework", framework, "--kind", kind, "--threads", str(threads)]
     cmd += ["--batch-size", str(batch_size)] if batch_size else []  # a bench.vary arm: another training batch
+    t0 = time.perf_counter()
     out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
     sys.stderr.write(out.stderr)
     if out.returncode:
         raise ChildError(f"bench child {label} failed (exit {out.returncode}); its error is printed above")
-    return [Measurement.from_flat(r) for r in json.loads(out.stdout.strip().splitlines()[-1])]
+    rows = [Measurement.from_flat(r) for r in json.loads(out.stdout.strip().splitlines()[-1])]
+    for r in rows:
+        r.child_wall_s = wall
+    return rows
 
 
 def main(argv: list[str]) -> None:
@@ -168,6 +175,7 @@ def main(argv: list[str]) -> None:
     specs = params.networks(p, shape, classes)
     x, y = normalise(raw["x_train"], raw["mean"], raw["std"]), raw["y_train"]
     variants = be.variants(p.bench.variants) if a.kind == "variants" else [be.DEFAULT]
+    setup = time.time() - psutil.Process().create_time()  # on a GPU, mostly the framework's import and CUDA start
     rows = child(be, specs, be.put(x, y), len(y), p.bench, a.batch_size or p.train.batch_size, p.seed, a.threads,
                  variants, p.bench.variants if a.kind == "variants" else ())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
@@ -175,7 +183,7 @@ def main(argv: list[str]) -> None:
         r.framework, r.framework_version, r.device = a.framework, be.info["framework_version"], be.info["device"]
         r.threads, r.intra_op_threads, r.inter_op_threads = a.threads, *checked.values()
         r.precision = precision
-        r.peak_rss_mb = rss
+        r.peak_rss_mb, r.child_setup_s = rss, setup
         r.description = be.VARIANTS[r.variant].description if r.variant in be.VARIANTS else ""
     print(json.dumps([r.flat() for r in rows]))
 

@@ -93,7 +93,8 @@ def point(m: Measurement, precision: str, batch: int, flops: dict[str, int]) -> 
             "infer_samples_per_s": m.rate("infer") if ok else float("nan"),
             "pct_of_device": speedo.share_pct(train, "train", flops[m.model], calib),
             "speedometer_gflops": calib, "mem_peak_mb": m.train_mem_peak_mb, "first_step_s": m.first_step_s,
-            "sm_clock_mhz": m.gpu_sm_clock_mhz_after, "device": m.device, "status": m.status,
+            "sm_clock_mhz": m.gpu_sm_clock_mhz_after, "child_wall_s": m.child_wall_s,
+            "child_setup_s": m.child_setup_s, "device": m.device, "status": m.status,
             "note": "" if ok else f"{m.status}: {m.reason}"}
 
 

@@ -5,6 +5,7 @@ stability, bench.vary settings (with device memory), variants and thread scaling
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,11 @@ def stability_text(r: Results) -> str:
                  f"({where}); those rounds are left out of the verdicts that involve them.")
     else:
         text += "No child saw the machine change speed during its measurement."
+    own = [(m.child_wall_s, m.child_setup_s) for m in r.of_kind("round") if math.isfinite(m.child_wall_s)]
+    if own:  # where a round's time goes (records from before this was kept have none)
+        wall, setup = np.median(own, axis=0)
+        text += (f" A round child took {wall:.1f} s median, {setup:.1f} s of it before its first measurement "
+                 "(interpreter, imports, data, device start).")
     return text
 
 
