@@ -175,8 +175,9 @@ def main(argv: list[str]) -> None:
     specs = params.networks(p, shape, classes)
     x, y = normalise(raw["x_train"], raw["mean"], raw["std"]), raw["y_train"]
     variants = be.variants(p.bench.variants) if a.kind == "variants" else [be.DEFAULT]
+    data = be.put(x, y)  # on the device for the whole process
     setup = time.time() - psutil.Process().create_time()  # on a GPU, mostly the framework's import and CUDA start
-    rows = child(be, specs, be.put(x, y), len(y), p.bench, a.batch_size or p.train.batch_size, p.seed, a.threads,
+    rows = child(be, specs, data, len(y), p.bench, a.batch_size or p.train.batch_size, p.seed, a.threads,
                  variants, p.bench.variants if a.kind == "variants" else ())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     for r in rows:
