@@ -122,6 +122,7 @@ class Bench(_Section):
     rounds: Annotated[int, Field(ge=6, description="an exact 95% interval of a median needs 6 values")]
     max_s: Positive
     control: bool
+    fork: bool
     min_effect: Annotated[float, Field(ge=0, lt=1)]
     max_drift: Annotated[float, Field(gt=0, le=1)]
     max_calib_cv: Annotated[float, Field(gt=0)]

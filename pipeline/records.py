@@ -118,6 +118,7 @@ class Measurement:
     peak_rss_mb: float = math.nan
     child_wall_s: float = math.nan     # the process from launch to exit, as its parent timed it
     child_setup_s: float = math.nan    # of which before its first measurement: interpreter, imports, data, device
+    child_forked: bool = False         # forked from its framework's zygote (imports paid once per bench), or exec'd
     # its place in the bench
     kind: str = "round"                    # round | variants | threads
     round: int | None = None

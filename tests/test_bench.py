@@ -8,6 +8,7 @@ from pipeline import backends, params, spec as specs
 from pipeline.backends import base
 from pipeline.errors import ChildError
 from pipeline.measure import bench, child, rounds, verdict
+from pipeline.measure.zygote import Zygotes
 from pipeline.records import Measurement, Rates, control_arm, framework_of
 from tests.conftest import no_cuda, raw_params
 
@@ -261,8 +262,9 @@ def test_a_failing_child_fails_the_stage_in_one_line(tmp_path, capsys):
     from pipeline import files
 
     with pytest.raises(SystemExit) as e:
-        files.run(lambda argv: child.spawn(tmp_path / "missing.npz", tmp_path / "params.yaml", "torch", "round", 1,
-                                           "round 1 torch"))
+        with Zygotes(fork=True, gpu_visible=False) as via:
+            files.run(lambda argv: child.spawn(via, tmp_path / "missing.npz", tmp_path / "params.yaml", "torch",
+                                               "round", 1, "round 1 torch"))
     assert e.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "error: bench child round 1 torch failed (exit 2); its error is printed above"
@@ -319,7 +321,8 @@ def test_a_setting_arm_spawns_its_child_with_that_setting(monkeypatch):
         return subprocess.CompletedProcess(cmd, 1, "", "boom")
     monkeypatch.setattr(subprocess, "run", fake_run)
     with pytest.raises(ChildError):
-        child.spawn("d.npz", "p.yaml", "torch", "round", 2, "round 1 torch@train.batch_size=256", 256)
+        child.spawn(Zygotes(fork=False, gpu_visible=False), "d.npz", "p.yaml", "torch", "round", 2,
+                    "round 1 torch@train.batch_size=256", 256)
     assert seen[0][-2:] == ["--batch-size", "256"]
 
 

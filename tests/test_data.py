@@ -7,7 +7,7 @@ import pytest
 from pipeline.data.datasets import DATASETS, FILES
 from pipeline.data import offline
 from pipeline.data.idx import read_idx, write_idx
-from pipeline.data.prepare import load_raw, prepare
+from pipeline.data.prepare import load_raw, normalise, prepare
 from pipeline.errors import DataError
 from tests.conftest import tiny_idx
 
@@ -84,6 +84,15 @@ def test_prepare_split_is_stratified_seeded_and_stats_come_from_train_part(tmp_p
     assert a["std"] == pytest.approx((train_part / 255).std(), rel=1e-5)
     assert a["x_train"].dtype == np.uint8 and a["y_train"].dtype == np.int64
     np.testing.assert_array_equal(a["x_test"], arrays[FILES[2]])
+
+
+def test_normalise_is_the_standardisation_bit_for_bit_in_nhwc():
+    # every float32 rounding as in the plain expression: in-place steps change memory traffic, never a value
+    x = np.random.default_rng(0).integers(0, 256, (50, 28, 28), dtype=np.uint8)
+    got = normalise(x, 0.1307, 0.3081)
+    assert got.shape == (50, 28, 28, 1) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, ((x.astype(np.float32) / 255.0 - 0.1307) / 0.3081)[..., None])
+    assert x.dtype == np.uint8 and x.max() > 200  # its input untouched
 
 
 def test_idx_dataset_infers_classes_from_labels(tmp_path):

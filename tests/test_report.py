@@ -49,7 +49,7 @@ def bench_records(root, vary=(), gpu=False):
                 latency_ms_p50=0.5, latency_ms_p95=0.7, latency_ms_p99=0.9, first_step_s=0.2,
                 calib_before_gflops=200.0 * jitter, calib_after_gflops=201.0 * jitter, description="the default",
                 kind=kind, arm=fw, device="NVIDIA H100" if gpu else "cpu", child_wall_s=6.0 + rd % 2,
-                child_setup_s=2.5,
+                child_setup_s=2.5, child_forked=fw == "torch",  # on a GPU TensorFlow's children start anew
                 train_mem_peak_mb=100.0 + batch if gpu else math.nan))
         return rows
     arms = rounds.arms(["torch", "tensorflow"], True, cfg.vary, cfg.vary_values, 128)
@@ -390,7 +390,9 @@ def test_a_gpu_batch_size_sweep_shows_memory_and_the_thread_sweep_says_it_was_sk
     stability = next(x for x in md.splitlines() if x.startswith("**Machine stability**"))
     assert "device speedometer (a matmul on the GPU)" in md and "threads" not in stability
     # the rounds alternate 6-s and 7-s children: where the bench's time goes
-    assert "A round child took 6.5 s median, 2.5 s of it before its first measurement" in stability
+    assert ("A round child took (median): PyTorch 6.5 s, 2.5 s of it before its first measurement (forked from a "
+            "process that had imported it); TensorFlow 6.5 s, 2.5 s of it before its first measurement (a new "
+            "interpreter, imports included).") in stability
     assert "infer samples/s" not in header  # inference does not vary with the training batch: its own table
 
 

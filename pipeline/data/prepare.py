@@ -131,4 +131,8 @@ def prepared_meta(prepared: dict[str, np.ndarray]) -> dict:
 
 def normalise(x: np.ndarray, mean: float, std: float) -> np.ndarray:
     """uint8 (N, H, W) -> float32 NHWC, scaled to [0, 1] then standardised with the training stats."""
-    return ((x.astype(np.float32) / 255.0 - mean) / std)[..., None]
+    out = x.astype(np.float32)  # in place from here: the same float32 roundings as the plain expression, without
+    out /= 255.0                # its three full-size temporaries (0.3-1 s for 54,000 images on a 2-core CPU,
+    out -= mean                 # paid by every bench child and train cell)
+    out /= std
+    return out[..., None]

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import params
-from pipeline.measure import child, rounds, speedo, verdict
+from pipeline.measure import child, rounds, speedo, telemetry, verdict
 from pipeline.measure.stats import spread
+from pipeline.measure.zygote import Zygotes
 from pipeline.params import Bench, Params
 from pipeline.records import (FORMAT, PHASES, BenchCell, Measurement, PhaseSummary, framework_of, is_control,
                               setting_of)
@@ -93,21 +94,21 @@ def variants_asked(cfg: Bench) -> bool:
     return bool(cfg.variants)
 
 
-def run(p: Params, data: Path, params_path: Path, threads: int, shape: tuple[int, int, int],
-        classes: int) -> tuple[dict, dict]:
-    """The whole bench on `threads` threads: (records.json, metrics.json), each ready to write."""
+def measure_all(p: Params, data: Path, params_path: Path, threads: int, via: Zygotes) -> tuple[list[str], dict,
+                                                                                         list[Measurement]]:
+    """Every child of the bench, started `via` zygotes: the rounds, then the opt-in variants and thread children.
+    Returns (the rounds' arms, the params' own value of each setting bench.vary may vary, every row)."""
     cfg = p.bench
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     def measured(arm: str, kind: str, t: int, label: str) -> list[Measurement]:
         setting = setting_of(arm)  # a setting arm: the child runs with that one setting changed
         t = setting[1] if setting and setting[0] == "threads" else t
         batch = setting[1] if setting and setting[0] == "train.batch_size" else None
-        got = child.spawn(data, params_path, framework_of(arm), kind, t, label, batch)
-        log.info("%s: %s; calibration %.0f -> %.0f GFLOP/s; %.1f s (%.1f s to start)", label, ", ".join(
+        got = child.spawn(via, data, params_path, framework_of(arm), kind, t, label, batch)
+        log.info("%s: %s; calibration %.0f -> %.0f GFLOP/s; %.1f s (%.1f s to start%s)", label, ", ".join(
             f"{r.model} {r.variant} " + (f"train {r.rate('train'):,.0f} samples/s" if r.status == "ok" else r.status)
             for r in got if r.status != "absent"), got[0].calib_before_gflops, got[0].calib_after_gflops,
-            got[0].child_wall_s, got[0].child_setup_s)
+            got[0].child_wall_s, got[0].child_setup_s, ", forked" if got[0].child_forked else "")
         return got
 
     def extra(fw: str, kind: str, t: int, label: str) -> list[Measurement]:
@@ -122,11 +123,27 @@ def run(p: Params, data: Path, params_path: Path, threads: int, shape: tuple[int
                              cfg.rounds, cfg.max_drift, log.warning, cfg.max_s)
     if variants_asked(cfg):  # opt-in: the compile variants' first steps cost 15-25 s a process here
         rows += [r for fw in p.frameworks for r in extra(fw, "variants", threads, f"{fw} variants")]
-    on_gpu = sorted({r.device for r in rows if r.device not in ("cpu", "")})
+    on_gpu = gpus(rows)
     if on_gpu and cfg.thread_counts:  # CPU threads only feed the GPU's launches there: nothing a GPU user tunes
         log.info("thread sweep skipped: the children ran on %s, not on the CPU's threads", ", ".join(on_gpu))
     rows += [r for fw in p.frameworks for t in cfg.thread_counts if t != threads and not on_gpu
              for r in extra(fw, "threads", t, f"{fw} {t} threads")]
+    return arms, own, rows
+
+
+def gpus(rows: list[Measurement]) -> list[str]:
+    """The GPUs the children ran on (none on a CPU)."""
+    return sorted({r.device for r in rows if r.device not in ("cpu", "")})
+
+
+def run(p: Params, data: Path, params_path: Path, threads: int, shape: tuple[int, int, int],
+        classes: int) -> tuple[dict, dict]:
+    """The whole bench on `threads` threads: (records.json, metrics.json), each ready to write."""
+    cfg = p.bench
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    with Zygotes(cfg.fork, p.device != "cpu" and telemetry.gpu_count() > 0) as via:
+        arms, own, rows = measure_all(p, data, params_path, threads, via)
+    on_gpu = gpus(rows)
     flops = {m: net.flops_per_sample() for m, (net, _) in params.networks(p, shape, classes).items()}
     stab = speedo.stability(rounds.calibrations(rows))  # the whole run's machine; verdicts use their rounds' own
     cells = per_cell(rows, flops, stab["gflops_median"])

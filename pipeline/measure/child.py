@@ -5,14 +5,14 @@
 The child sets its backend up once, checks it really runs on the threads asked for, runs the calibration GEMM,
 measures every model (training on the train stage's batches, inference at each batch size, batch-1 latency) in each
 variant, runs the GEMM again and prints its measurements as one JSON line. The bench (bench.py) starts children
-with `spawn`; a fresh process is the unit of every verdict, so within-process spreads are diagnostics only.
+with `spawn`, forked from a zygote that imported the framework once (zygote.py) or as above; a fresh process is the
+unit of every verdict, so within-process spreads are diagnostics only.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,6 +26,7 @@ from pipeline.backends.base import Backend, check_precision, check_threads
 from pipeline.data.prepare import load_prepared, normalise, prepared_meta
 from pipeline.errors import ChildError, Unavailable
 from pipeline.measure import speedo, telemetry, timing
+from pipeline.measure.zygote import Zygotes
 from pipeline.params import Bench
 from pipeline.records import Measurement
 from pipeline.spec import Conv, Dropout, ModelSpec, Optim, batch_order, init_weights
@@ -137,23 +138,25 @@ def child(be: Backend, specs: dict[str, tuple[ModelSpec, Optim]], data: object, 
     return rows
 
 
-def spawn(data: Path, params_path: Path, framework: str, kind: str, threads: int, label: str,
+def spawn(via: Zygotes, data: Path, params_path: Path, framework: str, kind: str, threads: int, label: str,
           batch_size: int | None = None) -> list[Measurement]:
-    """Run one child in a fresh process; its measurements come back on stdout, its stderr is passed on when it
-    ends (tracebacks stay visible) and a failed child fails the bench in one line naming it. On Ctrl-C the child is
-    killed and its stderr dropped, so the bench's one line is all that shows."""
-    cmd = [sys.executable, "-m", "pipeline.measure.child", "--data", str(data), "--params", str(params_path),
-           "--framework", framework, "--kind", kind, "--threads", str(threads)]
-    cmd += ["--batch-size", str(batch_size)] if batch_size else []  # a bench.vary arm: another training batch
+    """Run one child in a fresh process (`via`: forked from its framework's zygote, or a new interpreter); its
+    measurements come back on stdout, its stderr is passed on when it ends (tracebacks stay visible) and a failed
+    child fails the bench in one line naming it. On Ctrl-C the child ends with the bench and its stderr is dropped,
+    so the bench's one line is all that shows."""
+    argv = ["--data", str(data), "--params", str(params_path), "--framework", framework, "--kind", kind,
+            "--threads", str(threads)]
+    argv += ["--batch-size", str(batch_size)] if batch_size else []  # a bench.vary arm: another training batch
+    via.start(framework)  # the zygote's own imports, once per bench: not part of this child's time
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    code, out, err = via.run(framework, argv)
     wall = time.perf_counter() - t0
-    sys.stderr.write(out.stderr)
-    if out.returncode:
-        raise ChildError(f"bench child {label} failed (exit {out.returncode}); its error is printed above")
-    rows = [Measurement.from_flat(r) for r in json.loads(out.stdout.strip().splitlines()[-1])]
+    sys.stderr.write(err)
+    if code:
+        raise ChildError(f"bench child {label} failed (exit {code}); its error is printed above")
+    rows = [Measurement.from_flat(r) for r in json.loads(out.strip().splitlines()[-1])]
     for r in rows:
-        r.child_wall_s = wall
+        r.child_wall_s, r.child_forked = wall, via.forked(framework)
     return rows
 
 
@@ -176,7 +179,8 @@ def main(argv: list[str]) -> None:
     x, y = normalise(raw["x_train"], raw["mean"], raw["std"]), raw["y_train"]
     variants = be.variants(p.bench.variants) if a.kind == "variants" else [be.DEFAULT]
     data = be.put(x, y)  # on the device for the whole process
-    setup = time.time() - psutil.Process().create_time()  # on a GPU, mostly the framework's import and CUDA start
+    setup = time.time() - psutil.Process().create_time()  # from its fork or exec: CUDA's start, data, and imports
+    # when started from nothing
     rows = child(be, specs, data, len(y), p.bench, a.batch_size or p.train.batch_size, p.seed, a.threads,
                  variants, p.bench.variants if a.kind == "variants" else ())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -34,6 +34,7 @@ from pipeline import files, params
 from pipeline.data.prepare import load_prepared, prepared_meta
 from pipeline.errors import ChildError, ParamsError
 from pipeline.measure import child, speedo
+from pipeline.measure.zygote import Zygotes
 from pipeline.records import Measurement
 
 log = logging.getLogger("gpu-check")
@@ -99,8 +100,10 @@ def point(m: Measurement, precision: str, batch: int, flops: dict[str, int]) -> 
 
 
 def sweep(raw: dict, p: params.Params, meta: dict[str, np.ndarray], data: Path, frameworks: list[str],
-          precisions: list[str], batch_sizes: list[int], variants: list[str], device: str, work: Path) -> list[dict]:
-    """One fresh bench child per framework, precision and batch size (variants kind), in that nesting order."""
+          precisions: list[str], batch_sizes: list[int], variants: list[str], device: str, work: Path,
+          via: Zygotes) -> list[dict]:
+    """One fresh bench child per framework, precision and batch size (variants kind), in that nesting order,
+    started `via` zygotes as the bench starts them."""
     flops = {m: net.flops_per_sample() for m, (net, _) in params.networks(
         p, tuple(prepared_meta(meta)["image_shape"]), len(meta["classes"])).items()}
     threads = p.threads or len(os.sched_getaffinity(0))
@@ -110,7 +113,7 @@ def sweep(raw: dict, p: params.Params, meta: dict[str, np.ndarray], data: Path, 
                      work / f"params-{prec}.yaml")
         for fw in frameworks:
             for bs in batch_sizes:
-                got = child.spawn(data, path, fw, "variants", threads, f"{fw} {prec} batch {bs}", bs)
+                got = child.spawn(via, data, path, fw, "variants", threads, f"{fw} {prec} batch {bs}", bs)
                 rows += [point(m, prec, bs, flops) for m in got]
                 log.info("%s %s batch %d: %s", fw, prec, bs, ", ".join(
                     f"{r['model']} {r['variant']} {r['train_samples_per_s']:,.0f} samples/s"
@@ -146,12 +149,12 @@ def main(argv: list[str]) -> None:
         overridden(raw, device=device, precision=prec, **{"bench.variants": variants})
     meta = load_prepared(a.data)  # a missing or bad file: one line naming it, before anything runs
     frameworks = available(p.frameworks)
-    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp, Zygotes(p.bench.fork, device == "cuda") as via:
         work = Path(tmp)
         base = write(overridden(raw, device=device), work / "params.yaml")
         stages = stage_times(base, a.data, [] if a.no_train else [(fw, m) for fw in frameworks for m in p.models],
                              work)
-        rows = sweep(raw, p, meta, a.data, frameworks, precisions, batch_sizes, variants, device, work)
+        rows = sweep(raw, p, meta, a.data, frameworks, precisions, batch_sizes, variants, device, work, via)
     print(summary(stages, rows))
     if a.out:
         files.write_json(a.out, {"stages": stages, "points": rows})

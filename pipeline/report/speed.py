@@ -47,12 +47,22 @@ def stability_text(r: Results) -> str:
                  f"({where}); those rounds are left out of the verdicts that involve them.")
     else:
         text += "No child saw the machine change speed during its measurement."
-    own = [(m.child_wall_s, m.child_setup_s) for m in r.of_kind("round") if math.isfinite(m.child_wall_s)]
-    if own:  # where a round's time goes (records from before this was kept have none)
-        wall, setup = np.median(own, axis=0)
-        text += (f" A round child took {wall:.1f} s median, {setup:.1f} s of it before its first measurement "
-                 "(interpreter, imports, data, device start).")
-    return text
+    return text + children_text(r)
+
+
+def children_text(r: Results) -> str:
+    """Where a round's time goes: each framework's median child, launch to exit and before its first
+    measurement, and how it started (records from before this was kept have none)."""
+    own: dict[str, list] = {}
+    for m in r.of_kind("round"):
+        if math.isfinite(m.child_wall_s):
+            own.setdefault(m.framework, []).append((m.child_wall_s, m.child_setup_s, m.child_forked))
+    parts = []
+    for fw, got in own.items():
+        wall, setup = np.median([g[:2] for g in got], axis=0)
+        how = "forked from a process that had imported it" if got[0][2] else "a new interpreter, imports included"
+        parts.append(f"{LABEL.get(fw, fw)} {wall:.1f} s, {setup:.1f} s of it before its first measurement ({how})")
+    return f" A round child took (median): {'; '.join(parts)}." if parts else ""
 
 
 def gap_text(r: Results, c: BenchCell, bench_rate: float) -> str | None:

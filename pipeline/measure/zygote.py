@@ -1,0 +1,159 @@
+"""Benchmark children forked from one process per framework that imported it once.
+
+    python -m pipeline.measure.zygote --framework torch      (started by Zygotes; one request per stdin line)
+
+A child started from nothing pays the interpreter's start and the framework's and the project's imports: 1.7 s for
+PyTorch and 4.4 s for TensorFlow on the 2-core CPU this was built on, 3.3 s for PyTorch with CUDA's start on an H200
+host; a default bench starts 18 children. A zygote pays the imports once: it imports the framework's backend and the
+child's code, runs nothing (no op, no device, no thread pool of its own), and forks one child per request. Each
+child is still a fresh process for everything it measures: its device context (CUDA starts in the child, as PyTorch
+requires of a fork), memory, compiled code, caches and framework thread pools are made after the fork; what it
+shares, copy-on-write, is imported and unused code. It runs child.main exactly as `python -m pipeline.measure.child`
+would, its stdout and stderr going to files the bench reads when it ends.
+
+TensorFlow calls into CUDA's runtime while it is imported (on a CPU machine its import prints "Could not find cuda
+drivers"), and CUDA touched before a fork fails in the child (tensorflow/tensorflow#57877), so where a GPU is
+visible its children start from nothing, as before (`forks`). `bench.fork: false` starts every child that way.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Callable
+
+from pipeline import backends, files
+from pipeline.errors import ChildError
+
+READY = "ready"
+
+
+def forks(framework: str, gpu_visible: bool) -> bool:
+    """Whether `framework`'s children may be forked from its zygote: not TensorFlow's where a GPU is visible."""
+    return framework != "tensorflow" or not gpu_visible
+
+
+def serve(framework: str) -> None:
+    """The zygote: import, say ready, then per request line fork a child and answer with its exit status."""
+    answers = os.fdopen(os.dup(1), "w", buffering=1)  # the answers' own descriptor: whatever an import or a
+    os.dup2(2, 1)                                      # warning prints goes to stderr, never into the replies
+    importlib.import_module(f"pipeline.backends.{framework}_backend")
+    from pipeline.measure import child  # what every child runs, imported once here
+    print(READY, file=answers)
+    for line in sys.stdin:
+        req = json.loads(line)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with warnings.catch_warnings():  # Python warns of forking with threads: here only idle BLAS/absl pools,
+            warnings.simplefilter("ignore", DeprecationWarning)  # which re-create themselves in the child
+            pid = os.fork()
+        if pid == 0:
+            _child(child.main, req, answers.fileno())
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status), file=answers)
+
+
+def _child(main: Callable[[list[str]], None], req: dict, answers: int) -> None:
+    """In the forked child: stdout and stderr to the request's files, stdin and the replies closed, child.main
+    run as a stage is, then exit with its status without returning into the zygote's loop."""
+    code = 1
+    try:
+        os.close(answers)  # the bench must see the zygote end if it does, not wait on this child's copy
+        for fd, path in ((1, req["out"]), (2, req["err"])):
+            f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.dup2(f, fd)
+            os.close(f)
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        sys.argv = ["child", *req["argv"]]
+        try:
+            files.run(main, quiet_interrupt=True)
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+class Zygotes:
+    """One bench run's way of starting children: forked from one zygote per framework (started when first
+    needed, ended with the run), or a new interpreter each (`fork` false, or `forks` says no)."""
+
+    def __init__(self, fork: bool, gpu_visible: bool):
+        self.fork, self.gpu_visible = fork, gpu_visible
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._stack = ExitStack()
+        self._dir = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="mnist-bench-child-")))
+
+    def forked(self, framework: str) -> bool:
+        return self.fork and forks(framework, self.gpu_visible)
+
+    def run(self, framework: str, argv: list[str]) -> tuple[int, str, str]:
+        """Run `python -m pipeline.measure.child *argv` as a fresh process: (exit status, stdout, stderr)."""
+        if not self.forked(framework):
+            out = subprocess.run([sys.executable, "-m", "pipeline.measure.child", *argv], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+            return out.returncode, out.stdout, out.stderr
+        proc = self.start(framework)
+        out, err = self._dir / "stdout", self._dir / "stderr"
+        proc.stdin.write(json.dumps({"argv": argv, "out": str(out), "err": str(err)}) + "\n")
+        proc.stdin.flush()
+        status = proc.stdout.readline()
+        if not status:
+            raise ChildError(f"the {framework} zygote (pipeline.measure.zygote) ended while a child ran; "
+                             "its error is printed above")
+        return int(status), out.read_text(), err.read_text()
+
+    def start(self, framework: str) -> subprocess.Popen | None:
+        """`framework`'s zygote, started (and its imports done) on first need; None where children start anew."""
+        if not self.forked(framework):
+            return None
+        if framework in self._procs:
+            return self._procs[framework]
+        # stderr is the bench's: the framework's import messages show once, not once per child
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.measure.zygote", "--framework", framework],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._procs[framework] = proc
+        if proc.stdout.readline().strip() != READY:
+            raise ChildError(f"the {framework} zygote (pipeline.measure.zygote) failed to start; its error is "
+                             "printed above")
+        return proc
+
+    def close(self) -> None:
+        """End every zygote (its stdin closes, its loop ends) and remove the children's files."""
+        for proc in self._procs.values():
+            try:
+                proc.stdin.close()
+            except OSError:  # it has ended already (Ctrl-C reached it too)
+                pass
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._procs.clear()
+        self._stack.close()
+
+    def __enter__(self) -> "Zygotes":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--framework", required=True, choices=backends.FRAMEWORKS)
+    serve(ap.parse_args(argv).framework)
+
+
+if __name__ == "__main__":
+    files.run(main, quiet_interrupt=True)  # Ctrl-C reaches the whole process group: the bench says it once

@@ -1,0 +1,56 @@
+"""Children forked from a zygote: each a fresh, separate process that measures as a new interpreter's would; a
+failure is one line and the zygote serves on; TensorFlow's are never forked where a GPU is visible."""
+from __future__ import annotations
+
+import psutil
+import pytest
+
+from pipeline.errors import ChildError
+from pipeline.measure import child
+from pipeline.measure.zygote import Zygotes, forks
+from tests.conftest import write_params
+
+TINY = {"frameworks": ["torch"], "models": ["mlp"], "mlp.hidden": [8], "train.batch_size": 16, "bench.steps": 2,
+        "bench.repeats": 1, "bench.warmup": 1, "bench.min_repeat_s": 0, "bench.latency_calls": 20,
+        "bench.infer_batch_sizes": [4]}
+
+
+def test_forked_children_are_separate_fresh_processes_each_on_the_threads_it_asks_for(prepared):
+    pp = write_params(prepared / "params.yaml", **TINY)
+    data = prepared / "prepared.npz"
+    with Zygotes(fork=True, gpu_visible=False) as via:
+        got = []
+        for i, threads in enumerate((1, 2, 1)):
+            got.append(child.spawn(via, data, pp, "torch", "round", threads, f"round {i + 1} torch"))
+            zygote = psutil.Process(via._procs["torch"].pid)
+            assert zygote.children() == []  # the child ended and was reaped; it never came back into the loop
+        # a thread count set in one child is not inherited by the next: each starts from the zygote, which set none
+        assert [(r[0].threads, r[0].intra_op_threads) for r in got] == [(1, 1), (2, 2), (1, 1)]
+        assert all(r[0].child_forked and r[0].status == "ok" and r[0].train.samples_per_s > 0 for r in got)
+        assert got[0][0].child_wall_s > got[0][0].child_setup_s > 0
+        pid = zygote.pid
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # ended with the run
+    with Zygotes(fork=False, gpu_visible=False) as via:
+        plain = child.spawn(via, data, pp, "torch", "round", 1, "round 1 torch")
+    # the same record as a child started from nothing: the same fields, and the same what/where/how of it
+    who = ("model", "variant", "status", "framework", "framework_version", "device", "description", "threads",
+           "intra_op_threads", "inter_op_threads", "precision", "speedometer")
+    a, b = got[0][0].flat(), plain[0].flat()
+    assert set(a) == set(b) and {k: a[k] for k in who} == {k: b[k] for k in who} and not plain[0].child_forked
+
+def test_a_failing_forked_child_is_one_line_and_the_zygote_serves_the_next(prepared, capsys):
+    pp = write_params(prepared / "params.yaml", **TINY)
+    with Zygotes(fork=True, gpu_visible=False) as via:
+        with pytest.raises(ChildError, match=r"^bench child round 1 torch failed \(exit 2\); its error is printed "):
+            child.spawn(via, prepared / "missing.npz", pp, "torch", "round", 1, "round 1 torch")
+        assert "missing.npz" in capsys.readouterr().err  # the child's own one-line error, passed on
+        ok = child.spawn(via, prepared / "prepared.npz", pp, "torch", "round", 1, "round 2 torch")
+    assert ok[0].status == "ok" and ok[0].child_forked
+
+
+def test_tensorflow_children_start_anew_where_a_gpu_is_visible():
+    # CUDA touched by TensorFlow's import would fail in a forked child: only the other frameworks fork there
+    assert [forks(fw, gpu_visible=True) for fw in ("torch", "tensorflow", "numpy")] == [True, False, True]
+    assert all(forks(fw, gpu_visible=False) for fw in ("torch", "tensorflow", "numpy"))
+    assert not Zygotes(fork=False, gpu_visible=False).forked("torch")  # bench.fork: false starts every child anew
+    assert Zygotes(fork=True, gpu_visible=True).forked("torch")
