@@ -51,8 +51,8 @@ def serve(framework: str) -> None:
         req = json.loads(line)
         sys.stdout.flush()
         sys.stderr.flush()
-        with warnings.catch_warnings():  # Python warns of forking with threads: here only idle BLAS/absl pools,
-            warnings.simplefilter("ignore", DeprecationWarning)  # which re-create themselves in the child
+        with warnings.catch_warnings():  # Python warns of forking with threads: here only the idle pools the
+            warnings.simplefilter("ignore", DeprecationWarning)  # imports started; the child starts its own
             pid = os.fork()
         if pid == 0:
             _child(child.main, req, answers.fileno())
@@ -66,11 +66,11 @@ def _child(main: Callable[[list[str]], None], req: dict, answers: int) -> None:
     code = 1
     try:
         os.close(answers)  # the bench must see the zygote end if it does, not wait on this child's copy
-        for fd, path in ((1, req["out"]), (2, req["err"])):
-            f = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, req["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC),
+                                (2, req["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)):
+            f = os.open(path, flags, 0o600)
             os.dup2(f, fd)
             os.close(f)
-        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         sys.argv = ["child", *req["argv"]]
         try:
             files.run(main, quiet_interrupt=True)
