@@ -42,22 +42,22 @@ def forks(framework: str, gpu_visible: bool) -> bool:
 
 def serve(framework: str) -> None:
     """The zygote: import, say ready, then per request line fork a child and answer with its exit status."""
-    answers = os.fdopen(os.dup(1), "w", buffering=1)  # the answers' own descriptor: whatever an import or a
-    os.dup2(2, 1)                                      # warning prints goes to stderr, never into the replies
-    importlib.import_module(f"pipeline.backends.{framework}_backend")
-    from pipeline.measure import child  # what every child runs, imported once here
-    print(READY, file=answers)
-    for line in sys.stdin:
-        req = json.loads(line)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        with warnings.catch_warnings():  # Python warns of forking with threads: here only the idle pools the
-            warnings.simplefilter("ignore", DeprecationWarning)  # imports started; the child starts its own
-            pid = os.fork()
-        if pid == 0:
-            _child(child.main, req, answers.fileno())
-        _, status = os.waitpid(pid, 0)
-        print(os.waitstatus_to_exitcode(status), file=answers)
+    with os.fdopen(os.dup(1), "w", buffering=1) as answers:  # the replies' own descriptor: whatever an
+        os.dup2(2, 1)                                          # import or warning prints goes to stderr instead
+        importlib.import_module(f"pipeline.backends.{framework}_backend")
+        from pipeline.measure import child  # what every child runs, imported once here
+        print(READY, file=answers)
+        for line in sys.stdin:
+            req = json.loads(line)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            with warnings.catch_warnings():  # Python warns of forking with threads: here only the idle pools
+                warnings.simplefilter("ignore", DeprecationWarning)  # the imports started; the child makes its own
+                pid = os.fork()
+            if pid == 0:
+                _child(child.main, req, answers.fileno())
+            _, status = os.waitpid(pid, 0)
+            print(os.waitstatus_to_exitcode(status), file=answers)
 
 
 def _child(main: Callable[[list[str]], None], req: dict, answers: int) -> None:
@@ -139,6 +139,7 @@ class Zygotes:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            proc.stdout.close()
         self._procs.clear()
         self._stack.close()
 
