@@ -179,8 +179,7 @@ def main(argv: list[str]) -> None:
     x, y = normalise(raw["x_train"], raw["mean"], raw["std"]), raw["y_train"]
     variants = be.variants(p.bench.variants) if a.kind == "variants" else [be.DEFAULT]
     data = be.put(x, y)  # on the device for the whole process
-    setup = time.time() - psutil.Process().create_time()  # from its fork or exec: CUDA's start, data, and imports
-    # when started from nothing
+    setup = time.time() - psutil.Process().create_time()  # since fork or exec: data, device, imports if exec'd
     rows = child(be, specs, data, len(y), p.bench, a.batch_size or p.train.batch_size, p.seed, a.threads,
                  variants, p.bench.variants if a.kind == "variants" else ())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
