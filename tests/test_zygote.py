@@ -48,9 +48,11 @@ def test_a_failing_forked_child_is_one_line_and_the_zygote_serves_the_next(prepa
     assert ok[0].status == "ok" and ok[0].child_forked
 
 
-def test_tensorflow_children_start_anew_where_a_gpu_is_visible():
+def test_children_are_forked_only_where_it_is_safe(monkeypatch):
     # CUDA touched by TensorFlow's import would fail in a forked child: only the other frameworks fork there
     assert [forks(fw, gpu_visible=True) for fw in ("torch", "tensorflow", "numpy")] == [True, False, True]
     assert all(forks(fw, gpu_visible=False) for fw in ("torch", "tensorflow", "numpy"))
     assert not Zygotes(fork=False, gpu_visible=False).forked("torch")  # bench.fork: false starts every child anew
     assert Zygotes(fork=True, gpu_visible=True).forked("torch")
+    monkeypatch.setattr("sys.platform", "darwin")  # macOS's system libraries are not fork-safe: never forked there
+    assert not Zygotes(fork=True, gpu_visible=False).forked("torch")

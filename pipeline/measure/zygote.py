@@ -13,7 +13,8 @@ would, its stdout and stderr going to files the bench reads when it ends.
 
 TensorFlow calls into CUDA's runtime while it is imported (on a CPU machine its import prints "Could not find cuda
 drivers"), and CUDA touched before a fork fails in the child (tensorflow/tensorflow#57877), so where a GPU is
-visible its children start from nothing, as before (`forks`). `bench.fork: false` starts every child that way.
+visible its children start from nothing, as before (`forks`), as every child does off Linux and with
+`bench.fork: false`.
 """
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ READY = "ready"
 
 
 def forks(framework: str, gpu_visible: bool) -> bool:
-    """Whether `framework`'s children may be forked from its zygote: not TensorFlow's where a GPU is visible."""
-    return framework != "tensorflow" or not gpu_visible
+    """Whether `framework`'s children may be forked from its zygote: on Linux only (macOS's system libraries are
+    not safe to use after a fork, Windows has none), and not TensorFlow's where a GPU is visible."""
+    return sys.platform == "linux" and (framework != "tensorflow" or not gpu_visible)
 
 
 def serve(framework: str) -> None:
