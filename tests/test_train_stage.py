@@ -114,3 +114,22 @@ def test_auto_repeats_train_one_seed_on_a_cpu_and_enough_for_a_paired_verdict_on
     cpu, gpu = SimpleNamespace(info={"device": "cpu"}), SimpleNamespace(info={"device": "NVIDIA H100 80GB HBM3"})
     assert (seeds_for(auto, cpu), seeds_for(auto, gpu)) == (1, verdict.min_rounds()) == (1, 6)
     assert seeds_for(3, cpu) == seeds_for(3, gpu) == 3  # a number is the user's, on any device
+
+
+def test_seeds_share_the_placed_data_and_each_trains_as_it_would_alone(prepared, monkeypatch):
+    # the data is put on the device once per cell, and no seed's training changes what the next one reads:
+    # seed 1 of a 3-seed cell gives seed 1's results of a cell that starts at seed 1
+    from pipeline.backends import torch_backend
+    cls = torch_backend.BACKEND
+    real, calls = cls.put, []
+    monkeypatch.setattr(cls, "put", lambda self, x, y: calls.append(len(y)) or real(self, x, y))
+    write_params(prepared / "params.yaml", **TINY, **{"train.repeats": 3})
+    run(prepared)
+    assert calls == [48, 12, 20, 12]  # train, validation, test once for three seeds; the evidence's images
+    three = pd.read_csv(prepared / "out" / "seeds.tsv", sep="\t")
+    write_params(prepared / "params.yaml", **TINY, **{"train.repeats": 1, "seed": 1})
+    run(prepared)
+    alone = pd.read_csv(prepared / "out" / "seeds.tsv", sep="\t")
+    assert three["seed"].tolist() == [0, 1, 2] and alone["seed"].tolist() == [1]
+    same = ["test_acc", "test_loss", "val_acc", "steps_to_target", "best_val_acc", "epochs_trained"]
+    pd.testing.assert_frame_equal(three.loc[three["seed"] == 1, same].reset_index(drop=True), alone[same])

@@ -37,13 +37,14 @@ class Trained:
     init_logits: np.ndarray    # logits of the initial weights on EVIDENCE_SAMPLES validation images
 
 
-def run_seed(be: Backend, spec: ModelSpec, optim: Optim, d: dict, tp: Train, epochs: int, target: float,
-             seed: int, desc: str) -> tuple[SeedRun, dict]:
-    """Train from the seed's initial weights until the target (or the epoch cap); test at the stop. Returns the
-    seed's row and what only the first seed keeps (model, history, logits)."""
+def run_seed(be: Backend, spec: ModelSpec, optim: Optim, d: dict, placed: tuple, tp: Train, epochs: int,
+             target: float, seed: int, desc: str) -> tuple[SeedRun, dict]:
+    """Train from the seed's initial weights until the target (or the epoch cap) on the cell's `placed` (train,
+    val, test) data; test at the stop. Returns the seed's row and what only the first seed keeps (model, history,
+    logits)."""
     be.reseed(seed)
     model = be.build(spec, init_weights(spec, seed))
-    tr, va, te = (be.put(d[f"x_{s}"], d[f"y_{s}"]) for s in ("train", "val", "test"))
+    tr, va, te = placed
     t0 = time.perf_counter()
     history, outcome = train(be, model, optim, tr, va, d["y_val"], epochs=epochs, batch_size=tp.batch_size,
                              eval_batch_size=tp.eval_batch_size, eval_every=tp.eval_every, target=target,
@@ -110,7 +111,9 @@ def train_cell(be: Backend, spec: ModelSpec, optim: Optim, d: dict, tp: Train, e
                seed: int, names: list[str], label: str) -> Trained:
     """`tp.repeats` seeds (seeds_for) from `seed` on; the metrics over them; the first seed's tables; the
     evidence."""
-    runs = [run_seed(be, spec, optim, d, tp, epochs, target, seed + r, f"{label} seed {seed + r}")
+    # placed once for every seed (read, never written, by training): on a GPU each seed would copy it again
+    placed = tuple(be.put(d[f"x_{s}"], d[f"y_{s}"]) for s in ("train", "val", "test"))
+    runs = [run_seed(be, spec, optim, d, placed, tp, epochs, target, seed + r, f"{label} seed {seed + r}")
             for r in range(seeds_for(tp.repeats, be))]
     seeds, first = [r for r, _ in runs], runs[0][1]
     y_true = d["y_test"]
