@@ -119,6 +119,8 @@ class Measurement:
     child_wall_s: float = math.nan     # the process from launch to exit, as its parent timed it
     child_setup_s: float = math.nan    # of which before its first measurement: interpreter, imports, data, device
     child_forked: bool = False         # forked from its framework's zygote (imports paid once per bench), or exec'd
+    child_calib_s: float = math.nan    # of which the two speedometer readings
+    measure_s: float = math.nan        # of which this model x variant: build, check, training, inference, latency
     # its place in the bench
     kind: str = "round"                    # round | variants | threads
     round: int | None = None

@@ -111,6 +111,14 @@ def measure_or_unsupported(be: Backend, model: str, variant: str, run: Callable[
         return Measurement(model, variant, status="unsupported", reason=text.strip().splitlines()[0][:300])
 
 
+def timed(run: Callable[[], Measurement]) -> Measurement:
+    """run()'s measurement with the seconds it took (`measure_s`): where a child's time goes."""
+    t0 = time.perf_counter()
+    m = run()
+    m.measure_s = time.perf_counter() - t0
+    return m
+
+
 def child(be: Backend, specs: dict[str, tuple[ModelSpec, Optim]], data: object, n: int, cfg: Bench,
           batch_size: int, seed: int, threads: int, variants: list[str],
           asked: Sequence[str] = ()) -> list[Measurement]:
@@ -119,17 +127,22 @@ def child(be: Backend, specs: dict[str, tuple[ModelSpec, Optim]], data: object, 
     `asked` (bench.variants) this framework has no variant for becomes an `absent` row saying why."""
     gpu = be.speedometer() != speedo.DESCRIPTION
     tel0 = telemetry.read() if gpu else {}
+    t0 = time.perf_counter()
     before = be.calibrate(threads)
-    rows = [measure_or_unsupported(be, m, v, lambda m=m, v=v: measure(be, specs[m][0], specs[m][1], data, n, cfg,
-                                                                      batch_size, seed, v))
+    calib_s = time.perf_counter() - t0
+    rows = [timed(lambda m=m, v=v: measure_or_unsupported(be, m, v, lambda: measure(
+                be, specs[m][0], specs[m][1], data, n, cfg, batch_size, seed, v)))
             if applies(be, specs[m][0], v) else Measurement(m, v, status="absent", reason=NO_CONV)
             for m in specs for v in variants]
     rows += [Measurement(m, name, status="absent", reason=be.ABSENT[name]) for m in specs for name in asked
              if name in be.ABSENT]
+    t0 = time.perf_counter()
     after = be.calibrate(threads)
+    calib_s += time.perf_counter() - t0
     tel1 = telemetry.read() if gpu else {}
     for r in rows:
         r.calib_before_gflops, r.calib_after_gflops, r.drift = before, after, speedo.drift(before, after)
+        r.child_calib_s = calib_s
         r.speedometer = be.speedometer()
         if gpu:
             r.gpu_sm_clock_mhz_before, r.gpu_sm_clock_mhz_after = tel0["sm_clock_mhz"], tel1["sm_clock_mhz"]
@@ -149,6 +162,7 @@ def spawn(via: Zygotes, data: Path, params_path: Path, framework: str, kind: str
     argv += ["--batch-size", str(batch_size)] if batch_size else []  # a bench.vary arm: another training batch
     via.start(framework)  # the zygote's own imports, once per bench: not part of this child's time
     t0 = time.perf_counter()
+    argv += ["--launched", repr(time.time())]  # the child's start-up is timed from here, on the same clock
     code, out, err = via.run(framework, argv)
     wall = time.perf_counter() - t0
     sys.stderr.write(err)
@@ -168,6 +182,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--data", type=Path, required=True, help="prepared .npz")
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--batch-size", type=int, help="training batch size instead of train.batch_size (bench.vary)")
+    ap.add_argument("--launched", type=float, help="time.time() when the parent launched it (child_setup_s)")
     a = ap.parse_args(argv)
     p = params.load(a.params)
     raw = load_prepared(a.data)
@@ -179,7 +194,9 @@ def main(argv: list[str]) -> None:
     x, y = normalise(raw["x_train"], raw["mean"], raw["std"]), raw["y_train"]
     variants = be.variants(p.bench.variants) if a.kind == "variants" else [be.DEFAULT]
     data = be.put(x, y)  # on the device for the whole process
-    setup = time.time() - psutil.Process().create_time()  # since fork or exec: data, device, imports if exec'd
+    # since launch (fork or exec): data, device, imports if exec'd. The process's own create_time is no substitute
+    # by hand: Linux dates it from a boot time rounded to the second, 0.4 s off on the machine this was built on.
+    setup = time.time() - (a.launched or psutil.Process().create_time())
     rows = child(be, specs, data, len(y), p.bench, a.batch_size or p.train.batch_size, p.seed, a.threads,
                  variants, p.bench.variants if a.kind == "variants" else ())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -51,17 +51,21 @@ def stability_text(r: Results) -> str:
 
 
 def children_text(r: Results) -> str:
-    """Where a round's time goes: each framework's median child, launch to exit and before its first
-    measurement, and how it started (records from before this was kept have none)."""
-    own: dict[str, list] = {}
+    """Where a round's time goes: each framework's median child, launch to exit, before its first measurement,
+    on the speedometer and measuring the models, and how it started (older records lack the later parts)."""
+    own: dict[str, dict] = {}
     for m in r.of_kind("round"):
-        if math.isfinite(m.child_wall_s):
-            own.setdefault(m.framework, []).append((m.child_wall_s, m.child_setup_s, m.child_forked))
+        if math.isfinite(m.child_wall_s):  # one child per (round, arm): its rows share the child's figures
+            c = own.setdefault(m.framework, {}).setdefault((m.round, m.arm), [m.child_wall_s, m.child_setup_s,
+                                                                               m.child_calib_s, 0.0, m.child_forked])
+            c[3] += m.measure_s if math.isfinite(m.measure_s) else 0.0  # a row not measured took none
     parts = []
-    for fw, got in own.items():
-        wall, setup = np.median([g[:2] for g in got], axis=0)
-        how = "forked from a process that had imported it" if got[0][2] else "a new interpreter, imports included"
-        parts.append(f"{LABEL.get(fw, fw)} {wall:.1f} s, {setup:.1f} s of it before its first measurement ({how})")
+    for fw, children in own.items():
+        wall, setup, calib, measuring = np.median([c[:4] for c in children.values()], axis=0)
+        how = ("forked from a process that had imported it" if next(iter(children.values()))[4]
+               else "a new interpreter, imports included")
+        where = f", {calib:.1f} s on the speedometer, {measuring:.1f} s measuring" if math.isfinite(calib) else ""
+        parts.append(f"{LABEL.get(fw, fw)} {wall:.1f} s: {setup:.1f} s before its first measurement{where} ({how})")
     return f" A round child took (median): {'; '.join(parts)}." if parts else ""
 
 
