@@ -1,7 +1,5 @@
 """params.yaml's schema: pydantic models with every rule on its field; unknown keys are errors.
 
-The one place that knows params.yaml's shape: a pydantic schema, every rule written on its field.
-
 Defaults live in params.yaml only; this module holds types, ranges and choices. Every stage calls `load()`
 first, so a bad key stops it before it writes anything, with one line naming the key:
 `params.yaml: train.batch_size: expected an integer >= 1, got 0` (worded by validate.message from the field's
@@ -21,6 +19,7 @@ from pipeline import spec
 from pipeline.backends import FRAMEWORKS
 from pipeline.data.datasets import DATASETS
 from pipeline.errors import ParamsError
+from pipeline.measure import telemetry
 from pipeline.validate import Distinct, Odd, cross, message
 
 DATASET_NAMES = tuple(DATASETS)
@@ -96,19 +95,27 @@ class _ByData(_Section):
 TargetsByData = _per(DATASET_NAMES, Targets, "TargetsByData", _ByData)
 
 
+# train.batch_size auto, one value per run (README "On a GPU"): 512 met the targets in a third of 128's time there
+AUTO_BATCH = {False: 128, True: 512}
+
+
 class Train(_Section):
-    batch_size: Count
+    batch_size: Annotated[int, Field(ge=1, description="or auto: 128 on a CPU, 512 where a GPU is used")]
     optimizer: Literal["sgd", "momentum", "adam"]
     momentum: Fraction01
     beta1: Fraction01
     beta2: Fraction01
     eps: Positive
     eval_batch_size: Count
-    eval_every: Count
+    eval_every_samples: Count
     stop_at_target: bool
     # auto is held as 0 (no seeds is no run): the train stage resolves it once it knows the device (cell.seeds_for)
     repeats: Annotated[int, BeforeValidator(lambda v: 0 if v == "auto" else v),
                        Field(ge=0, description="or auto: 1 on a CPU, 6 on a GPU")]
+
+    def eval_steps(self) -> int:
+        """train.eval_every_samples in optimizer steps (at least one): the same samples seen at any batch size."""
+        return max(1, round(self.eval_every_samples / self.batch_size))
 
 
 PRECISIONS = ("fp32", "tf32", "bf16")  # how matmuls and convolutions compute, the same in every framework
@@ -198,6 +205,15 @@ class Params(_Section):
     loaders: Loaders
     scale: Scale
 
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_batch(cls, raw: Any) -> Any:
+        # resolved here, where `device` is known, so every stage (and the shard check below) sees one number
+        train = raw.get("train") if isinstance(raw, dict) else None
+        if not isinstance(train, dict) or train.get("batch_size") != "auto":
+            return raw
+        return raw | {"train": train | {"batch_size": AUTO_BATCH[telemetry.gpu_used(raw.get("device"))]}}
+
     @model_validator(mode="after")
     def _models_fit_the_images(self) -> "Params":
         shape = DATASETS[self.data.name].shape  # None for idx: checked again once the data is prepared
@@ -208,14 +224,13 @@ class Params(_Section):
                 raise cross(_SPEC_KEY[model], str(e)) from None
         return self
 
-
     @model_validator(mode="after")
     def _shards_are_equal(self) -> "Params":
         # equal shards: the mean of the workers' shard means is then the global batch's mean (same maths at any N)
         uneven = [n for n in self.scale.workers if self.train.batch_size % n]
         if uneven:
-            raise cross("scale.workers", f"{uneven[0]} workers cannot split train.batch_size "
-                        f"{self.train.batch_size} into equal shards; use counts that divide it")
+            raise cross("scale.workers", f"{uneven[0]} workers cannot split train.batch_size {self.train.batch_size} "
+                        "into equal shards; use counts that divide it")
         return self
 
 

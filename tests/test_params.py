@@ -179,3 +179,22 @@ def test_loader_workers_auto_sweeps_up_to_this_machines_cores(monkeypatch, cores
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
     assert params.parse(raw_params(**{"loaders.workers": "auto"})).loaders.workers == expected
     assert params.parse(raw_params(**{"loaders.workers": [0, 3]})).loaders.workers == [0, 3]  # a list stays
+
+
+@pytest.mark.parametrize("device, gpus, expected", [("cpu", 1, 128), ("auto", 0, 128), ("auto", 1, 512),
+                                                    ("cuda", 0, 512)])
+def test_auto_batch_is_one_number_for_the_whole_run_by_whether_it_uses_a_gpu(monkeypatch, device, gpus, expected):
+    from pipeline.measure import telemetry
+    monkeypatch.setattr(telemetry, "gpu_count", lambda: gpus)
+    p = params.parse(raw_params(**{"train.batch_size": "auto", "device": device}))
+    assert p.train.batch_size == expected
+    assert params.parse(raw_params(**{"train.batch_size": 64, "device": device})).train.batch_size == 64
+    # the shard check sees the resolved number: 3 workers cannot split it, and the error says which
+    with pytest.raises(ParamsError, match=f"3 workers cannot split train.batch_size {expected} "):
+        params.parse(raw_params(**{"train.batch_size": "auto", "device": device, "scale.workers": [1, 3]}))
+
+
+@pytest.mark.parametrize("batch, steps", [(128, 100), (512, 25), (100, 128), (2048, 6), (40000, 1)])
+def test_evaluations_fall_at_the_same_samples_seen_at_any_batch_size(batch, steps):
+    p = params.parse(raw_params(**{"train.batch_size": batch, "train.eval_every_samples": 12800}))
+    assert p.train.eval_steps() == steps

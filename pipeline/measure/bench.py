@@ -141,7 +141,7 @@ def run(p: Params, data: Path, params_path: Path, threads: int, shape: tuple[int
     """The whole bench on `threads` threads: (records.json, metrics.json), each ready to write."""
     cfg = p.bench
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    with Zygotes(cfg.fork, p.device != "cpu" and telemetry.gpu_count() > 0) as via:
+    with Zygotes(cfg.fork, telemetry.gpu_used(p.device)) as via:
         arms, own, rows = measure_all(p, data, params_path, threads, via)
     on_gpu = gpus(rows)
     flops = {m: net.flops_per_sample() for m, (net, _) in params.networks(p, shape, classes).items()}

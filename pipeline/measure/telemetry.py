@@ -43,3 +43,8 @@ def gpu_count() -> int:
     finally:
         pynvml.nvmlShutdown()
     return n if visible is None else min(n, len([d for d in visible.split(",") if d.strip() not in ("", "-1")]))
+
+
+def gpu_used(device: str | None) -> bool:
+    """Whether a run with params.yaml's `device` uses a GPU: `cuda` always; `auto` where one is visible."""
+    return device == "cuda" or (device == "auto" and gpu_count() > 0)

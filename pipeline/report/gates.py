@@ -27,7 +27,7 @@ TOUCHES: dict[str, tuple[str, ...]] = {
     "train.batch_size": ("training rate", "time to target"),  # inference runs at bench.infer_batch_sizes
     "train.optimizer": ("training rate", "time to target"),   # Adam's step costs more than SGD's
     "train.momentum": ("time to target",), "train.beta1": ("time to target",), "train.beta2": ("time to target",),
-    "train.eps": ("time to target",), "train.eval_every": ("time to target",),
+    "train.eps": ("time to target",), "train.eval_every_samples": ("time to target",),
     "schedule.": ("time to target",), "target.": ("time to target",), "seed": ("time to target",),
     "data.val_fraction": ("time to target",),
 }
