@@ -200,6 +200,28 @@ def test_child_rows_are_complete_and_calibrated():
     assert Measurement.from_flat(r) == m and m.rate("infer") == r["infer16_samples_per_s"]  # read back whole
 
 
+def test_on_a_gpu_drift_follows_the_device_matmul_and_the_host_gemm_is_read_beside_it(monkeypatch):
+    from pipeline.measure import speedo, telemetry
+    x = np.random.default_rng(0).normal(size=(40, 8, 8, 1)).astype(np.float32)
+    data, run = tb.put(x, np.arange(40) % 10), lambda: child.child(tb, {"mlp": (SPEC, OPTIM)}, data, 40, P.bench,
+                                                                    8, 0, 1, ["eager"])[0]
+    host, asked = iter([150.0, 120.0, 140.0, 140.0]), []
+    monkeypatch.setattr(speedo, "gemm_gflops", lambda threads, seconds=0.3: asked.append(seconds) or next(host))
+    cpu = run()  # on a CPU the host's GEMM is the speedometer itself, read once on each side
+    assert (cpu.calib_before_gflops, cpu.calib_after_gflops, asked) == (150.0, 120.0, [speedo.SECONDS] * 2)
+    assert math.isnan(cpu.host_calib_before_gflops) and math.isnan(cpu.gpu_sm_clock_mhz_after)
+    device, asked[:] = iter([1000.0, 900.0]), []  # a fake GPU: its own matmul, NVML figures
+    monkeypatch.setattr(tb, "speedometer", lambda: "fake matmul on a fake GPU")
+    monkeypatch.setattr(tb, "calibrate", lambda threads: next(device))
+    monkeypatch.setattr(telemetry, "read", lambda index=0: {"sm_clock_mhz": 1980.0, "temperature_c": 50.0,
+                                                            "power_w": 300.0, "memory_used_mb": 1000.0})
+    gpu = run()
+    assert (gpu.calib_before_gflops, gpu.calib_after_gflops, gpu.drift) == (1000.0, 900.0, pytest.approx(0.1))
+    assert (gpu.host_calib_before_gflops, gpu.host_calib_after_gflops) == (140.0, 140.0)
+    assert asked == [speedo.HOST_SECONDS] * 2 and gpu.speedometer == "fake matmul on a fake GPU"
+    assert gpu.gpu_sm_clock_mhz_after == 1980.0 and gpu.child_calib_s < 1.0  # the fakes take no time
+
+
 @no_cuda
 def test_variants_a_framework_or_model_lacks_become_rows_saying_why():
     x = np.random.default_rng(0).normal(size=(40, 8, 8, 1)).astype(np.float32)

@@ -51,6 +51,7 @@ def bench_records(root, vary=(), gpu=False):
                 kind=kind, arm=fw, device="NVIDIA H100" if gpu else "cpu", child_wall_s=6.0 + rd % 2,
                 child_setup_s=2.5, child_forked=fw == "torch",  # on a GPU TensorFlow's children start anew
                 child_calib_s=0.6, measure_s={"mlp": 1.0, "cnn": 2.0}[model],
+                host_calib_before_gflops=150.0 if gpu else math.nan, host_calib_after_gflops=150.0 if gpu else math.nan,
                 train_mem_peak_mb=100.0 + batch if gpu else math.nan))
         return rows
     arms = rounds.arms(["torch", "tensorflow"], True, cfg.vary, cfg.vary_values, 128)
@@ -390,12 +391,18 @@ def test_a_gpu_batch_size_sweep_shows_memory_and_the_thread_sweep_says_it_was_sk
     assert "## Thread scaling\n\nSkipped: the children ran on NVIDIA H100" in md
     stability = next(x for x in md.splitlines() if x.startswith("**Machine stability**"))
     assert "device speedometer (a matmul on the GPU)" in md and "threads" not in stability
+    recs = json.loads((results / "bench" / "records.json").read_text())["records"]
+    n = len({(m["kind"], m["round"], m["arm"]) for m in recs if m["host_calib_before_gflops"] == 150})  # children
+    assert f"not used to flag children): 150 GFLOP/s median, CV 0.0% over {2 * n} readings." in stability
     # the rounds alternate 6-s and 7-s children: where the bench's time goes
     assert ("A round child took (median): PyTorch 6.5 s: 2.5 s before its first measurement, 0.6 s on the "
             "speedometer, 3.0 s measuring (forked from a process that had imported it); TensorFlow 6.5 s: 2.5 s "
             "before its first measurement, 0.6 s on the speedometer, 3.0 s measuring (a new interpreter, imports "
             "included).") in stability
     assert "infer samples/s" not in header  # inference does not vary with the training batch: its own table
+    shutil.rmtree(results / "bench")
+    bench_records(results)
+    assert "host's CPU GEMM" not in run_report(results)  # on a CPU the host's GEMM is the speedometer itself
 
 
 def test_inference_is_shown_at_every_batch_size_measured(results):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import sys
 import time
@@ -128,6 +129,7 @@ def child(be: Backend, specs: dict[str, tuple[ModelSpec, Optim]], data: object, 
     gpu = be.speedometer() != speedo.DESCRIPTION
     tel0 = telemetry.read() if gpu else {}
     t0 = time.perf_counter()
+    host0 = speedo.gemm_gflops(threads, seconds=speedo.HOST_SECONDS) if gpu else math.nan
     before = be.calibrate(threads)
     calib_s = time.perf_counter() - t0
     rows = [timed(lambda m=m, v=v: measure_or_unsupported(be, m, v, lambda: measure(
@@ -138,11 +140,12 @@ def child(be: Backend, specs: dict[str, tuple[ModelSpec, Optim]], data: object, 
              if name in be.ABSENT]
     t0 = time.perf_counter()
     after = be.calibrate(threads)
+    host1 = speedo.gemm_gflops(threads, seconds=speedo.HOST_SECONDS) if gpu else math.nan
     calib_s += time.perf_counter() - t0
     tel1 = telemetry.read() if gpu else {}
     for r in rows:
         r.calib_before_gflops, r.calib_after_gflops, r.drift = before, after, speedo.drift(before, after)
-        r.child_calib_s = calib_s
+        r.host_calib_before_gflops, r.host_calib_after_gflops, r.child_calib_s = host0, host1, calib_s
         r.speedometer = be.speedometer()
         if gpu:
             r.gpu_sm_clock_mhz_before, r.gpu_sm_clock_mhz_after = tel0["sm_clock_mhz"], tel1["sm_clock_mhz"]

@@ -21,6 +21,7 @@ SECONDS = 0.3       # wall time of one calibration (several timed bursts, median
 
 
 WORK = {"train": 3, "infer": 1}  # forward FLOPs per sample a phase costs: training ~ forward + 2x backward
+HOST_SECONDS = 0.1  # the host's GEMM beside a GPU's speedometer: a shorter reading, a diagnostic (not a flag)
 DEVICE_SIZE = 4096  # on a GPU: large enough to fill the device, so its figure follows clocks and throttling
 DESCRIPTION = f"NumPy fp32 GEMM {SIZE}x{SIZE} on the CPU"  # what gemm_gflops measures, for the report
 

@@ -41,6 +41,16 @@ def stability_text(r: Results) -> str:
     text = (f"**Machine stability**: the speedometer ({what}{threads}, run before and after every child) gave "
             f"{cal['gflops_median']:,.0f} GFLOP/s median [IQR {cal['gflops_q1']:,.0f}–{cal['gflops_q3']:,.0f}], "
             f"CV {cal['cv_pct']:.1f}% over {cal['n']} calibrations. ")
+    by_child: dict[tuple, tuple[float, float]] = {}  # a child's rows share its readings: each child once
+    for m in r.measured:
+        if math.isfinite(m.host_calib_before_gflops):  # NaN on a CPU, in older records and in rows not measured
+            by_child.setdefault((m.kind, m.round, m.arm), (m.host_calib_before_gflops, m.host_calib_after_gflops))
+    host = [v for pair in by_child.values() for v in pair]
+    if host:
+        h = speedo.stability(host)
+        text += (f"The host's CPU GEMM, read beside it (a launch-bound GPU step runs at the host's pace, which the "
+                 f"device's matmul does not see; not used to flag children): {h['gflops_median']:,.0f} GFLOP/s "
+                 f"median, CV {h['cv_pct']:.1f}% over {h['n']} readings. ")
     if flagged:
         where = ", ".join(f"{_label(f['arm'])} in round {f['round'] + 1}" for f in flagged)
         text += (f"{len(flagged)} round child(ren) saw the machine change speed during their measurement "
