@@ -153,12 +153,19 @@ class Measurement:
     @classmethod
     def from_flat(cls, d: dict, path: Path | str = "reports/bench/records.json") -> "Measurement":
         """A row of records.json (or of a child's output) back into its record."""
-        plain = {f.name: d[f.name] for f in fields(cls) if f.name in d and f.name not in ("train", "infer")}
+        # a NaN went to JSON as null (files.write_json): a float field reads it back as NaN, not None
+        plain = {f.name: math.nan if d[f.name] is None and isinstance(f.default, float) else d[f.name]
+                 for f in fields(cls) if f.name in d and f.name not in ("train", "infer")}
         m = cls(**plain)
         if "train_samples_per_s" in d:
             m.train = read(Rates, d, path, "bench", prefix="train_")
         m.infer = {bs: read(Rates, d, path, "bench", prefix=f"infer{bs}_") for bs in infer_sizes(d)}
         return m
+
+
+def gpus(rows: Iterable[Measurement]) -> list[str]:
+    """The GPUs these children ran on ([] on a CPU): their speedometer was a matmul there, not the host's GEMM."""
+    return sorted({r.device for r in rows if r.device not in ("cpu", "")})
 
 
 def infer_sizes(columns: Iterable[str]) -> list[int]:

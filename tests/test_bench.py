@@ -200,6 +200,21 @@ def test_child_rows_are_complete_and_calibrated():
     assert Measurement.from_flat(r) == m and m.rate("infer") == r["infer16_samples_per_s"]  # read back whole
 
 
+def test_a_record_read_back_from_records_json_keeps_its_unset_figures_nan(tmp_path):
+    # JSON has no NaN (files.write_json writes null): a reader must get NaN back, not None, or math on it fails
+    import json
+    from dataclasses import fields
+
+    from pipeline import files
+    m = Measurement("mlp", "eager", first_step_s=0.1)  # on a CPU its GPU, host and timing figures stay unset
+    files.write_json(tmp_path / "records.json", {"records": [m.flat()]})
+    back = Measurement.from_flat(json.loads((tmp_path / "records.json").read_text())["records"][0])
+    unset = [f.name for f in fields(Measurement) if isinstance(f.default, float) and math.isnan(f.default)
+             and f.name != "first_step_s"]
+    assert "host_calib_before_gflops" in unset and all(math.isnan(getattr(back, k)) for k in unset)
+    assert back.first_step_s == 0.1
+
+
 def test_on_a_gpu_drift_follows_the_device_matmul_and_the_host_gemm_is_read_beside_it(monkeypatch):
     from pipeline.measure import speedo, telemetry
     x = np.random.default_rng(0).normal(size=(40, 8, 8, 1)).astype(np.float32)

@@ -218,6 +218,11 @@ def test_each_tensorflow_worker_gets_its_place_in_the_cluster_and_one_gpu(monkey
     assert [c["task"] for c in conf] == [{"type": "worker", "index": 0}, {"type": "worker", "index": 1}]
     assert conf[0]["cluster"] == {"worker": ["node0:29400", "node0:29401"]}
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env in cmds] == ["2", "3"]
+    for hidden in ("", "-1"):  # every GPU hidden stays hidden: no worker is handed device 0 or 1
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert [env["CUDA_VISIBLE_DEVICES"] for _, env in launch.commands("tensorflow", 2, "n", 1, [])] == ["", ""]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in launch.commands("tensorflow", 2, "n", 1, [])] == ["0", "1"]
     (torchrun, env), = launch.commands("torch", 2, "node0", 29400, ["--x"])
     assert env == {} and torchrun[torchrun.index("--rdzv-endpoint") + 1] == "node0:29400"
     assert torchrun[torchrun.index("--nproc-per-node") + 1] == "2" and torchrun[-1] == "--x"

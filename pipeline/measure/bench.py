@@ -20,8 +20,8 @@ from pipeline.measure import child, rounds, speedo, telemetry, verdict
 from pipeline.measure.stats import spread
 from pipeline.measure.zygote import Zygotes
 from pipeline.params import Bench, Params
-from pipeline.records import (FORMAT, PHASES, BenchCell, Measurement, PhaseSummary, framework_of, is_control,
-                              setting_of)
+from pipeline.records import (FORMAT, PHASES, BenchCell, Measurement, PhaseSummary, framework_of, gpus,
+                              is_control, setting_of)
 
 log = logging.getLogger("bench")
 
@@ -129,11 +129,6 @@ def measure_all(p: Params, data: Path, params_path: Path, threads: int, via: Zyg
     rows += [r for fw in p.frameworks for t in cfg.thread_counts if t != threads and not on_gpu
              for r in extra(fw, "threads", t, f"{fw} {t} threads")]
     return arms, own, rows
-
-
-def gpus(rows: list[Measurement]) -> list[str]:
-    """The GPUs the children ran on (none on a CPU)."""
-    return sorted({r.device for r in rows if r.device not in ("cpu", "")})
 
 
 def run(p: Params, data: Path, params_path: Path, threads: int, shape: tuple[int, int, int],

@@ -32,7 +32,7 @@ def read(index: int = 0) -> dict[str, float]:
 def gpu_count() -> int:
     """NVIDIA GPUs this process may use: CUDA_VISIBLE_DEVICES' list where it is set, else NVML's count; 0 without
     a driver. Read without importing a framework (the scale stage plans before any worker starts)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = visible_devices()
     try:
         import pynvml
         pynvml.nvmlInit()
@@ -42,7 +42,13 @@ def gpu_count() -> int:
         n = pynvml.nvmlDeviceGetCount()
     finally:
         pynvml.nvmlShutdown()
-    return n if visible is None else min(n, len([d for d in visible.split(",") if d.strip() not in ("", "-1")]))
+    return n if visible is None else min(n, len(visible))
+
+
+def visible_devices() -> list[str] | None:
+    """The device ids CUDA_VISIBLE_DEVICES lists (empty: it hides every GPU), or None when it is not set."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return None if visible is None else [d.strip() for d in visible.split(",") if d.strip() not in ("", "-1")]
 
 
 def gpu_used(device: str | None) -> bool:

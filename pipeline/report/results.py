@@ -14,6 +14,7 @@ import pandas as pd
 from pipeline.backends import LABEL
 from pipeline.errors import DataError
 from pipeline.files import read_json
+from pipeline import records
 from pipeline.records import PHASES, BenchCell, Cell, CellMetrics, Measurement, read
 
 
@@ -96,8 +97,8 @@ def collect(root: Path, frameworks: list[str], models: list[str]) -> Results:
 
 
 def gpus(r: Results) -> list[str]:
-    """The GPUs the bench's children ran on ([] on a CPU): their speedometer was a matmul there, not the host's GEMM."""
-    return [d for d in r.bench.get("devices", []) if d not in ("cpu", "")]
+    """The GPUs the bench's children ran on ([] on a CPU), by records.gpus' rule."""
+    return records.gpus(r.measured)
 
 
 def bench_rows(r: Results) -> pd.DataFrame:

@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 
 from pipeline.errors import ChildError, ParamsError
+from pipeline.measure import telemetry
 from pipeline.params import Scale
 from pipeline.scale import worker
 
@@ -53,9 +54,9 @@ def commands(framework: str, workers: int, host: str, port: int, args: list[str]
         return [(module, {})]  # one worker: the same strategy, no cluster
     cluster = [f"{host}:{port + r}" for r in range(workers)]
     # One GPU per worker, as torchrun's LOCAL_RANK gives PyTorch's: a TensorFlow worker would take every visible
-    # GPU otherwise. Harmless without GPUs; the r-th of the devices the user made visible, if any.
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    gpus = visible.split(",") if visible else [str(r) for r in range(workers)]
+    # GPU otherwise. Harmless without GPUs; the r-th of the devices the user made visible, none if they hid all.
+    visible = telemetry.visible_devices()
+    gpus = visible if visible is not None else [str(r) for r in range(workers)]
     return [(module, {"TF_CONFIG": json.dumps({"cluster": {"worker": cluster}, "task": {"type": "worker",
                                                                                        "index": r}}),
                       "CUDA_VISIBLE_DEVICES": gpus[r] if r < len(gpus) else ""})
