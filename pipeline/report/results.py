@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline import records
 from pipeline.backends import LABEL
 from pipeline.errors import DataError
 from pipeline.files import read_json
-from pipeline import records
 from pipeline.records import PHASES, BenchCell, Cell, CellMetrics, Measurement, read
 
 

@@ -56,7 +56,8 @@ def main(argv: list[str]) -> None:
             df.to_csv(tmp, sep="\t", index=path.name == "confusion.tsv", float_format="%.6g")
     files.write_json(out / "run.json", {"framework": a.framework, "model": a.model, "dataset": meta["dataset"],
                                         **be.info, "optimizer": asdict(optim), "batch_size": p.train.batch_size,
-                                        "eval_every": p.train.eval_steps(), "eval_every_samples": p.train.eval_every_samples,
+                                        "eval_every": p.train.eval_steps(),
+                                        "eval_every_samples": p.train.eval_every_samples,
                                         **t.evidence})
     files.write_json(out / "metrics.json", asdict(t.metrics))  # last: its presence means every other output is there
     m = t.metrics
