@@ -119,9 +119,11 @@ def message(err: dict, raw: Any, root: type[BaseModel]) -> str:
         return f"params.yaml: {key}: unknown key (allowed here: {', '.join(allowed)})"
     if kind in ("model_type", "dict_type", "model_attributes_type"):
         return f"params.yaml: {key or 'top level'}: expected a mapping, got {err['input']!r}"
-    if kind in _TYPE_ERRORS:  # a wrong type is named where it sits, list index included
-        where = key + "".join(f"[{p}]" for p in loc if isinstance(p, int))
-        return f"params.yaml: {where}: expected {_NOUNS[_TYPE_ERRORS[kind]]}, got {err['input']!r}"
     field_loc = tuple(p for p in loc if not isinstance(p, int))  # a range or choice is the whole field's rule
     tp, meta, _ = _field(root, field_loc)
+    # a wrong type is named where it sits, list index included; a field that says more (`or auto: ...`) says it all
+    if kind in _TYPE_ERRORS and (field_loc != loc or not any(m[0] == "why" for m in _unwrap(tp, meta)[1]
+                                                             if isinstance(m, tuple))):
+        where = key + "".join(f"[{p}]" for p in loc if isinstance(p, int))
+        return f"params.yaml: {where}: expected {_NOUNS[_TYPE_ERRORS[kind]]}, got {err['input']!r}"
     return f"params.yaml: {key}: expected {_expected(tp, meta)}, got {_raw_at(raw, field_loc)!r}"

@@ -63,7 +63,10 @@ def test_every_key_in_params_yaml_has_a_comment():
     ({"bench.variants": ["fit", "fit"]}, "params.yaml: bench.variants: expected a list of distinct names from "
                                          "['compile', 'channels_last', 'cuda_graphs', 'fit'], got ['fit', 'fit']"),
     ({"train.repeats": -1}, "params.yaml: train.repeats: expected an integer >= 0 (or auto: 1 on a CPU, 6 on a GPU)"),
-    ({"train.repeats": "many"}, "params.yaml: train.repeats: expected integer, got 'many'"),
+    ({"train.repeats": "many"}, "params.yaml: train.repeats: expected an integer >= 0 (or auto: 1 on a CPU, 6 on a "
+                                "GPU), got 'many'"),
+    ({"train.batch_size": "big"}, "params.yaml: train.batch_size: expected an integer >= 1 (or auto: 128 on a CPU, "
+                                  "512 where a GPU is used), got 'big'"),
     ({"bench.warmup": 0}, "params.yaml: bench.warmup: expected an integer >= 1 (the first calls include tracing"),
 ])
 def test_bad_values_name_the_key(overrides, message):
