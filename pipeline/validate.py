@@ -65,10 +65,15 @@ def _bounds(meta: list) -> str:
     return ""
 
 
+def _why(meta: list) -> str | None:
+    """The field's own words on its rule (its description, e.g. `or auto: ...`), if it has any."""
+    return next((m[1] for m in meta if isinstance(m, tuple) and m[0] == "why"), None)
+
+
 def _expected(tp: Any, meta: list, plural: bool = False) -> str:
     """What a field allows, in words, from its type and constraints: 'an odd integer >= 1', 'a number in (0, 0.5]'."""
     tp, meta = _unwrap(tp, meta)
-    why = next((m[1] for m in meta if isinstance(m, tuple) and m[0] == "why"), None)
+    why = _why(meta)
     if typing.get_origin(tp) is Literal:
         choices = typing.get_args(tp)
         return f"names from {list(choices)}" if plural else "one of " + " | ".join(map(str, choices))
@@ -122,8 +127,7 @@ def message(err: dict, raw: Any, root: type[BaseModel]) -> str:
     field_loc = tuple(p for p in loc if not isinstance(p, int))  # a range or choice is the whole field's rule
     tp, meta, _ = _field(root, field_loc)
     # a wrong type is named where it sits, list index included; a field that says more (`or auto: ...`) says it all
-    if kind in _TYPE_ERRORS and (field_loc != loc or not any(m[0] == "why" for m in _unwrap(tp, meta)[1]
-                                                             if isinstance(m, tuple))):
+    if kind in _TYPE_ERRORS and (field_loc != loc or not _why(_unwrap(tp, meta)[1])):
         where = key + "".join(f"[{p}]" for p in loc if isinstance(p, int))
         return f"params.yaml: {where}: expected {_NOUNS[_TYPE_ERRORS[kind]]}, got {err['input']!r}"
     return f"params.yaml: {key}: expected {_expected(tp, meta)}, got {_raw_at(raw, field_loc)!r}"

@@ -13,7 +13,7 @@ import pandas as pd
 
 from pipeline.backends import LABEL
 from pipeline.measure import speedo
-from pipeline.records import BenchCell, Cell, framework_of, infer_sizes, is_control, setting_of
+from pipeline.records import BenchCell, Cell, Measurement, framework_of, infer_sizes, is_control, setting_of
 from pipeline.report import figures
 from pipeline.report.results import Results, bench_rows, gpus
 
@@ -41,11 +41,9 @@ def stability_text(r: Results) -> str:
     text = (f"**Machine stability**: the speedometer ({what}{threads}, run before and after every child) gave "
             f"{cal['gflops_median']:,.0f} GFLOP/s median [IQR {cal['gflops_q1']:,.0f}–{cal['gflops_q3']:,.0f}], "
             f"CV {cal['cv_pct']:.1f}% over {cal['n']} calibrations. ")
-    by_child: dict[tuple, tuple[float, float]] = {}  # a child's rows share its readings: each child once
-    for m in r.measured:
-        if math.isfinite(m.host_calib_before_gflops):  # NaN on a CPU, in older records and in rows not measured
-            by_child.setdefault((m.kind, m.round, m.arm), (m.host_calib_before_gflops, m.host_calib_after_gflops))
-    host = [v for pair in by_child.values() for v in pair]
+    read = [next((m for m in rows if math.isfinite(m.host_calib_before_gflops)), None)  # NaN on a CPU, in older
+            for rows in children(r.measured).values()]  # records and in rows not measured; a child's rows share it
+    host = [v for m in read if m for v in (m.host_calib_before_gflops, m.host_calib_after_gflops)]
     if host:
         h = speedo.stability(host)
         text += (f"The host's CPU GEMM, read beside it (a launch-bound GPU step runs at the host's pace, which the "
@@ -60,20 +58,28 @@ def stability_text(r: Results) -> str:
     return text + children_text(r)
 
 
+def children(rows: list[Measurement]) -> dict[tuple, list[Measurement]]:
+    """The rows of each child (kind, round, arm): one process, whose time and readings its rows share."""
+    out: dict[tuple, list[Measurement]] = {}
+    for m in rows:
+        out.setdefault((m.kind, m.round, m.arm), []).append(m)
+    return out
+
+
 def children_text(r: Results) -> str:
     """Where a round's time goes: each framework's median child, launch to exit, before its first measurement,
     on the speedometer and measuring the models, and how it started (older records lack the later parts)."""
-    own: dict[str, dict] = {}
-    for m in r.of_kind("round"):
-        if math.isfinite(m.child_wall_s):  # one child per (round, arm): its rows share the child's figures
-            c = own.setdefault(m.framework, {}).setdefault((m.round, m.arm), [m.child_wall_s, m.child_setup_s,
-                                                                               m.child_calib_s, 0.0, m.child_forked])
-            c[3] += m.measure_s if math.isfinite(m.measure_s) else 0.0  # a row not measured took none
+    own: dict[str, list] = {}
+    for rows in children(r.of_kind("round")).values():
+        m = rows[0]
+        if math.isfinite(m.child_wall_s):
+            measuring = sum(x.measure_s for x in rows if math.isfinite(x.measure_s))  # a row not measured took none
+            own.setdefault(m.framework, []).append((m.child_wall_s, m.child_setup_s, m.child_calib_s, measuring,
+                                                    m.child_forked))
     parts = []
-    for fw, children in own.items():
-        wall, setup, calib, measuring = np.median([c[:4] for c in children.values()], axis=0)
-        how = ("forked from a process that had imported it" if next(iter(children.values()))[4]
-               else "a new interpreter, imports included")
+    for fw, got in own.items():
+        wall, setup, calib, measuring = np.median([g[:4] for g in got], axis=0)
+        how = "forked from a process that had imported it" if got[0][4] else "a new interpreter, imports included"
         where = f", {calib:.1f} s on the speedometer, {measuring:.1f} s measuring" if math.isfinite(calib) else ""
         parts.append(f"{LABEL.get(fw, fw)} {wall:.1f} s: {setup:.1f} s before its first measurement{where} ({how})")
     return f" A round child took (median): {'; '.join(parts)}." if parts else ""
