@@ -12,7 +12,7 @@ from pipeline import backends, params, spec as specs
 from pipeline.backends.base import Backend
 
 ABSTRACT = set(Backend.__abstractmethods__) - {"__init__"}
-CONSTANTS = {"NAME", "MODEL_SUFFIX", "DEFAULT", "VARIANTS", "ABSENT"}
+CONSTANTS = {"NAME", "MODEL_SUFFIX", "DEFAULT", "VARIANTS", "ABSENT", "LAZY_IMPORTS"}
 
 
 def module_of(framework: str):

@@ -2,11 +2,16 @@
 failure is one line and the zygote serves on; TensorFlow's are never forked where a GPU is visible."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import psutil
 import pytest
 
 from pipeline.errors import ChildError
 from pipeline.measure import child
+from pipeline.measure import zygote
 from pipeline.measure.zygote import Zygotes, forks
 from tests.conftest import write_params
 
@@ -59,3 +64,39 @@ def test_children_are_forked_only_where_it_is_safe(monkeypatch):
     assert Zygotes(fork=True, gpu_visible=True).forked("torch")
     monkeypatch.setattr("sys.platform", "darwin")  # macOS's system libraries are not fork-safe: never forked there
     assert not Zygotes(fork=True, gpu_visible=False).forked("torch")
+
+
+# A child's run after the zygote's preload, in a fresh interpreter: the modules it still had to import itself
+AFTER_PRELOAD = """
+import contextlib, io, json, sys
+from pipeline.measure import zygote
+zygote.preload(sys.argv[1])
+from pipeline.measure import child
+before = set(sys.modules)
+with contextlib.redirect_stdout(io.StringIO()):
+    child.main(["--framework", sys.argv[1], *sys.argv[2:]])
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+def test_a_forked_child_imports_nothing_of_its_framework_that_the_zygote_could_have(prepared, framework):
+    # PyTorch imports TorchDynamo (and sympy, ~840 modules, 1 s here) when the first optimizer is made: without the
+    # zygote's preload every forked child paid that again
+    pp = write_params(prepared / "params.yaml", **TINY)
+    out = subprocess.run([sys.executable, "-c", AFTER_PRELOAD, framework, "--kind", "round", "--threads", "1",
+                          "--data", str(prepared / "prepared.npz"), "--params", str(pp)],
+                         capture_output=True, text=True, check=True)
+    new = json.loads(out.stdout.strip().splitlines()[-1])
+    heavy = {"torch", "functorch", "sympy", "mpmath", "tensorflow", "keras", "tf_keras", "jax", "triton"}
+    assert [m for m in new if m.split(".")[0] in heavy] == []
+
+
+def test_a_lazy_import_this_framework_version_lacks_is_skipped(monkeypatch):
+    # PyTorch's lazily imported modules differ between versions (the CUPTI monitor is new in 2.13); a zygote on a
+    # GPU host's own PyTorch must still start
+    from pipeline.backends import numpy_backend
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    monkeypatch.setattr(numpy_backend.BACKEND, "LAZY_IMPORTS", ("pipeline.no_such_module", "colorsys"))
+    zygote.preload("numpy")
+    assert "colorsys" in sys.modules and "pipeline.no_such_module" not in sys.modules

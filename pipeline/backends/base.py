@@ -93,6 +93,9 @@ class Backend(ABC):
     DEFAULT: ClassVar[str]              # the variant `train` uses: each framework's everyday path
     VARIANTS: ClassVar[dict[str, Variant]]
     ABSENT: ClassVar[dict[str, str]] = {}  # bench.variants names with no variant here, and why (for the report)
+    # Modules the framework imports on first use, not at its own import: the bench's zygote imports them once, so
+    # each forked child does not pay them again. Importing one must start nothing (no device, no thread pool).
+    LAZY_IMPORTS: ClassVar[tuple[str, ...]] = ()
     info: dict                          # what the constructor really set: versions, device, thread counts
 
     @abstractmethod

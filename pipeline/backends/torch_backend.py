@@ -30,6 +30,10 @@ class TorchBackend(Backend):
                                        "kernels replayed as one CUDA graph, Adam capturable (CUDA only)",
                                        asked_by="cuda_graphs")}
     ABSENT = {"fit": "Keras' own training loop: PyTorch has none"}
+    # torch.optim's first add_param_group imports TorchDynamo (with sympy, ~840 modules): 1.0 s in every child on
+    # the 2-core CPU this was built on, about 3 s on a GPU host whose PyTorch had no bytecode; its first zero_grad
+    # the profiler's CUPTI monitor (PyTorch 2.13)
+    LAZY_IMPORTS = ("torch._dynamo", "torch.profiler._cupti_monitor")
 
     def __init__(self, threads: int, device: str, seed: int, precision: str):
         if threads:

@@ -4,8 +4,9 @@
 
 A child started from nothing pays the interpreter's start and the framework's and the project's imports: 1.7 s for
 PyTorch and 4.4 s for TensorFlow on the 2-core CPU this was built on, 3.3 s for PyTorch with CUDA's start on an H200
-host; a default bench starts 18 children. A zygote pays the imports once: it imports the framework's backend and the
-child's code, runs nothing (no op, no device, no thread pool of its own), and forks one child per request. Each
+host; a default bench starts 18 children. A zygote pays the imports once: it imports the framework's backend, the
+child's code and what the framework imports only on first use (`preload`), runs nothing (no op, no device, no thread
+pool of its own), and forks one child per request. Each
 child is still a fresh process for everything it measures: its device context (CUDA starts in the child, as PyTorch
 requires of a fork), memory, compiled code, caches and framework thread pools are made after the fork; what it
 shares, copy-on-write, is imported and unused code. It runs child.main exactly as `python -m pipeline.measure.child`
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -42,12 +44,23 @@ def forks(framework: str, gpu_visible: bool) -> bool:
     return sys.platform == "linux" and (framework != "tensorflow" or not gpu_visible)
 
 
+def preload(framework: str) -> None:
+    """Everything a child imports, imported once: the framework's backend, the child's code, and the modules the
+    framework would import only on first use (`Backend.LAZY_IMPORTS`; for PyTorch, TorchDynamo, which torch.optim
+    imports when an optimizer is made). One this version of the framework lacks is skipped: nothing imports it."""
+    module = importlib.import_module(f"pipeline.backends.{framework}_backend")
+    importlib.import_module("pipeline.measure.child")
+    for name in module.BACKEND.LAZY_IMPORTS:
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
+
+
 def serve(framework: str) -> None:
     """The zygote: import, say ready, then per request line fork a child and answer with its exit status."""
     with os.fdopen(os.dup(1), "w", buffering=1) as answers:  # the replies' own descriptor: whatever an
         os.dup2(2, 1)                                          # import or warning prints goes to stderr instead
-        importlib.import_module(f"pipeline.backends.{framework}_backend")
-        from pipeline.measure import child  # what every child runs, imported once here
+        preload(framework)
+        from pipeline.measure import child
         print(READY, file=answers)
         for line in sys.stdin:
             req = json.loads(line)
