@@ -416,6 +416,17 @@ def test_inference_is_shown_at_every_batch_size_measured(results):
     assert [float(v.replace(",", "")) for v in row[2:]] == pytest.approx([202, 5050])
 
 
+def test_a_table_prints_its_numbers_as_the_report_formats_them(tmp_path):
+    # tabulate re-parsed formatted numbers: a column of 8,857 and 909.1 came out as 8857 and 909.1
+    from pipeline.report import render
+    df = pd.DataFrame({"model": ["mlp", "cnn"], "batch 1, samples/s": [8857.0, 909.1], "seeds": [6, 1],
+                       "time [range]": ["1.4 [1.2–1.8]", "1.0 [0.7–1.1]"]})
+    head, rule, *rows = render.markdown([("table", df)], tmp_path).strip().splitlines()
+    assert [[c.strip() for c in r.strip("|").split("|")] for r in rows] == [["mlp", "8,857", "6", "1.4 [1.2–1.8]"],
+                                                                          ["cnn", "909.1", "1", "1.0 [0.7–1.1]"]]
+    assert [c.startswith(":") for c in rule.strip("|").split("|")] == [True, False, False, True]  # text left
+
+
 def test_a_train_stage_gap_on_a_steady_machine_is_put_down_to_the_loop_or_the_bench_and_on_a_noisy_one_to_drift(
         results):
     """The fixture's train stage ran at 4,321 samples/s overall and 301 after its first evaluation, its bench at

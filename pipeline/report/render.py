@@ -38,7 +38,11 @@ def markdown(blocks: list[Block], rel_to: Path) -> str:
         elif kind == "pre":
             out.append("```\n" + b[1].rstrip() + "\n```")
         elif kind == "table":
-            out.append(_fmt(b[1]).to_markdown(index=False))
+            # tabulate would re-parse the formatted numbers and print some as 8857 beside 145,722: kept as written,
+            # numeric columns right-aligned
+            align = ["right" if pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t) else "left"
+                     for t in b[1].dtypes]
+            out.append(_fmt(b[1]).to_markdown(index=False, disable_numparse=True, colalign=align))
         elif kind == "img":
             out.append(f"![{b[2]}]({Path(b[1]).relative_to(rel_to).as_posix()})\n\n*{b[2]}*")
     return "\n\n".join(out) + "\n"
