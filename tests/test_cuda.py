@@ -87,3 +87,9 @@ def test_a_forked_child_starts_cuda_itself_and_measures_on_the_gpu(prepared):
                for i in (1, 2)]
     assert all(r.child_forked and r.status == "ok" and r.device not in ("cpu", "") for r in got)
     assert all(r.speedometer.startswith("torch matmul 4096x4096 fp32 on ") for r in got)
+
+
+def test_a_child_on_the_gpu_imports_nothing_of_torch_that_its_zygote_could_have(prepared):
+    # what PyTorch imports only once CUDA is in use belongs in Backend.LAZY_IMPORTS too
+    from tests.test_zygote import imported_by_child
+    assert imported_by_child(prepared, "torch", device="cuda") == []

@@ -79,17 +79,23 @@ print(json.dumps(sorted(set(sys.modules) - before)))
 """
 
 
+HEAVY = {"torch", "functorch", "sympy", "mpmath", "tensorflow", "keras", "tf_keras", "jax", "triton"}
+
+
+def imported_by_child(prepared, framework: str, **settings) -> list[str]:
+    """The framework-side modules a child still imported itself after the zygote's preload."""
+    pp = write_params(prepared / "params.yaml", **TINY | settings)
+    out = subprocess.run([sys.executable, "-c", AFTER_PRELOAD, framework, "--kind", "round", "--threads", "1",
+                          "--data", str(prepared / "prepared.npz"), "--params", str(pp)],
+                         capture_output=True, text=True, check=True)
+    return [m for m in json.loads(out.stdout.strip().splitlines()[-1]) if m.split(".")[0] in HEAVY]
+
+
 @pytest.mark.parametrize("framework", ["torch", "tensorflow"])
 def test_a_forked_child_imports_nothing_of_its_framework_that_the_zygote_could_have(prepared, framework):
     # PyTorch imports TorchDynamo (and sympy, ~840 modules, 1 s here) when the first optimizer is made: without the
     # zygote's preload every forked child paid that again
-    pp = write_params(prepared / "params.yaml", **TINY)
-    out = subprocess.run([sys.executable, "-c", AFTER_PRELOAD, framework, "--kind", "round", "--threads", "1",
-                          "--data", str(prepared / "prepared.npz"), "--params", str(pp)],
-                         capture_output=True, text=True, check=True)
-    new = json.loads(out.stdout.strip().splitlines()[-1])
-    heavy = {"torch", "functorch", "sympy", "mpmath", "tensorflow", "keras", "tf_keras", "jax", "triton"}
-    assert [m for m in new if m.split(".")[0] in heavy] == []
+    assert imported_by_child(prepared, framework) == []
 
 
 def test_a_lazy_import_this_framework_version_lacks_is_skipped(monkeypatch):
