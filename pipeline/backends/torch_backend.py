@@ -31,8 +31,8 @@ class TorchBackend(Backend):
                                        asked_by="cuda_graphs")}
     ABSENT = {"fit": "Keras' own training loop: PyTorch has none"}
     # torch.optim's first add_param_group imports TorchDynamo (with sympy, ~840 modules): 1.0 s in every child on
-    # the 2-core CPU this was built on, about 3 s on a GPU host whose PyTorch had no bytecode; its first zero_grad
-    # the profiler's CUPTI monitor (PyTorch 2.13)
+    # the 2-core CPU this was built on, 3.3-4.6 s there without bytecode (as a lent GPU box's PyTorch has none);
+    # its first zero_grad imports the profiler's CUPTI monitor (PyTorch 2.13)
     LAZY_IMPORTS = ("torch._dynamo", "torch.profiler._cupti_monitor")
 
     def __init__(self, threads: int, device: str, seed: int, precision: str):
