@@ -91,3 +91,22 @@ def test_no_backend_module_holds_state(framework):
              if not n.startswith("__") and not n.isupper() and not inspect.ismodule(v) and not callable(v)
              and n != "annotations"]
     assert not state, f"{framework}_backend module state: {state}"
+
+
+FIX = {"torch": r"its CPU-only build is installed \(README \"Install\": TORCH_INDEX\)",
+       "tensorflow": r"requirements\.txt installs its CPU build; add its GPU one, pip install 'tensorflow\[and-cuda\]==",
+       "numpy": "it runs on the CPU only"}
+
+
+@pytest.mark.parametrize("framework", backends.FRAMEWORKS)
+def test_device_auto_is_one_device_for_the_whole_run_not_what_each_framework_finds(framework, monkeypatch):
+    # NVML sees a GPU, so auto means cuda for every framework: one that sees none (TensorFlow's CPU build beside
+    # PyTorch's CUDA one, the default install on a GPU machine) is refused in one line saying how to give it the GPU,
+    # never left on the CPU to be compared with the others on the GPU (each used to pick its own device)
+    from pipeline.measure import telemetry
+    monkeypatch.setattr(telemetry, "gpu_count", lambda: 1)
+    with pytest.raises(params.ParamsError, match=r"^params\.yaml: device: auto is cuda on this machine \(NVML sees a "
+                                                 rf"GPU\), but .+ sees no GPU: {FIX[framework]}.*; or set device: cpu$"):
+        backends.create(framework, 1, "auto", 0, "fp32")
+    monkeypatch.setattr(telemetry, "gpu_count", lambda: 0)  # no GPU visible: auto is the CPU, for every framework
+    assert backends.create(framework, 1, "auto", 0, "fp32").info["device"] == "cpu"

@@ -157,7 +157,8 @@ def test_setup_sets_the_blas_threads_it_reports():
 
 
 def test_cuda_is_refused_in_one_line():
-    with pytest.raises(params.ParamsError, match="device: cuda.*numpy backend runs on the CPU"):
+    with pytest.raises(params.ParamsError, match=r"^params\.yaml: device: cuda, but the numpy backend sees no GPU: "
+                                                 r"it runs on the CPU only; or set device: cpu$"):
         backends.create("numpy", 2, "cuda", 0, "fp32")
 
 

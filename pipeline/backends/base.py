@@ -87,6 +87,14 @@ def refuse_tf32_off_cuda(device: str) -> None:
                       "use fp32 or bf16")
 
 
+def refuse_no_gpu(device: str, framework: str, fix: str) -> None:
+    """The run's device is CUDA (asked, or `auto` with a GPU visible to NVML: telemetry.run_device) and this
+    framework sees no GPU. Every framework of a run uses one device, so it stops here, saying how to give it the
+    GPU (`fix`), rather than be compared on the CPU with the others on the GPU."""
+    why = "device: cuda" if device == "cuda" else "device: auto is cuda on this machine (NVML sees a GPU)"
+    raise ParamsError(f"params.yaml: {why}, but {framework} sees no GPU: {fix}; or set device: cpu")
+
+
 class Backend(ABC):
     NAME: ClassVar[str]                 # the framework name used in params.yaml and cell names
     MODEL_SUFFIX: ClassVar[str]         # file suffix of a saved model

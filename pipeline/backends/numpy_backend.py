@@ -8,9 +8,10 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import threadpoolctl
 
-from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_tf32_off_cuda
+from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_no_gpu, refuse_tf32_off_cuda
 from pipeline.backends.numpy_layers import Net, Optimizer, SoftmaxCrossEntropy
 from pipeline.errors import ParamsError
+from pipeline.measure import telemetry
 from pipeline.spec import ModelSpec, Optim
 
 
@@ -24,9 +25,8 @@ class NumpyBackend(Backend):
                                                                           "cuda_graphs", "fit")}
 
     def __init__(self, threads: int, device: str, seed: int, precision: str):
-        if device == "cuda":
-            raise ParamsError("params.yaml: device: cuda, but the numpy backend runs on the CPU only (use auto or "
-                              "cpu)")
+        if telemetry.run_device(device) == "cuda":  # beside frameworks on a GPU it would be no comparison
+            refuse_no_gpu(device, "the numpy backend", "it runs on the CPU only")
         if precision == "tf32":
             refuse_tf32_off_cuda("cpu")
         if precision != "fp32":  # NumPy has no bfloat16 type: its layers compute in float32 only

@@ -14,9 +14,8 @@ import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
-from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_tf32_off_cuda  # noqa: E402
-from pipeline.errors import ParamsError  # noqa: E402
-from pipeline.measure import speedo  # noqa: E402
+from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_no_gpu, refuse_tf32_off_cuda  # noqa: E402
+from pipeline.measure import speedo, telemetry  # noqa: E402
 from pipeline.measure.timing import MAX_STEPS, lengthened  # noqa: E402
 from pipeline.spec import Act, Conv, Dense, Dropout, Flatten, ModelSpec, Optim, Pool  # noqa: E402
 
@@ -37,10 +36,11 @@ class TensorFlowBackend(Backend):
 
     def __init__(self, threads: int, device: str, seed: int, precision: str):
         """Must run before TensorFlow executes anything in this process (its settings are process-wide)."""
-        gpus = tf.config.list_physical_devices("GPU")
-        if device == "cuda" and not gpus:
-            raise ParamsError("params.yaml: device: cuda, but TensorFlow sees no GPU (use auto or cpu)")
-        self.device = "/CPU:0" if device == "cpu" or not gpus else "/GPU:0"
+        gpus, use = tf.config.list_physical_devices("GPU"), telemetry.run_device(device)
+        if use == "cuda" and not gpus:  # one device for every framework of the run, not what each finds
+            refuse_no_gpu(device, "TensorFlow", "requirements.txt installs its CPU build; add its GPU one, pip "
+                          f"install 'tensorflow[and-cuda]=={tf.__version__}'")
+        self.device = "/GPU:0" if use == "cuda" else "/CPU:0"
         try:
             if threads:
                 tf.config.threading.set_intra_op_parallelism_threads(threads)

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_tf32_off_cuda
-from pipeline.errors import ParamsError, Unavailable
-from pipeline.measure import speedo
+from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_no_gpu, refuse_tf32_off_cuda
+from pipeline.errors import Unavailable
+from pipeline.measure import speedo, telemetry
 from pipeline.spec import Act, Conv, Dense, Dropout, Flatten, ModelSpec, Optim, Pool, init_weights
 
 
@@ -42,9 +42,11 @@ class TorchBackend(Backend):
             torch.set_num_interop_threads(1)  # like TF's inter-op pool: ops run one after another
         except RuntimeError:  # already set in this process
             pass
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ParamsError("params.yaml: device: cuda, but PyTorch sees no CUDA device (use auto or cpu)")
-        self.device = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+        use = telemetry.run_device(device)  # one device for every framework of the run, not what each finds
+        if use == "cuda" and not torch.cuda.is_available():
+            refuse_no_gpu(device, "PyTorch", "its CPU-only build is installed (README \"Install\": TORCH_INDEX)"
+                          if torch.version.cuda is None else f"its CUDA {torch.version.cuda} build finds no device")
+        self.device = torch.device(use)
         if precision == "tf32" and self.device.type != "cuda":
             refuse_tf32_off_cuda(self.device.type)
         # fp32 means fp32: TF32 off for matmuls and cuDNN convolutions (PyTorch's defaults differ between the two,

@@ -54,3 +54,11 @@ def visible_devices() -> list[str] | None:
 def gpu_used(device: str | None) -> bool:
     """Whether a run with params.yaml's `device` uses a GPU: `cuda` always; `auto` where one is visible."""
     return device == "cuda" or (device == "auto" and gpu_count() > 0)
+
+
+def run_device(device: str) -> str:
+    """The device every framework of a run uses: `cuda` or `cpu` as asked, `auto` resolved here by NVML (cuda where
+    a GPU is visible), the same in every process. Never by what each framework finds: PyTorch's CUDA build beside
+    TensorFlow's CPU-only one would put one framework on the GPU and the other on the CPU, and call that a
+    comparison."""
+    return "cuda" if gpu_used(device) else "cpu"
