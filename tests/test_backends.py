@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 
 import numpy as np
 import pytest
@@ -94,19 +95,32 @@ def test_no_backend_module_holds_state(framework):
 
 
 FIX = {"torch": r"its CPU-only build is installed \(README \"Install\": TORCH_INDEX\)",
-       "tensorflow": r"requirements\.txt installs its CPU build; add its GPU one, pip install 'tensorflow\[and-cuda\]==",
+       "tensorflow": r"requirements\.txt installs its CPU build; add its GPU one, "
+                     r"pip install 'tensorflow\[and-cuda\]==",
        "numpy": "it runs on the CPU only"}
 
 
 @pytest.mark.parametrize("framework", backends.FRAMEWORKS)
 def test_device_auto_is_one_device_for_the_whole_run_not_what_each_framework_finds(framework, monkeypatch):
     # NVML sees a GPU, so auto means cuda for every framework: one that sees none (TensorFlow's CPU build beside
-    # PyTorch's CUDA one, the default install on a GPU machine) is refused in one line saying how to give it the GPU,
-    # never left on the CPU to be compared with the others on the GPU (each used to pick its own device)
+    # PyTorch's CUDA one, the default install on a GPU machine) is refused in one line saying how to give it the
+    # GPU, never left on the CPU to be compared with the others on the GPU (each used to pick its own device)
     from pipeline.measure import telemetry
     monkeypatch.setattr(telemetry, "gpu_count", lambda: 1)
-    with pytest.raises(params.ParamsError, match=r"^params\.yaml: device: auto is cuda on this machine \(NVML sees a "
-                                                 rf"GPU\), but .+ sees no GPU: {FIX[framework]}.*; or set device: cpu$"):
+    refused = (r"^params\.yaml: device: auto is cuda on this machine \(NVML sees a GPU\), but .+ sees no GPU: "
+               rf"{FIX[framework]}.*; or set device: cpu$")
+    with pytest.raises(params.ParamsError, match=refused):
         backends.create(framework, 1, "auto", 0, "fp32")
     monkeypatch.setattr(telemetry, "gpu_count", lambda: 0)  # no GPU visible: auto is the CPU, for every framework
     assert backends.create(framework, 1, "auto", 0, "fp32").info["device"] == "cpu"
+
+
+def test_both_frameworks_autotune_their_convolutions_as_tensorflow_does_by_default(monkeypatch):
+    # PyTorch's default (cudnn.benchmark off: heuristic picks) against TensorFlow's (each algorithm timed once per
+    # shape) would set a tuned CNN against an untuned one on a GPU; the environment cannot turn TensorFlow's off
+    import torch
+    monkeypatch.setenv("TF_CUDNN_USE_AUTOTUNE", "0")
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    got = {fw: backends.create(fw, 1, "cpu", 0, "fp32").info["conv_autotune"] for fw in ("torch", "tensorflow")}
+    assert got == {"torch": True, "tensorflow": True} and torch.backends.cudnn.benchmark
+    assert os.environ["TF_CUDNN_USE_AUTOTUNE"] == "1"

@@ -57,6 +57,9 @@ class TensorFlowBackend(Backend):
         # model, not Keras' process-wide global one
         self.dtype = "mixed_bfloat16" if precision == "bf16" else "float32"
         self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)  # batch mean, on logits
+        # cuDNN's per-shape algorithm timing, TensorFlow's default, made explicit (the environment can turn it off):
+        # the PyTorch backend turns its own on (cudnn.benchmark); read when the first convolution runs
+        os.environ["TF_CUDNN_USE_AUTOTUNE"] = "1"
         self.reseed(seed)
         name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "gpu") \
             if self.device != "/CPU:0" else "cpu"
@@ -64,6 +67,7 @@ class TensorFlowBackend(Backend):
                      "keras_version": keras.__version__, "device": name,
                      "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count(),
                      "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+                     "conv_autotune": os.environ["TF_CUDNN_USE_AUTOTUNE"] == "1",
                      "precision": ("tf32" if tf.config.experimental.tensor_float_32_execution_enabled() else
                                    "bf16" if self.dtype == "mixed_bfloat16" else "fp32")}
 

@@ -56,12 +56,15 @@ class TorchBackend(Backend):
         # bf16: autocast around the forward pass (matmuls and convolutions in bfloat16, the loss and the weights in
         # float32), the same split as Keras' mixed_bfloat16 policy
         self.amp = torch.bfloat16 if precision == "bf16" else None
+        # cuDNN times each convolution's candidate algorithms once per shape and keeps the fastest, as TensorFlow
+        # does by default: off (PyTorch's default) a tuned TensorFlow CNN would meet PyTorch's heuristic picks
+        torch.backends.cudnn.benchmark = True
         self.reseed(seed)
         name = torch.cuda.get_device_name(0) if self.device.type == "cuda" else "cpu"
         tf32 = torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
         self.info = {"framework": self.NAME, "framework_version": torch.__version__, "device": name,
-                     "intra_op_threads": torch.get_num_threads(),
-                     "inter_op_threads": torch.get_num_interop_threads(),
+                     "intra_op_threads": torch.get_num_threads(), "inter_op_threads": torch.get_num_interop_threads(),
+                     "conv_autotune": torch.backends.cudnn.benchmark,
                      "precision": "bf16" if self.amp is torch.bfloat16 and not tf32 else "tf32" if tf32 else "fp32"}
 
     def _forward(self, net: Any, xb: torch.Tensor) -> torch.Tensor:
