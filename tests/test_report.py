@@ -117,7 +117,8 @@ def make_results(root, mlp_tf_wrong=0, cnn_tf_wrong=30):
             (d / "run.json").write_text(json.dumps({"init_weights_sha256": f"w-{model}", "batch_order_sha256": "o",
                                                     "readback_weights_sha256": f"w-{model}",
                                                     "layer_param_counts": [10, 20], "eval_every": 100,
-                                                    "batch_size": 128}))
+                                                    "batch_size": 128, "device": "cpu", "precision": "fp32",
+                                                    "intra_op_threads": 2}))
             pd.DataFrame({"seed": [0], "test_acc": [acc], "reached": [ttt is not None], "time_to_target_s": [ttt],
                           "steps_to_target": [30 if ttt else None]}).to_csv(d / "seeds.tsv", sep="\t", index=False)
             pd.DataFrame({"step": [10, 20, 30], "epoch": [1, 2, 3], "train_loss": [1.0, 0.5, 0.3],
@@ -414,6 +415,18 @@ def test_inference_is_shown_at_every_batch_size_measured(results):
     # 6 rounds, jitter 1.00/1.01/1.02 in turn: median 1.01 x (200 at batch 1, 5000 at batch 512)
     assert cols[2:] == ["batch 1, samples/s", "batch 512, samples/s"]
     assert [float(v.replace(",", "")) for v in row[2:]] == pytest.approx([202, 5050])
+
+
+def test_the_equivalence_table_shows_whether_both_cells_ran_on_the_same_device_precision_and_threads(results):
+    run = results / "runs" / "tensorflow-cnn" / "run.json"
+    run.write_text(json.dumps(json.loads(run.read_text()) | {"device": "NVIDIA H200"}))  # a GPU beside a CPU
+    md = run_report(results)
+    lines = md[md.index("## Equivalence evidence"):].splitlines()
+    head = [c.strip() for c in next(x for x in lines if x.startswith("| model")).strip("|").split("|")]
+    rows = {r[0]: dict(zip(head, r)) for r in ([c.strip() for c in x.strip("|").split("|")] for x in lines
+                                               if x.startswith(("| mlp", "| cnn")))}
+    assert [rows[m]["same device"] for m in ("mlp", "cnn")] == ["True", "False"]
+    assert {rows[m][k] for m in ("mlp", "cnn") for k in ("same precision", "same threads")} == {"True"}
 
 
 def test_a_table_prints_its_numbers_as_the_report_formats_them(tmp_path):

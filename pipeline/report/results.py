@@ -70,7 +70,8 @@ def collect(root: Path, frameworks: list[str], models: list[str]) -> Results:
         r.train[cell] = read(CellMetrics, read_json(d / "metrics.json", stage), d / "metrics.json", stage)
         r.run[cell] = _need(read_json(d / "run.json", stage), ["init_weights_sha256", "batch_order_sha256",
                                                              "layer_param_counts", "readback_weights_sha256",
-                                                             "eval_every", "batch_size"],
+                                                             "eval_every", "batch_size", "device", "precision",
+                                                             "intra_op_threads"],
                             d / "run.json", stage)
         r.seeds[cell] = read_tsv(d / "seeds.tsv", stage, ["seed", "test_acc", "reached", "time_to_target_s",
                                                          "steps_to_target"])

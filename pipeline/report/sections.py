@@ -32,6 +32,9 @@ def accuracy_verdicts(r: Results) -> list[str]:
     return out
 
 
+SETTINGS = {"device": "device", "precision": "precision", "threads": "intra_op_threads"}  # run.json keys compared
+
+
 def equivalence(r: Results) -> pd.DataFrame:
     rows = []
     for model, ca, cb in pairs(r):
@@ -43,6 +46,8 @@ def equivalence(r: Results) -> pd.DataFrame:
                      "weights read back unchanged": all(x["readback_weights_sha256"] == x["init_weights_sha256"]
                                                        for x in (ra, rb)),
                      "same batch order (SHA-256)": ra["batch_order_sha256"] == rb["batch_order_sha256"],
+                     # what each backend read back from its framework: the work ran on the same terms
+                     **{f"same {what}": ra[key] == rb[key] for what, key in SETTINGS.items()},
                      "initial logits max abs diff": diff, "logits agree (<= 1e-4)": diff <= 1e-4})
     return pd.DataFrame(rows)
 
@@ -136,7 +141,8 @@ def build(r: Results, params_text: str, prepared: dict, figdir: Path) -> list[re
     eq = equivalence(r)
     if len(eq):
         B += [("h2", "Equivalence evidence"),
-              ("p", "Both cells of a model start from the same NumPy-drawn weights and batch order; their initial "
-                    "logits on the same validation images must agree."), ("table", eq)]
+              ("p", "Both cells of a model start from the same NumPy-drawn weights and batch order, on the same "
+                    "device, precision and thread count as each framework read them back; their initial logits on "
+                    "the same validation images must agree."), ("table", eq)]
     return B + [("h2", "Environment"), ("table", env_table(r.env)), ("h2", "Parameters of this run"),
                 ("pre", params_text)]
