@@ -63,6 +63,11 @@ def _need(d: dict, keys: list[str], path: Path, stage: str) -> dict:
     return d
 
 
+# What each train cell's backend read back from its framework (run.json key by name): the equivalence table
+# compares them between the frameworks of a model
+RUN_SETTINGS = {"device": "device", "precision": "precision", "threads": "intra_op_threads"}
+
+
 def collect(root: Path, frameworks: list[str], models: list[str]) -> Results:
     r = Results(frameworks, models, read_json(root / "env.json", "env"))
     for cell in r.cells():
@@ -70,8 +75,7 @@ def collect(root: Path, frameworks: list[str], models: list[str]) -> Results:
         r.train[cell] = read(CellMetrics, read_json(d / "metrics.json", stage), d / "metrics.json", stage)
         r.run[cell] = _need(read_json(d / "run.json", stage), ["init_weights_sha256", "batch_order_sha256",
                                                              "layer_param_counts", "readback_weights_sha256",
-                                                             "eval_every", "batch_size", "device", "precision",
-                                                             "intra_op_threads"],
+                                                             "eval_every", "batch_size", *RUN_SETTINGS.values()],
                             d / "run.json", stage)
         r.seeds[cell] = read_tsv(d / "seeds.tsv", stage, ["seed", "test_acc", "reached", "time_to_target_s",
                                                          "steps_to_target"])

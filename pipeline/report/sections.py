@@ -17,7 +17,7 @@ from pipeline.measure import verdict
 from pipeline.records import Cell
 from pipeline.report import figures, render, scaling, speed
 from pipeline.report.headline import headline, time_to_target_blocks
-from pipeline.report.results import Results, history_rows, loader_rows, pair_label, pairs
+from pipeline.report.results import RUN_SETTINGS, Results, history_rows, loader_rows, pair_label, pairs
 
 
 def accuracy_verdicts(r: Results) -> list[str]:
@@ -32,9 +32,6 @@ def accuracy_verdicts(r: Results) -> list[str]:
     return out
 
 
-SETTINGS = {"device": "device", "precision": "precision", "threads": "intra_op_threads"}  # run.json keys compared
-
-
 def equivalence(r: Results) -> pd.DataFrame:
     rows = []
     for model, ca, cb in pairs(r):
@@ -46,8 +43,7 @@ def equivalence(r: Results) -> pd.DataFrame:
                      "weights read back unchanged": all(x["readback_weights_sha256"] == x["init_weights_sha256"]
                                                        for x in (ra, rb)),
                      "same batch order (SHA-256)": ra["batch_order_sha256"] == rb["batch_order_sha256"],
-                     # what each backend read back from its framework: the work ran on the same terms
-                     **{f"same {what}": ra[key] == rb[key] for what, key in SETTINGS.items()},
+                     **{f"same {what}": ra[key] == rb[key] for what, key in RUN_SETTINGS.items()},
                      "initial logits max abs diff": diff, "logits agree (<= 1e-4)": diff <= 1e-4})
     return pd.DataFrame(rows)
 
