@@ -51,9 +51,10 @@ def visible_devices() -> list[str] | None:
     return None if visible is None else [d.strip() for d in visible.split(",") if d.strip() not in ("", "-1")]
 
 
-def gpu_used(device: str | None) -> bool:
-    """Whether a run with params.yaml's `device` uses a GPU: `cuda` always; `auto` where one is visible."""
-    return device == "cuda" or (device == "auto" and gpu_count() > 0)
+def gpu_used(device: str | None, gpus: int | None = None) -> bool:
+    """Whether a run with params.yaml's `device` uses a GPU: `cuda` always; `auto` where one is visible (`gpus`, when
+    the caller counted them already; else gpu_count)."""
+    return device == "cuda" or (device == "auto" and (gpu_count() if gpus is None else gpus) > 0)
 
 
 def run_device(device: str) -> str:

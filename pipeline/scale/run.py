@@ -29,7 +29,7 @@ log = logging.getLogger("scale")
 def plan(p: Params, threads: int, gpus: int) -> list[str]:
     """The frameworks to launch. Workers on GPUs (device cuda, or auto where `gpus` are visible) get one device
     each, so a launch may not outnumber them; workers on the CPU share its threads, so each must get one."""
-    on_gpu = p.device == "cuda" or (p.device == "auto" and gpus > 0)
+    on_gpu = telemetry.gpu_used(p.device, gpus)
     top = max(p.scale.workers)
     if on_gpu and top > gpus:
         raise ParamsError(f"params.yaml: scale.workers: {top} workers need a GPU each, and {gpus} "
