@@ -106,3 +106,16 @@ def test_a_lazy_import_this_framework_version_lacks_is_skipped(monkeypatch):
     monkeypatch.setattr(numpy_backend.BACKEND, "LAZY_IMPORTS", ("pipeline.no_such_module", "colorsys"))
     zygote.preload("numpy")
     assert "colorsys" in sys.modules and "pipeline.no_such_module" not in sys.modules
+
+
+def test_a_forked_child_leaves_no_temporary_file_behind(prepared, tmp_path, monkeypatch):
+    # it exits without atexit handlers (they are the zygote's too), where TensorFlow deletes the sources autograph
+    # writes for each traced function: two per TensorFlow child were left in the temporary directory
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))  # the zygote's, and so its children's
+    pp = write_params(prepared / "params.yaml", **TINY)
+    with Zygotes(fork=True, gpu_visible=False) as via:
+        got = child.spawn(via, prepared / "prepared.npz", pp, "tensorflow", "round", 1, "round 1 tensorflow")
+        assert got[0].child_forked and got[0].status == "ok"
+        assert list(tmp.iterdir()) == []  # nor the child's own directory

@@ -24,6 +24,7 @@ import importlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -66,12 +67,19 @@ def serve(framework: str) -> None:
             req = json.loads(line)
             sys.stdout.flush()
             sys.stderr.flush()
+            # the child's temporary files go here, removed when it ends: it exits without running atexit handlers
+            # (they are the zygote's too), and TensorFlow deletes its autograph sources in one
+            tmp = tempfile.mkdtemp(prefix="mnist-bench-child-tmp-")
             with warnings.catch_warnings():  # Python warns of forking with threads: here only the idle pools
                 warnings.simplefilter("ignore", DeprecationWarning)  # the imports started; the child makes its own
                 pid = os.fork()
             if pid == 0:
+                tempfile.tempdir = os.environ["TMPDIR"] = tmp
                 _child(child.main, req, answers.fileno())
-            _, status = os.waitpid(pid, 0)
+            try:
+                _, status = os.waitpid(pid, 0)
+            finally:  # Ctrl-C reaches the zygote too: the directory goes either way
+                shutil.rmtree(tmp, ignore_errors=True)
             print(os.waitstatus_to_exitcode(status), file=answers)
 
 
