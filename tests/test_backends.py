@@ -95,7 +95,7 @@ def test_no_backend_module_holds_state(framework):
 
 
 FIX = {"torch": r"its CPU-only build is installed \(README \"Install\": TORCH_INDEX\)",
-       "tensorflow": r"requirements\.txt installs its CPU build; add its GPU one, "
+       "tensorflow": r"requirements\.txt gives it no CUDA libraries; add them, "
                      r"pip install 'tensorflow\[and-cuda\]==",
        "numpy": "it runs on the CPU only"}
 
@@ -113,6 +113,9 @@ def test_device_auto_is_one_device_for_the_whole_run_not_what_each_framework_fin
         backends.create(framework, 1, "auto", 0, "fp32")
     monkeypatch.setattr(telemetry, "gpu_count", lambda: 0)  # no GPU visible: auto is the CPU, for every framework
     assert backends.create(framework, 1, "auto", 0, "fp32").info["device"] == "cpu"
+    with pytest.raises(params.ParamsError, match=r"^params\.yaml: device: cuda, but no NVIDIA GPU is visible here "
+                                                 r"\(NVML, CUDA_VISIBLE_DEVICES\); set device: cpu or auto$"):
+        backends.create(framework, 1, "cuda", 0, "fp32")  # asked for, where there is none: said so, not a fix
 
 
 def test_both_frameworks_autotune_their_convolutions_as_tensorflow_does_by_default(monkeypatch):

@@ -156,7 +156,9 @@ def test_setup_sets_the_blas_threads_it_reports():
     assert backends.create("numpy", 2, "cpu", 0, "fp32").info["intra_op_threads"] == 2
 
 
-def test_cuda_is_refused_in_one_line():
+def test_cuda_is_refused_in_one_line(monkeypatch):
+    from pipeline.measure import telemetry
+    monkeypatch.setattr(telemetry, "gpu_count", lambda: 1)  # a GPU the numpy backend cannot use
     with pytest.raises(params.ParamsError, match=r"^params\.yaml: device: cuda, but the numpy backend sees no GPU: "
                                                  r"it runs on the CPU only; or set device: cpu$"):
         backends.create("numpy", 2, "cuda", 0, "fp32")

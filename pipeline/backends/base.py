@@ -21,6 +21,7 @@ from typing import Any, Callable, ClassVar, Iterator
 import numpy as np
 
 from pipeline.errors import ParamsError
+from pipeline.measure import telemetry
 from pipeline.measure import speedo
 from pipeline.measure.timing import repeat
 from pipeline.spec import ModelSpec, Optim
@@ -91,6 +92,9 @@ def refuse_no_gpu(device: str, framework: str, fix: str) -> None:
     """The run's device is CUDA (asked, or `auto` with a GPU visible to NVML: telemetry.run_device) and this
     framework sees no GPU. Every framework of a run uses one device, so it stops here, saying how to give it the
     GPU (`fix`), rather than be compared on the CPU with the others on the GPU."""
+    if device == "cuda" and not telemetry.gpu_count():
+        raise ParamsError("params.yaml: device: cuda, but no NVIDIA GPU is visible here (NVML, CUDA_VISIBLE_DEVICES); "
+                          "set device: cpu or auto")
     why = "device: cuda" if device == "cuda" else "device: auto is cuda on this machine (NVML sees a GPU)"
     raise ParamsError(f"params.yaml: {why}, but {framework} sees no GPU: {fix}; or set device: cpu")
 

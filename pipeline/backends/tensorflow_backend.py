@@ -38,8 +38,8 @@ class TensorFlowBackend(Backend):
         """Must run before TensorFlow executes anything in this process (its settings are process-wide)."""
         gpus, use = tf.config.list_physical_devices("GPU"), telemetry.run_device(device)
         if use == "cuda" and not gpus:  # one device for every framework of the run, not what each finds
-            refuse_no_gpu(device, "TensorFlow", "requirements.txt installs its CPU build; add its GPU one, pip "
-                          f"install 'tensorflow[and-cuda]=={tf.__version__}'")
+            refuse_no_gpu(device, "TensorFlow", "requirements.txt gives it no CUDA libraries; add them, pip install "
+                          f"'tensorflow[and-cuda]=={tf.__version__}'")
         self.device = "/GPU:0" if use == "cuda" else "/CPU:0"
         try:
             if threads:
