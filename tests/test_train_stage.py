@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -157,3 +160,19 @@ def test_the_first_seed_does_not_pay_the_process_one_off_costs(prepared, monkeyp
     run(prepared)
     seeds = pd.read_csv(prepared / "out" / "seeds.tsv", sep="\t")
     assert len(slowed) == 1 and seeds["train_time_s"][0] < 0.6
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to pin the stage to one")
+def test_threads_0_is_one_explicit_count_for_every_framework(prepared):
+    # 0 = all cores, resolved by the pipeline: left to each framework under a one-core affinity mask (containers,
+    # batch schedulers), PyTorch took 1 intra-op thread and TensorFlow reported 2
+    write_params(prepared / "params.yaml", **TINY | {"threads": 0})
+    got = {}
+    for fw in ("torch", "tensorflow"):
+        out = prepared / f"out-{fw}"
+        subprocess.run([sys.executable, "-m", "pipeline.stages.train", "--framework", fw, "--model", "mlp",
+                        "--data", str(prepared / "prepared.npz"), "--out", str(out), "--model-out",
+                        str(prepared / f"model-{fw}"), "--params", str(prepared / "params.yaml")],
+                       check=True, capture_output=True, preexec_fn=lambda: os.sched_setaffinity(0, {0}))
+        got[fw] = json.loads((out / "run.json").read_text())["intra_op_threads"]
+    assert got == {"torch": 1, "tensorflow": 1}

@@ -8,6 +8,7 @@ This file imports nothing else of the project, so params.py can name the framewo
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -18,8 +19,15 @@ LABEL = {"torch": "PyTorch", "tensorflow": "TensorFlow", "numpy": "NumPy"}
 SHORT = {"torch": "torch", "tensorflow": "tf", "numpy": "np"}  # for figure labels with little room
 
 
+def cpu_threads(threads: int) -> int:
+    """params.yaml's `threads`, 0 (all cores) resolved to the cores this process may use: one explicit count for
+    every framework. Each framework's own default for 0 differed: under a one-core affinity mask (containers, batch
+    schedulers) PyTorch took 1 intra-op thread, TensorFlow 2."""
+    return threads or len(os.sched_getaffinity(0))
+
+
 def create(framework: str, threads: int, device: str, seed: int, precision: str) -> Backend:
-    """The backend of `framework`, set up for this process (threads, device, seed, precision); imports only that
-    framework."""
+    """The backend of `framework`, set up for this process (threads, 0 = cpu_threads' all cores; device, seed,
+    precision); imports only that framework."""
     module = importlib.import_module(f"pipeline.backends.{framework}_backend")
-    return module.BACKEND(threads, device, seed, precision)
+    return module.BACKEND(cpu_threads(threads), device, seed, precision)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline import files, params
+from pipeline import backends, files, params
 from pipeline.data.prepare import load_prepared, prepared_meta
 from pipeline.errors import ChildError, ParamsError
 from pipeline.measure import child, speedo
@@ -106,7 +105,7 @@ def sweep(raw: dict, p: params.Params, meta: dict[str, np.ndarray], data: Path, 
     started `via` zygotes as the bench starts them."""
     flops = {m: net.flops_per_sample() for m, (net, _) in params.networks(
         p, tuple(prepared_meta(meta)["image_shape"]), len(meta["classes"])).items()}
-    threads = p.threads or len(os.sched_getaffinity(0))
+    threads = backends.cpu_threads(p.threads)
     rows = []
     for prec in precisions:
         path = write(overridden(raw, device=device, precision=prec, **{"bench.variants": variants}),

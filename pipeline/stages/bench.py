@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
-from pipeline import files, params
+from pipeline import backends, files, params
 from pipeline.data.prepare import load_prepared, prepared_meta
 from pipeline.measure import bench
 
@@ -25,7 +24,7 @@ def main(argv: list[str]) -> None:
     p = params.load(a.params)
     env = files.read_json(a.env, "env")
     raw = load_prepared(a.data)
-    threads = p.threads or len(os.sched_getaffinity(0))  # 0 = all cores, the same explicit count for all
+    threads = backends.cpu_threads(p.threads)
     records, metrics = bench.run(p, a.data, a.params, threads, tuple(prepared_meta(raw)["image_shape"]),
                                  len(raw["classes"]))
     files.write_json(a.out / "records.json", records | {"env": env})

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
-from pipeline import files, params
+from pipeline import backends, files, params
 from pipeline.scale import run
 
 
@@ -24,7 +23,7 @@ def main(argv: list[str]) -> None:
     a = ap.parse_args(argv)
     p = params.load(a.params)
     env = files.read_json(a.env, "env")
-    threads = p.threads or len(os.sched_getaffinity(0))  # 0 = all cores; each worker gets threads / workers
+    threads = backends.cpu_threads(p.threads)  # each worker gets threads / workers
     records, metrics = run.run(p, a.data, a.params, threads)
     files.write_json(a.out / "records.json", records | {"env": env})
     files.write_json(a.out / "metrics.json", metrics)  # last: its presence means records.json is there
