@@ -165,7 +165,7 @@ def test_the_first_seed_does_not_pay_the_process_one_off_costs(prepared, monkeyp
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to pin the stage to one")
 def test_threads_0_is_one_explicit_count_for_every_framework(prepared):
     # 0 = all cores, resolved by the pipeline: left to each framework under a one-core affinity mask (containers,
-    # batch schedulers), PyTorch took 1 intra-op thread and TensorFlow reported 2
+    # batch schedulers), the stage recorded 1 intra-op thread for PyTorch and 2 for TensorFlow
     write_params(prepared / "params.yaml", **TINY | {"threads": 0})
     got = {}
     for fw in ("torch", "tensorflow"):

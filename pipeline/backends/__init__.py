@@ -21,8 +21,8 @@ SHORT = {"torch": "torch", "tensorflow": "tf", "numpy": "np"}  # for figure labe
 
 def cpu_threads(threads: int) -> int:
     """params.yaml's `threads`, 0 (all cores) resolved to the cores this process may use: one explicit count for
-    every framework. Each framework's own default for 0 differed: under a one-core affinity mask (containers, batch
-    schedulers) PyTorch took 1 intra-op thread, TensorFlow 2."""
+    every framework. Left to each framework, 0 was its own default: under a one-core affinity mask (containers, batch
+    schedulers) the train stage recorded 1 intra-op thread for PyTorch and 2 for TensorFlow."""
     return threads or len(os.sched_getaffinity(0))
 
 
