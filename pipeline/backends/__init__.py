@@ -23,7 +23,7 @@ def cpu_threads(threads: int) -> int:
     """params.yaml's `threads`, 0 (all cores) resolved to the cores this process may use: one explicit count for
     every framework. Left to each framework, 0 was its own default: under a one-core affinity mask (containers, batch
     schedulers) the train stage recorded 1 intra-op thread for PyTorch and 2 for TensorFlow."""
-    return threads or len(os.sched_getaffinity(0))
+    return threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def create(framework: str, threads: int, device: str, seed: int, precision: str) -> Backend:
