@@ -15,10 +15,10 @@ from tests.conftest import ROOT, write_params
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 
-def interrupt(cmd: list[str], ready, timeout: float = 60) -> tuple[int, str, list[int]]:
+def interrupt(cmd: list[str], ready, timeout: float = 60, env: dict = ENV) -> tuple[int, str, list[int]]:
     """Start `cmd` as its own process group, wait until ready(process) holds, send SIGINT to the whole group (as a
     terminal's Ctrl-C does), and return (exit code, stderr, pids of the children it had)."""
-    p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
     proc, end = psutil.Process(p.pid), time.monotonic() + timeout
     while not ready(proc):
@@ -57,12 +57,16 @@ def test_ctrl_c_in_the_bench_is_one_line_no_orphan_and_the_old_results_stay(prep
         if proc.children() and "t" not in started:
             started["t"] = time.monotonic()
         return "t" in started and time.monotonic() - started["t"] > 3
-    code, err, children = interrupt(cmd, child_running)
+    tmp = prepared / "tmp"  # the bench's, its zygote's and its children's temporary directories
+    tmp.mkdir()
+    code, err, children = interrupt(cmd, child_running, env=ENV | {"TMPDIR": str(tmp)})
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 130, err[-3000:]
     assert lines[-1].startswith("interrupted: stage bench stopped by Ctrl-C; nothing half-written")
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert children and gone(children)
+    # a forked child's own directory too, though Ctrl-C ended its wait; PyTorch's compile cache is meant to stay
+    assert [d.name for d in tmp.iterdir() if not d.name.startswith("torchinductor_")] == []
     assert (out / "records.json").read_text() == '{"old": true}\n'
     assert sorted(p.name for p in out.iterdir()) == ["records.json"]  # no metrics.json, no temp file
 
