@@ -8,7 +8,6 @@ own constraints, so a rule and its message cannot drift apart).
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,7 +15,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from pipeline import spec
-from pipeline.backends import FRAMEWORKS
+from pipeline.backends import FRAMEWORKS, cpu_threads
 from pipeline.data.datasets import DATASETS
 from pipeline.errors import ParamsError
 from pipeline.measure import telemetry
@@ -156,7 +155,7 @@ def _auto_workers(value: Any) -> Any:
     """`auto`: no worker, then powers of two up to this machine's cores, and the core count itself."""
     if value != "auto":
         return value
-    cores = len(os.sched_getaffinity(0))
+    cores = cpu_threads(0)
     return sorted({0, cores} | {2 ** k for k in range(cores.bit_length()) if 2 ** k <= cores})
 
 

@@ -19,6 +19,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from pipeline import backends
+
 PACKAGES = ("torch", "tensorflow", "keras", "numpy", "threadpoolctl", "pandas", "scikit-learn", "dvc")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                "OPENBLAS_CORETYPE")
@@ -103,7 +105,7 @@ def fingerprint(threads: int, device: str) -> dict:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = backends.cpu_threads(0)  # the cores this process may use
     hw = {"cpu": cpu_model(), **cpu_identity(), "machine": platform.machine(), "cores_available": cores,
           "cores_total": os.cpu_count(), "ram_gb": ram_gb(), "gpus": gpus()}
     sw = {"os": platform.platform(), "python": sys.version.split()[0], "versions": versions, "blas": blas()}
@@ -112,5 +114,5 @@ def fingerprint(threads: int, device: str) -> dict:
     digest = hashlib.sha256(json.dumps(hw, sort_keys=True).encode()).hexdigest()[:8]
     name = os.environ.get("MNIST_BENCH_MACHINE") or f"{hw['cpu'].split()[0].lower()}-{cores}c-{digest}"
     return {"machine_name": name, "hardware_sha256_8": digest, **hw, **sw, "threads_param": threads,
-            "threads_used": threads or cores, "device_param": device,
+            "threads_used": backends.cpu_threads(threads), "device_param": device,
             "thread_env": {k: os.environ.get(k) for k in THREAD_VARS if os.environ.get(k) is not None}}
