@@ -95,10 +95,12 @@ def _worker(stage: psutil.Process, rank: int) -> psutil.Process | None:
 
 def _fault(prepared: Path, framework: str, sig: int, **over) -> tuple[int, str, list[int], Path]:
     """Start the stage, wait until worker 1 is measuring, send `sig` to it (SIGINT: to the stage's process group, as
-    a terminal's Ctrl-C does), and return (exit code, stderr, every pid the stage had under it, its out dir)."""
+    a terminal's Ctrl-C does), and return (exit code, stderr, every pid the stage had under it, its out dir). The
+    stage's temporary directory is prepared/tmp (see _no_temporary_files)."""
     cmd, out = _stage(prepared, framework, **over)
-    p = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    (prepared / "tmp").mkdir(exist_ok=True)
+    p = subprocess.Popen(cmd, cwd=ROOT, env=ENV | {"TMPDIR": str(prepared / "tmp")}, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
     stage, end = psutil.Process(p.pid), time.monotonic() + 120
     victim = None
     while "measuring" not in _phase(victim):
@@ -129,6 +131,12 @@ def _phase(worker: psutil.Process | None) -> str:
     return " ".join(f.read_text() for f in mine)
 
 
+def _no_temporary_files(prepared: Path) -> bool:
+    """What a killed worker could not delete (TensorFlow's autograph sources, torchrun's logs) went with the
+    launch's directory; PyTorch's compile cache is meant to stay."""
+    return [d.name for d in (prepared / "tmp").iterdir() if not d.name.startswith("torchinductor_")] == []
+
+
 def _gone(pids: list[int]) -> bool:
     return not [q for q in pids if psutil.pid_exists(q) and psutil.Process(q).status() != psutil.STATUS_ZOMBIE]
 
@@ -141,6 +149,7 @@ def test_a_killed_worker_ends_the_stage_in_one_line_naming_it_with_no_process_le
                           "worker stopped, nothing written (workers' output: "), err
     assert _gone(pids) and not out.exists()
     Path(err.strip().rsplit(": ", 1)[1].rstrip(")")).unlink()  # the kept output of the failed launch
+    assert _no_temporary_files(prepared)
 
 
 def test_a_hung_worker_is_named_when_the_timeout_ends_the_launch(prepared):
@@ -155,7 +164,7 @@ def test_ctrl_c_ends_the_stage_in_one_line_and_stops_every_worker(prepared):
     code, err, pids, out = _fault(prepared, "tensorflow", signal.SIGINT)
     assert code == 130 and err.strip() == ("interrupted: stage scale stopped by Ctrl-C; nothing half-written, its "
                                            "previous outputs are kept (run it again to finish)"), err
-    assert _gone(pids) and not out.exists()
+    assert _gone(pids) and not out.exists() and _no_temporary_files(prepared)
 
 
 def test_a_port_in_use_is_refused_in_one_line(prepared):

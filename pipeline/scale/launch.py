@@ -124,8 +124,11 @@ def launch(framework: str, workers: int, threads: int, models: list[str], data: 
             "--params", str(params_path), "--out", str(out), *extra]
     procs: list[subprocess.Popen] = []
     log = open(out / "workers.log", "w")
+    (out / "tmp").mkdir(exist_ok=True)
     try:
-        env = os.environ | {"OMP_NUM_THREADS": str(threads), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        # the workers' temporary files (TensorFlow's autograph sources, torchrun's logs) stay in the launch's
+        # directory, removed with it: a worker killed at a fault or the timeout never deletes its own
+        env = os.environ | {"OMP_NUM_THREADS": str(threads), "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(out / "tmp")}
         for cmd, more in commands(framework, workers, cfg.host, cfg.port, args):
             group = procs[0].pid if procs else 0  # one new process group: its own, then the first's
             procs.append(subprocess.Popen(cmd, env=env | more, stdout=log, stderr=subprocess.STDOUT,
