@@ -112,8 +112,9 @@ class Backend(ABC):
 
     @abstractmethod
     def __init__(self, threads: int, device: str, seed: int, precision: str):
-        """Threads (intra-op, 0 = the framework's default; inter-op 1), device, RNG and precision (fp32 | tf32 |
-        bf16, params.PRECISIONS), before anything runs; a precision the device cannot do is a ParamsError."""
+        """Threads (intra-op, 0 = the framework's own default, which backends.create never passes: it gives every
+        framework cpu_threads' one count; inter-op 1), device, RNG and precision (fp32 | tf32 | bf16,
+        params.PRECISIONS), before anything runs; a precision the device cannot do is a ParamsError."""
 
     @abstractmethod
     def reseed(self, seed: int) -> None:
