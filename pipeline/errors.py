@@ -17,5 +17,10 @@ class ChildError(RuntimeError):
     """A benchmark child process failed; the message names the child and ends with its last error line."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `timeout`, a scheduler stopping a job) raised where the process is, so that it stops as
+    Ctrl-C stops it: `finally` blocks end the child processes and remove temporary files, nothing is half-written."""
+
+
 class Unavailable(RuntimeError):
     """A benchmark variant this machine cannot run (CUDA graphs without a GPU): an `unsupported` row, not a bug."""

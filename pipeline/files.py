@@ -6,12 +6,13 @@ import errno
 import json
 import math
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from pipeline.errors import ChildError, DataError, ParamsError
+from pipeline.errors import ChildError, DataError, ParamsError, Terminated
 
 # OS errors that mean "this output cannot be written here"; others (a dropped connection while a download writes
 # into the temp file, say) keep their own handling upstream.
@@ -79,24 +80,35 @@ def read_json(path: str | Path, stage: str) -> Any:
 
 
 INTERRUPTED = 130  # the shell's exit status for a process ended by SIGINT (128 + 2)
+TERMINATED = 143  # and by SIGTERM (128 + 15)
+
+
+def _terminate(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop: a second SIGTERM must not cut the clean-up short
+    raise Terminated()
 
 
 def run(main: Callable[[list[str]], None], quiet_interrupt: bool = False) -> None:
     """Run a stage's main(); known input problems exit 2 with one line on stderr, no traceback; a failed
     benchmark child exits 1 with its one-line summary (its own traceback was already printed above); Ctrl-C exits
-    130 with one line naming the stage (`quiet_interrupt`: none, for a benchmark child whose bench says it). Every
-    output is written atomically, so an interrupted stage leaves each file as it was before."""
+    130 and SIGTERM 143, with one line naming the stage (`quiet_interrupt`: none, for a benchmark child whose bench
+    says it), after the same clean-up. Every output is written atomically, so an interrupted stage leaves each file
+    as it was before."""
     stage = Path(sys.argv[0]).stem
+    before = signal.signal(signal.SIGTERM, _terminate)
     try:
         main(sys.argv[1:])
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        how, code = ("SIGTERM", TERMINATED) if isinstance(e, Terminated) else ("Ctrl-C", INTERRUPTED)
         if not quiet_interrupt:
-            print(f"interrupted: stage {stage} stopped by Ctrl-C; nothing half-written, its previous outputs are "
+            print(f"interrupted: stage {stage} stopped by {how}; nothing half-written, its previous outputs are "
                   "kept (run it again to finish)", file=sys.stderr)
-        sys.exit(INTERRUPTED)
+        sys.exit(code)
     except (ParamsError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except ChildError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        signal.signal(signal.SIGTERM, before)

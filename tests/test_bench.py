@@ -350,13 +350,13 @@ def test_a_varied_setting_runs_as_extra_arms_paired_with_its_own_framework():
 
 
 def test_a_setting_arm_spawns_its_child_with_that_setting(monkeypatch):
-    import subprocess
+    from pipeline.measure import zygote
     seen = []
 
-    def fake_run(cmd, **kw):
+    def fake_fresh(cmd):
         seen.append(cmd)
-        return subprocess.CompletedProcess(cmd, 1, "", "boom")
-    monkeypatch.setattr(subprocess, "run", fake_run)
+        return 1, "", "boom"
+    monkeypatch.setattr(zygote, "_fresh", fake_fresh)
     with pytest.raises(ChildError):
         child.spawn(Zygotes(fork=False, gpu_visible=False), "d.npz", "p.yaml", "torch", "round", 2,
                     "round 1 torch@train.batch_size=256", 256)

@@ -1,5 +1,6 @@
-"""Ctrl-C: a real SIGINT to a running stage's process group ends it with one line and exit 130, leaves no child
-process behind, and keeps the stage's previous outputs whole."""
+"""Ctrl-C, a real SIGINT to a running stage's process group, ends it with one line and exit 130; SIGTERM to the
+stage alone (`kill`, `timeout`, a scheduler), with one line and exit 143. Either leaves no child process and no
+temporary file behind, and keeps the stage's previous outputs whole."""
 from __future__ import annotations
 
 import os
@@ -9,15 +10,18 @@ import sys
 import time
 
 import psutil
+import pytest
 
 from tests.conftest import ROOT, write_params
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
 
-def interrupt(cmd: list[str], ready, timeout: float = 60, env: dict = ENV) -> tuple[int, str, list[int]]:
+def interrupt(cmd: list[str], ready, timeout: float = 60, env: dict = ENV,
+              sig: int = signal.SIGINT) -> tuple[int, str, list[int]]:
     """Start `cmd` as its own process group, wait until ready(process) holds, send SIGINT to the whole group (as a
-    terminal's Ctrl-C does), and return (exit code, stderr, pids of the children it had)."""
+    terminal's Ctrl-C does) or SIGTERM to the stage's process alone, and return (exit code, stderr, pids of the
+    children it had)."""
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
     proc, end = psutil.Process(p.pid), time.monotonic() + timeout
@@ -26,7 +30,10 @@ def interrupt(cmd: list[str], ready, timeout: float = 60, env: dict = ENV) -> tu
         assert time.monotonic() < end, "never became ready"
         time.sleep(0.1)
     children = [c.pid for c in proc.children(recursive=True)]
-    os.killpg(p.pid, signal.SIGINT)
+    if sig == signal.SIGINT:
+        os.killpg(p.pid, signal.SIGINT)
+    else:
+        p.send_signal(sig)
     _, err = p.communicate(timeout=timeout)
     return p.returncode, err, children
 
@@ -41,10 +48,12 @@ def gone(pids: list[int]) -> bool:
     return False
 
 
-def test_ctrl_c_in_the_bench_is_one_line_no_orphan_and_the_old_results_stay(prepared):
+@pytest.mark.parametrize("sig, fork", [(signal.SIGINT, True), (signal.SIGTERM, True), (signal.SIGTERM, False)],
+                         ids=["ctrl-c", "sigterm-forked-child", "sigterm-new-child"])
+def test_an_interrupted_bench_is_one_line_no_orphan_and_the_old_results_stay(prepared, sig, fork):
     write_params(prepared / "params.yaml", **{"frameworks": ["torch"], "models": ["mlp"], "mlp.hidden": [8],
-                                             "threads": 1, "train.batch_size": 16, "bench.steps": 200,
-                                             "bench.repeats": 50, "bench.thread_counts": []})
+                                             "threads": 1, "train.batch_size": 16, "bench.steps": 5000,
+                                             "bench.repeats": 50, "bench.thread_counts": [], "bench.fork": fork})
     out = prepared / "bench"
     out.mkdir()
     (out / "records.json").write_text('{"old": true}\n')
@@ -59,13 +68,15 @@ def test_ctrl_c_in_the_bench_is_one_line_no_orphan_and_the_old_results_stay(prep
         return "t" in started and time.monotonic() - started["t"] > 3
     tmp = prepared / "tmp"  # the bench's, its zygote's and its children's temporary directories
     tmp.mkdir()
-    code, err, children = interrupt(cmd, child_running, env=ENV | {"TMPDIR": str(tmp)})
+    code, err, children = interrupt(cmd, child_running, env=ENV | {"TMPDIR": str(tmp)}, sig=sig)
     lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 130, err[-3000:]
-    assert lines[-1].startswith("interrupted: stage bench stopped by Ctrl-C; nothing half-written")
-    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    how = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}[sig]
+    assert code == 128 + sig, err[-3000:]
+    assert lines[-1].startswith(f"interrupted: stage bench stopped by {how}; nothing half-written")
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "Terminated" not in err
+    # the children too, though a SIGTERM reached the bench alone (Ctrl-C reaches the whole process group)
     assert children and gone(children)
-    # a forked child's own directory too, though Ctrl-C ended its wait; PyTorch's compile cache is meant to stay
+    # a forked child's own directory too, removed once the child has stopped; PyTorch's compile cache is meant to stay
     assert [d.name for d in tmp.iterdir() if not d.name.startswith("torchinductor_")] == []
     assert (out / "records.json").read_text() == '{"old": true}\n'
     assert sorted(p.name for p in out.iterdir()) == ["records.json"]  # no metrics.json, no temp file

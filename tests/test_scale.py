@@ -95,8 +95,8 @@ def _worker(stage: psutil.Process, rank: int) -> psutil.Process | None:
 
 def _fault(prepared: Path, framework: str, sig: int, **over) -> tuple[int, str, list[int], Path]:
     """Start the stage, wait until worker 1 is measuring, send `sig` to it (SIGINT: to the stage's process group, as
-    a terminal's Ctrl-C does), and return (exit code, stderr, every pid the stage had under it, its out dir). The
-    stage's temporary directory is prepared/tmp (see _no_temporary_files)."""
+    a terminal's Ctrl-C does; SIGTERM: to the stage alone, as `kill` does), and return (exit code, stderr, every pid
+    the stage had under it, its out dir). The stage's temporary directory is prepared/tmp (_no_temporary_files)."""
     cmd, out = _stage(prepared, framework, **over)
     (prepared / "tmp").mkdir(exist_ok=True)
     p = subprocess.Popen(cmd, cwd=ROOT, env=ENV | {"TMPDIR": str(prepared / "tmp")}, stdout=subprocess.PIPE,
@@ -111,6 +111,8 @@ def _fault(prepared: Path, framework: str, sig: int, **over) -> tuple[int, str, 
     time.sleep(1.0)  # inside the timed steps
     if sig == signal.SIGINT:
         os.killpg(p.pid, signal.SIGINT)
+    elif sig == signal.SIGTERM:
+        p.send_signal(sig)
     else:
         victim.send_signal(sig)
     _, err = p.communicate(timeout=120)
@@ -160,10 +162,15 @@ def test_a_hung_worker_is_named_when_the_timeout_ends_the_launch(prepared):
     Path(err.strip().rsplit(": ", 1)[1].rstrip(")")).unlink()
 
 
-def test_ctrl_c_ends_the_stage_in_one_line_and_stops_every_worker(prepared):
-    code, err, pids, out = _fault(prepared, "tensorflow", signal.SIGINT)
-    assert code == 130 and err.strip() == ("interrupted: stage scale stopped by Ctrl-C; nothing half-written, its "
-                                           "previous outputs are kept (run it again to finish)"), err
+@pytest.mark.parametrize("framework, sig", [("tensorflow", signal.SIGINT), ("torch", signal.SIGTERM)],
+                         ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_ends_the_stage_in_one_line_and_stops_every_worker(prepared, framework, sig):
+    # the workers have process groups of their own (torchrun's, a session each): none hears a signal to the stage's
+    code, err, pids, out = _fault(prepared, framework, sig)
+    how = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}[sig]
+    assert code == 128 + sig and err.strip() == (f"interrupted: stage scale stopped by {how}; nothing "
+                                                 "half-written, its previous outputs are kept (run it again to "
+                                                 "finish)"), err
     assert _gone(pids) and not out.exists() and _no_temporary_files(prepared)
 
 

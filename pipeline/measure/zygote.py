@@ -25,6 +25,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,9 @@ def serve(framework: str) -> None:
     """The zygote: import, say ready, then per request line fork a child and answer with its exit status."""
     with os.fdopen(os.dup(1), "w", buffering=1) as answers:  # the replies' own descriptor: whatever an
         os.dup2(2, 1)                                          # import or warning prints goes to stderr instead
+        # Ctrl-C reaches the children through the process group; the zygote waits for its child and is ended by
+        # its bench (stdin closed, or SIGTERM, which it passes on to the child: `_wait`)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         preload(framework)
         from pipeline.measure import child
         print(READY, file=answers)
@@ -74,13 +78,25 @@ def serve(framework: str) -> None:
                 warnings.simplefilter("ignore", DeprecationWarning)  # the imports started; the child makes its own
                 pid = os.fork()
             if pid == 0:
+                signal.signal(signal.SIGINT, signal.default_int_handler)  # the child stops at Ctrl-C
                 tempfile.tempdir = os.environ["TMPDIR"] = tmp
                 _child(child.main, req, answers.fileno())
             try:
-                _, status = os.waitpid(pid, 0)
-            finally:  # Ctrl-C reaches the zygote too: the directory goes either way
+                status = _wait(pid)
+            finally:  # the child has ended, whatever ended it: its directory goes
                 shutil.rmtree(tmp, ignore_errors=True)
             print(os.waitstatus_to_exitcode(status), file=answers)
+
+
+def _wait(pid: int) -> int:
+    """The child's wait status. SIGTERM to the zygote (files.run raises Terminated) is passed on to the child, and
+    the child is waited for before the zygote goes: no child outlives it."""
+    try:
+        return os.waitpid(pid, 0)[1]
+    except KeyboardInterrupt:
+        os.kill(pid, signal.SIGTERM)
+        os.waitpid(pid, 0)
+        raise
 
 
 def _child(main: Callable[[list[str]], None], req: dict, answers: int) -> None:
@@ -106,6 +122,23 @@ def _child(main: Callable[[list[str]], None], req: dict, answers: int) -> None:
         os._exit(code)
 
 
+def _fresh(cmd: list[str]) -> tuple[int, str, str]:
+    """Run a child started from nothing. Interrupted, the bench sends it SIGTERM (which may have reached the bench
+    alone) and waits for it to stop as a stage stops, its temporary files removed; one that hangs is killed."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        raise
+    return proc.returncode, out, err
+
+
 class Zygotes:
     """One bench run's way of starting children: forked from one zygote per framework (started when first
     needed, ended with the run), or a new interpreter each (`fork` false, or `forks` says no)."""
@@ -122,9 +155,7 @@ class Zygotes:
     def run(self, framework: str, argv: list[str]) -> tuple[int, str, str]:
         """Run `python -m pipeline.measure.child *argv` as a fresh process: (exit status, stdout, stderr)."""
         if not self.forked(framework):
-            out = subprocess.run([sys.executable, "-m", "pipeline.measure.child", *argv], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
-            return out.returncode, out.stdout, out.stderr
+            return _fresh([sys.executable, "-m", "pipeline.measure.child", *argv])
         proc = self.start(framework)
         out, err = self._dir / "stdout", self._dir / "stderr"
         proc.stdin.write(json.dumps({"argv": argv, "out": str(out), "err": str(err)}) + "\n")
@@ -150,12 +181,16 @@ class Zygotes:
                              "printed above")
         return proc
 
-    def close(self) -> None:
-        """End every zygote (its stdin closes, its loop ends) and remove the children's files."""
+    def close(self, stop: bool = False) -> None:
+        """End every zygote (its stdin closes, its loop ends) and remove the children's files. `stop`: the bench is
+        being interrupted, and a SIGTERM may have reached it alone: each zygote is sent one too, and stops its
+        child (Ctrl-C reached the child already)."""
         for proc in self._procs.values():
+            if stop and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
             try:
                 proc.stdin.close()
-            except OSError:  # it has ended already (Ctrl-C reached it too)
+            except OSError:  # it has ended already
                 pass
             try:
                 proc.wait(timeout=30)
@@ -169,8 +204,8 @@ class Zygotes:
     def __enter__(self) -> "Zygotes":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.close(stop=kind is not None and issubclass(kind, KeyboardInterrupt))
 
 
 def main(argv: list[str]) -> None:
@@ -180,4 +215,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    files.run(main, quiet_interrupt=True)  # Ctrl-C reaches the whole process group: the bench says it once
+    files.run(main, quiet_interrupt=True)  # the bench says it once
