@@ -18,8 +18,9 @@ class ChildError(RuntimeError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (`kill`, `timeout`, a scheduler stopping a job) raised where the process is, so that it stops as
-    Ctrl-C stops it: `finally` blocks end the child processes and remove temporary files, nothing is half-written."""
+    """SIGTERM or SIGHUP (`kill`, `timeout`, a scheduler stopping a job, a closed terminal; args[0]: the signal)
+    raised where the process is, so that it stops as Ctrl-C stops it: `finally` blocks end the child processes and
+    remove temporary files, nothing is half-written."""
 
 
 class Unavailable(RuntimeError):

@@ -79,31 +79,37 @@ def read_json(path: str | Path, stage: str) -> Any:
         raise DataError(f"{path}: malformed JSON (line {e.lineno}: {e.msg}); rerun `dvc repro {stage}`") from None
 
 
-INTERRUPTED = 130  # the shell's exit status for a process ended by SIGINT (128 + 2)
-TERMINATED = 143  # and by SIGTERM (128 + 15)
+# Requests to stop other than Ctrl-C: `kill`, `timeout`, a scheduler or CI ending the job (SIGTERM); the terminal
+# closing (SIGHUP)
+STOPS = (signal.SIGTERM, signal.SIGHUP)
 
 
-def _terminate(signum: int, frame: object) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop: a second SIGTERM must not cut the clean-up short
-    raise Terminated()
+def _stop(signum: int, frame: object) -> None:
+    for s in STOPS:
+        signal.signal(s, signal.SIG_IGN)  # one stop: a second request must not cut the clean-up short
+    raise Terminated(signum)
 
 
 def run(main: Callable[[list[str]], None], quiet_interrupt: bool = False) -> None:
     """Run a stage's main(); known input problems exit 2 with one line on stderr, no traceback; a failed
     benchmark child exits 1 with its one-line summary (its own traceback was already printed above); Ctrl-C exits
-    130 and SIGTERM 143, with one line naming the stage (`quiet_interrupt`: none, for a benchmark child whose bench
-    says it), after the same clean-up. Every output is written atomically, so an interrupted stage leaves each file
-    as it was before."""
+    130, SIGTERM 143 and SIGHUP 129 (128 + the signal), with one line naming the stage and the signal
+    (`quiet_interrupt`: none, for a benchmark child whose bench says it), after the same clean-up. Every output is
+    written atomically, so an interrupted stage leaves each file as it was before."""
     stage = Path(sys.argv[0]).stem
-    before = signal.signal(signal.SIGTERM, _terminate)
+    before = {s: signal.getsignal(s) for s in STOPS}
+    for s, handler in before.items():
+        if handler in (signal.SIG_DFL, _stop):  # one ignored on purpose (nohup ignores SIGHUP) stays ignored
+            signal.signal(s, _stop)
     try:
         main(sys.argv[1:])
     except KeyboardInterrupt as e:
-        how, code = ("SIGTERM", TERMINATED) if isinstance(e, Terminated) else ("Ctrl-C", INTERRUPTED)
+        sig = e.args[0] if isinstance(e, Terminated) else signal.SIGINT
         if not quiet_interrupt:
+            how = "Ctrl-C" if sig == signal.SIGINT else signal.Signals(sig).name
             print(f"interrupted: stage {stage} stopped by {how}; nothing half-written, its previous outputs are "
                   "kept (run it again to finish)", file=sys.stderr)
-        sys.exit(code)
+        sys.exit(128 + sig)
     except (ParamsError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -111,4 +117,5 @@ def run(main: Callable[[list[str]], None], quiet_interrupt: bool = False) -> Non
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for s, handler in before.items():
+            signal.signal(s, handler)

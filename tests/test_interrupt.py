@@ -95,3 +95,30 @@ def test_ctrl_c_during_training_is_one_line_and_writes_nothing(prepared):
     assert err.strip().splitlines()[-1].startswith("interrupted: stage train stopped by Ctrl-C")
     assert "Traceback" not in err
     assert not out.exists() or not any(out.iterdir())
+
+
+# A stage that says it is running, then waits: what files.run does with a signal, in a tenth of a second's start.
+WAITER = ("import sys, time\nsys.argv = ['waiter']\nfrom pipeline import files\n"
+          "files.run(lambda argv: (print('running', flush=True), time.sleep(60)))")
+
+
+def _waiter(ignore_hup: bool = False) -> subprocess.Popen:
+    hup = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignore_hup else None  # as nohup starts it
+    p = subprocess.Popen([sys.executable, "-c", WAITER], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, preexec_fn=hup)
+    assert p.stdout.readline() == "running\n"
+    return p
+
+
+def test_a_closed_terminal_stops_a_stage_in_one_line_unless_it_was_started_to_ignore_that():
+    p = _waiter()
+    p.send_signal(signal.SIGHUP)
+    assert p.wait(timeout=10) == 129
+    assert p.stderr.read().strip() == ("interrupted: stage waiter stopped by SIGHUP; nothing half-written, its "
+                                       "previous outputs are kept (run it again to finish)")
+    p = _waiter(ignore_hup=True)  # `nohup make repro`: the stage keeps running when the terminal goes
+    p.send_signal(signal.SIGHUP)
+    with pytest.raises(subprocess.TimeoutExpired):
+        p.wait(timeout=1)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=10) == 143 and "stopped by SIGTERM" in p.stderr.read()

@@ -81,6 +81,7 @@ def blocks(r: Results, figdir: Path) -> list[render.Block]:
                    "backward pass). Time to target (est.): the train stage's steps to target x the step time at N."))
     B += [("p", f"**{v['model']}, {v['workers']} worker{'s' * (v['workers'] > 1)}**: {v['text']}")
           for v in s["verdicts"]]
-    B.append(("img", figures.scaling(pd.DataFrame(s["table"]), figdir / "scaling.png", shared="cpu" in devices),
+    B.append(("img", figures.scaling(pd.DataFrame(s["table"]).replace({"framework": LABEL}), figdir / "scaling.png",
+                                     shared="cpu" in devices),
               "Training samples/s and efficiency against worker processes"))
     return B
