@@ -1,6 +1,7 @@
 """Ctrl-C, a real SIGINT to a running stage's process group, ends it with one line and exit 130; SIGTERM to the
-stage alone (`kill`, `timeout`, a scheduler), with one line and exit 143. Either leaves no child process and no
-temporary file behind, and keeps the stage's previous outputs whole."""
+stage alone (`kill`, `timeout`, a scheduler), with one line and exit 143; SIGHUP (a closed terminal) with exit 129,
+unless the stage was started to ignore it. Each leaves no child process and no temporary file behind, and keeps the
+stage's previous outputs whole."""
 from __future__ import annotations
 
 import os
