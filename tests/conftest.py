@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -24,6 +25,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # the answer a machine without one gives.
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer of a machine without a GPU")
+
+
+def with_signals(cmd: list[str], ignore: tuple[int, ...] = ()) -> list[str]:
+    """`cmd` started with SIGINT, SIGTERM and SIGHUP at their defaults (those in `ignore` ignored), whatever this
+    test run inherited: a runner started in the background ignores SIGINT, one under nohup SIGHUP, and a child
+    inherits that. The wrapper sets them and execs `cmd`, in the same process."""
+    code = ("import os, signal, sys\n"
+            "for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):\n"
+            f"    signal.signal(s, signal.SIG_IGN if s in {tuple(int(s) for s in ignore)!r} else signal.SIG_DFL)\n"
+            "os.execv(sys.argv[1], sys.argv[1:])")
+    return [sys.executable, "-c", code, *cmd]
 
 
 def raw_params(**overrides: Any) -> dict:

@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import ROOT, write_params
+from tests.conftest import ROOT, with_signals, write_params
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
@@ -23,8 +23,8 @@ def interrupt(cmd: list[str], ready, timeout: float = 60, env: dict = ENV,
     """Start `cmd` as its own process group, wait until ready(process) holds, send SIGINT to the whole group (as a
     terminal's Ctrl-C does) or SIGTERM to the stage's process alone, and return (exit code, stderr, pids of the
     children it had)."""
-    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         start_new_session=True)
+    p = subprocess.Popen(with_signals(cmd), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
     proc, end = psutil.Process(p.pid), time.monotonic() + timeout
     while not ready(proc):
         assert p.poll() is None, f"ended before it was interrupted: {p.communicate()[1][-2000:]}"
@@ -104,9 +104,8 @@ WAITER = ("import sys, time\nsys.argv = ['waiter']\nfrom pipeline import files\n
 
 
 def _waiter(ignore_hup: bool = False) -> subprocess.Popen:
-    hup = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignore_hup else None  # as nohup starts it
-    p = subprocess.Popen([sys.executable, "-c", WAITER], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, preexec_fn=hup)
+    cmd = with_signals([sys.executable, "-c", WAITER], ignore=(signal.SIGHUP,) if ignore_hup else ())  # as nohup
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stdout.readline() == "running\n"
     return p
 

@@ -19,7 +19,7 @@ from pipeline import params
 from pipeline.errors import ParamsError
 from pipeline.scale import launch, run
 from pipeline.spec import init_weights
-from tests.conftest import ROOT, raw_params, write_params
+from tests.conftest import ROOT, raw_params, with_signals, write_params
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
 
@@ -99,8 +99,8 @@ def _fault(prepared: Path, framework: str, sig: int, **over) -> tuple[int, str, 
     the stage had under it, its out dir). The stage's temporary directory is prepared/tmp (_no_temporary_files)."""
     cmd, out = _stage(prepared, framework, **over)
     (prepared / "tmp").mkdir(exist_ok=True)
-    p = subprocess.Popen(cmd, cwd=ROOT, env=ENV | {"TMPDIR": str(prepared / "tmp")}, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    p = subprocess.Popen(with_signals(cmd), cwd=ROOT, env=ENV | {"TMPDIR": str(prepared / "tmp")},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     stage, end = psutil.Process(p.pid), time.monotonic() + 120
     victim = None
     while "measuring" not in _phase(victim):

@@ -63,7 +63,7 @@ def serve(framework: str) -> None:
         os.dup2(2, 1)                                          # import or warning prints goes to stderr instead
         # Ctrl-C reaches the children through the process group; the zygote waits for its child and is ended by
         # its bench (stdin closed, or SIGTERM, which it passes on to the child: `_wait`)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        inherited = signal.signal(signal.SIGINT, signal.SIG_IGN)
         preload(framework)
         from pipeline.measure import child
         print(READY, file=answers)
@@ -78,7 +78,7 @@ def serve(framework: str) -> None:
                 warnings.simplefilter("ignore", DeprecationWarning)  # the imports started; the child makes its own
                 pid = os.fork()
             if pid == 0:
-                signal.signal(signal.SIGINT, signal.default_int_handler)  # the child stops at Ctrl-C
+                signal.signal(signal.SIGINT, inherited)  # the child stops at Ctrl-C (unless the bench ignores it)
                 tempfile.tempdir = os.environ["TMPDIR"] = tmp
                 _child(child.main, req, answers.fileno())
             try:
