@@ -122,3 +122,27 @@ def test_a_closed_terminal_stops_a_stage_in_one_line_unless_it_was_started_to_ig
         p.wait(timeout=1)
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=10) == 143 and "stopped by SIGTERM" in p.stderr.read()
+
+
+def test_an_interrupted_bench_gives_a_child_started_anew_sigterm_and_waits_for_its_clean_up(tmp_path):
+    from pipeline.measure import zygote
+    ready, cleaned = tmp_path / "ready", tmp_path / "cleaned"
+    script = ("import pathlib, sys, time\nfrom pipeline import files\n"
+              "def main(argv):\n    try:\n        pathlib.Path(argv[0]).touch()\n        time.sleep(60)\n"
+              "    finally:\n        pathlib.Path(argv[1]).write_text('clean-up ran')\n"
+              "files.run(main, quiet_interrupt=True)")
+
+    def interrupt_once_running(signum, frame):  # Ctrl-C or SIGTERM reaching the bench while its child runs
+        if not ready.exists():
+            signal.setitimer(signal.ITIMER_REAL, 0.1)
+            return
+        raise KeyboardInterrupt
+    before = signal.signal(signal.SIGALRM, interrupt_once_running)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(KeyboardInterrupt):
+            zygote._fresh(with_signals([sys.executable, "-c", script, str(ready), str(cleaned)]))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+    assert cleaned.read_text() == "clean-up ran"  # SIGTERM and a wait, not SIGKILL: its finally blocks ran
