@@ -180,8 +180,8 @@ def test_control_arm_is_the_first_framework_again():
     assert [(v["a"], v["b"], v["phase"]) for v in control] == [("torch", "torch*", "train"),
                                                                 ("torch", "torch*", "infer")]
     assert [v["ratio"] for v in verdicts] == [100 / 80, 1.0, 100 / 80, 1.0]
-    assert control[0]["text"].startswith("no clear difference (torch/torch again = 1.00x")
-    assert verdicts[0]["text"].startswith("torch is faster (torch/tensorflow = 1.25x")
+    assert control[0]["text"].startswith("no clear difference (PyTorch/PyTorch again = 1.00x")
+    assert verdicts[0]["text"].startswith("PyTorch is faster (PyTorch/TensorFlow = 1.25x")
 
 
 # --- one child's measurements -------------------------------------------------------------------------------------
@@ -315,7 +315,7 @@ def test_a_tripped_control_withholds_the_verdict_it_would_have_given():
     rows = rounds.run_rounds(run, ["torch", "tensorflow", "torch*"], rounds=6, max_drift=0.1)
     verdicts = bench.comparisons(rows, ["torch", "tensorflow"], ["mlp"], FAKE)
     train = {v["control"]: v for v in verdicts if v["phase"] == "train"}
-    assert train[True]["winner"] == "torch" and train[True]["text"].startswith("torch is faster")
+    assert train[True]["winner"] == "PyTorch" and train[True]["text"].startswith("PyTorch is faster")
     assert train[False]["winner"] is None
     assert train[False]["text"] == ("no verdict: the A/A control told identical runs apart (1.25x), so this run's "
                                     "noise is beyond what the rule can separate; measured ratio 1.25x")
@@ -343,9 +343,9 @@ def test_a_varied_setting_runs_as_extra_arms_paired_with_its_own_framework():
                                                                     {"train.batch_size": 128})}
     big = v[("torch@train.batch_size=256", "torch", "train")]
     assert big["ratio"] == pytest.approx(1.5) and big["setting"] == "torch@train.batch_size=256"
-    assert big["text"].startswith("torch at train.batch_size=256 is faster (torch at train.batch_size=256/torch at "
+    assert big["text"].startswith("PyTorch at train.batch_size=256 is faster (PyTorch at train.batch_size=256/PyTorch at "
                                   "train.batch_size=128 = 1.50x")
-    assert v[("torch", "tensorflow", "train")]["winner"] == "torch"  # the framework verdicts are unchanged
+    assert v[("torch", "tensorflow", "train")]["winner"] == "PyTorch"  # the framework verdicts are unchanged
     assert {c.framework for c in bench.per_cell(rows, {"mlp": 1000}, 200.0)} == {"torch", "tensorflow"}
 
 

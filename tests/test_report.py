@@ -167,7 +167,7 @@ def test_summary_has_the_numbers_and_noise_aware_wording(results):
     # one seed: the same steps to target, so the bench's interleaved per-step verdict carries the time-to-target one
     # both met the target at the evaluation of step 30: time ratio = 1 / the per-step ratio, [1/2, 1/2]
     assert ("**mlp**, PyTorch vs TensorFlow, time to target: PyTorch reaches the target faster: 30 vs 30 steps to "
-            "target, the same to within one evaluation (10 steps), and per step torch is faster (torch/tensorflow = "
+            "target, the same to within one evaluation (10 steps), and per step PyTorch is faster (PyTorch/TensorFlow = "
             "2.00x, 96.9% CI 2.00–2.00, 6 rounds); time PyTorch/TensorFlow in 0.50–0.50x") in md
     assert "**cnn**, PyTorch vs TensorFlow, time to target: no verdict: PyTorch and TensorFlow did not reach" in md
     # steps to target 30 x batch 128 / the bench's median rate (1,010 samples/s for torch mlp)
@@ -180,10 +180,10 @@ def test_summary_has_the_numbers_and_noise_aware_wording(results):
     # one seed: the wording is about these two trained models, and the winner is the one McNemar points to
     assert (f"**cnn**, PyTorch vs TensorFlow: these two trained models differ on the test set, PyTorch's is right more often (100.00% vs "
             f"85.00%; right only in PyTorch: 30, only in TensorFlow: 0; McNemar p = {p:.3g}; one seed)") in md
-    assert "**mlp train**, PyTorch vs TensorFlow: torch is faster (torch/tensorflow = 2.00x, 96.9% CI 2.00–2.00, 6 rounds)" in md
-    assert "**mlp infer**, PyTorch vs TensorFlow: no clear difference (torch/tensorflow = 1.00x" in md
-    assert "**mlp train**, PyTorch vs PyTorch again (A/A control): no clear difference (torch/torch again = 1.00x" in md
-    assert "**cnn train**, PyTorch vs TensorFlow: no clear difference (torch/tensorflow = 0.97x" in md  # 3% < the 5% minimum effect
+    assert "**mlp train**, PyTorch vs TensorFlow: PyTorch is faster (PyTorch/TensorFlow = 2.00x, 96.9% CI 2.00–2.00, 6 rounds)" in md
+    assert "**mlp infer**, PyTorch vs TensorFlow: no clear difference (PyTorch/TensorFlow = 1.00x" in md
+    assert "**mlp train**, PyTorch vs PyTorch again (A/A control): no clear difference (PyTorch/PyTorch again = 1.00x" in md
+    assert "**cnn train**, PyTorch vs TensorFlow: no clear difference (PyTorch/TensorFlow = 0.97x" in md  # 3% < the 5% minimum effect
     assert "Machine stability" in md and "No child saw the machine change speed" in md
     assert "unsupported here: RuntimeError: no compiler" in md
     assert "Not measured: PyTorch `fit` (mlp, cnn): Keras' own loop." in md
@@ -226,7 +226,7 @@ def test_figures_are_valid_images_and_html_is_self_contained(results):
     assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", html)
     assert "http://" not in html and "https://" not in html
     assert html.count("data:image/png;base64,") == len(figs)
-    assert "<table" in html and "torch is faster" in html
+    assert "<table" in html and "PyTorch is faster" in html
 
 
 def test_several_seeds_use_a_paired_test_over_seeds():
@@ -300,7 +300,7 @@ def test_steps_to_target_further_apart_than_one_evaluation_give_no_verdict_from_
     md = run_report(results)
     assert ("**mlp**, PyTorch vs TensorFlow, time to target: no verdict from one seed: 30 vs 300 steps to target, "
             "more than one evaluation (100 steps) apart") in md
-    assert "per step: torch is faster (torch/tensorflow = 2.00x" in md
+    assert "per step: PyTorch is faster (PyTorch/TensorFlow = 2.00x" in md
 
 
 def test_a_noisy_bench_says_so_in_the_first_lines_with_what_to_do(results):
@@ -342,8 +342,8 @@ def test_the_scaling_section_has_efficiency_verdicts_and_time_to_target_at_each_
                and "|         2 |" in line)
     assert "0.60x" in row and "0.30 [0.30–0.30]" in row  # 600 / 1000; 600 / (2 x 1000), paired per round
     assert "| 6.3 " in row  # 30 steps to target x 128 / 606 samples/s (the median over the jittered rounds)
-    assert "**mlp, 1 worker**: torch is faster" in sec and "**mlp, 2 workers**: no clear difference" not in sec
-    assert "**mlp, 2 workers**: tensorflow is faster" in sec  # 600 vs 640 per round: 0.94x, beyond 5%
+    assert "**mlp, 1 worker**: PyTorch is faster" in sec and "**mlp, 2 workers**: no clear difference" not in sec
+    assert "**mlp, 2 workers**: TensorFlow is faster" in sec  # 600 vs 640 per round: 0.94x, beyond 5%
     assert "PyTorch gloo, TensorFlow collective ring" in sec and "loopback TCP on one machine" in sec
     assert "the best speed-up is 1x" in sec  # on a CPU the workers split the cores: said why efficiency drops
     assert all("not reached" in line for line in sec.splitlines() if line.startswith("| ") and "| cnn " in line)

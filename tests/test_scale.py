@@ -207,8 +207,8 @@ def test_efficiency_is_paired_within_rounds_and_flagged_launches_are_left_out():
     assert t["torch", 2]["efficiency_ci_low"] == pytest.approx(0.75) and t["torch", 2]["rounds"] == 6
     assert t["torch", 1]["efficiency"] == 1.0 and t["tensorflow", 2]["comm_share"] == pytest.approx(0.2)
     v = {x["workers"]: x for x in verdicts}
-    assert v[1]["winner"] == "torch" and v[1]["ratio"] == pytest.approx(1.25)
-    assert v[2]["winner"] == "tensorflow" and v[2]["ratio"] == pytest.approx(150 / 160)
+    assert v[1]["winner"] == "PyTorch" and v[1]["ratio"] == pytest.approx(1.25)
+    assert v[2]["winner"] == "TensorFlow" and v[2]["ratio"] == pytest.approx(150 / 160)
 
 
 def test_worker_counts_must_split_the_batch_and_leave_each_worker_a_thread():

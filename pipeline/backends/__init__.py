@@ -19,6 +19,11 @@ LABEL = {"torch": "PyTorch", "tensorflow": "TensorFlow", "numpy": "NumPy"}
 SHORT = {"torch": "torch", "tensorflow": "tf", "numpy": "np"}  # for figure labels with little room
 
 
+def shown(framework: str) -> str:
+    """The name a reader sees: PyTorch for torch; a name that is no framework's, as it is."""
+    return LABEL.get(framework, framework)
+
+
 def cpu_threads(threads: int) -> int:
     """params.yaml's `threads`, 0 (all cores) resolved to the cores this process may use: one explicit count for
     every framework. Left to each framework, 0 was its own default: under a one-core affinity mask (containers, batch

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import params
+from pipeline.backends import shown
 from pipeline.measure import child, rounds, speedo, telemetry, verdict
 from pipeline.measure.stats import spread
 from pipeline.measure.zygote import Zygotes
@@ -38,7 +39,8 @@ def comparisons(rows: list[Measurement], frameworks: list[str], models: list[str
             for a, b in rounds.pairs(rounds.arms(frameworks, cfg.control) + settings):
                 control, setting = is_control(b), setting_of(a)
                 per_round = rounds.ratios(rows, a, b, model, phase)
-                name_a, name_b = framework_of(a), framework_of(b) + (" again" if control else "")
+                # the report's names (PyTorch, not torch): the verdict's text and winner are read as written
+                name_a, name_b = shown(framework_of(a)), shown(framework_of(b)) + (" again" if control else "")
                 if setting:
                     key, value = setting
                     name_a, name_b = f"{name_a} at {key}={value}", f"{name_b} at {key}={(own or {}).get(key, 'own')}"

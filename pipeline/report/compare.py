@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import files
-from pipeline.backends import LABEL
+from pipeline.backends import shown
 from pipeline.errors import DataError
 from pipeline.measure import rounds, verdict
 from pipeline.records import Cell, Measurement
@@ -109,7 +109,7 @@ def verdicts(found: list[exps.Exp], base: exps.Exp) -> pd.DataFrame:
                         "time to target": verdict.change(f"{e.name}/{base.name}", _reached(base, cell),
                                                          _reached(e, cell), min_effect, False, "seeds")}
                 for measure, v in said.items():
-                    out.append({"experiment": e.name, "baseline": base.name, "framework": LABEL.get(fw, fw),
+                    out.append({"experiment": e.name, "baseline": base.name, "framework": shown(fw),
                                 "model": model, "measure": measure, "ratio": v["ratio"], "ci_low": v["ci_low"],
                                 "ci_high": v["ci_high"], "cal_ratio": v.get("cal_ratio", np.nan),
                                 "cal_low": v.get("cal_low", np.nan), "cal_high": v.get("cal_high", np.nan),
@@ -198,8 +198,8 @@ def build(found: list[exps.Exp], skipped: list[exps.Skipped], base: exps.Exp,
                                                          for s in skipped]))]
     B += [("h2", "Experiments and machines"), ("table", machines)]
     if len(v):
-        shown = v.assign(ratio=_ratios(v.ratio, v.ci_low, v.ci_high),
-                         calibrated=_ratios(v.cal_ratio, v.cal_low, v.cal_high))
+        listed = v.assign(ratio=_ratios(v.ratio, v.ci_low, v.ci_high),
+                          calibrated=_ratios(v.cal_ratio, v.cal_low, v.cal_high))
         B += [("h2", f"Against the baseline `{base.name}`"),
               ("p", "Ratio = this experiment over the baseline, with its interval: per-round rates compared as two "
                     "independent samples (the experiments were not interleaved); calibrated: each rate over its own "
@@ -208,14 +208,14 @@ def build(found: list[exps.Exp], skipped: list[exps.Skipped], base: exps.Exp,
                     "raw and the calibrated rates agree. Time to target: seconds per seed that reached it (a ratio "
                     "below 1 is faster)."),
               *[("p", line) for line in gate_lines],
-              ("table", shown[["experiment", "framework", "model", "measure", "change", "ratio", "calibrated",
-                               "verdict"]])]
+              ("table", listed[["experiment", "framework", "model", "measure", "change", "ratio", "calibrated",
+                                "verdict"]])]
     B.append(("h2", "Headline metrics"))
     for metric, (label, _, higher) in HEADLINE.items():
         sub = rows[rows["metric"] == metric]
         if sub.empty:
             continue
-        sub = sub.assign(framework=sub["framework"].map(lambda f: LABEL.get(f, f)))
+        sub = sub.assign(framework=sub["framework"].map(shown))
         table = sub.assign(cell=[_cell(val, lo, hi) for val, lo, hi in zip(sub.value, sub.low, sub.high)],
                            model=sub["model"].fillna("—"))
         B += [("p", f"**{label}** ({'higher' if higher else 'lower'} is better): median [spread]"),

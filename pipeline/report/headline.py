@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.backends import LABEL
+from pipeline.backends import LABEL, shown
 from pipeline.measure import verdict
 from pipeline.records import Cell, CellMetrics
 from pipeline.report import figures
@@ -68,7 +68,7 @@ def time_to_target_verdict(r: Results, ca: Cell, cb: Cell) -> dict:
     per_step = next((v for v in r.bench["verdicts"] if v["model"] == ca.model and v["phase"] == "train"
                      and (v["a"], v["b"]) == (ca.framework, cb.framework)),
                     {"text": "no verdict (the bench did not compare them)", "winner": None})
-    per_step = per_step | {"winner": LABEL.get(per_step["winner"], per_step["winner"])}  # the bench says "torch"
+    per_step = per_step | {"winner": shown(per_step["winner"])}  # an older bench's records say "torch"
     return verdict.time_to_target(LABEL[ca.framework], LABEL[cb.framework], _window(r, ca), _window(r, cb),
                                   per_step) | {"how": "steps x bench"}
 
@@ -160,5 +160,5 @@ def metrics(r: Results) -> dict:
         for v in verdicts:
             if (v["model"], v["a"], v["b"]) == (model, ca.framework, cb.framework):
                 m |= {f"{pair}_{v['phase']}_ratio": v["ratio"],
-                      f"{pair}_{v['phase']}_winner": LABEL.get(v["winner"], v["winner"]) or "none"}
+                      f"{pair}_{v['phase']}_winner": shown(v["winner"]) or "none"}
     return {"headline": out}  # one namespace: `dvc exp show --keep 'headline\.'` finds every column

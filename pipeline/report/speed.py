@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.backends import LABEL
+from pipeline.backends import LABEL, shown
 from pipeline.measure import speedo
 from pipeline.records import BenchCell, Cell, Measurement, framework_of, infer_sizes, is_control, setting_of
 from pipeline.report import figures
@@ -81,7 +81,7 @@ def children_text(r: Results) -> str:
         wall, setup, calib, measuring = np.median([g[:4] for g in got], axis=0)
         how = "forked from a process that had imported it" if got[0][4] else "a new interpreter, imports included"
         where = f", {calib:.1f} s on the speedometer, {measuring:.1f} s measuring" if math.isfinite(calib) else ""
-        parts.append(f"{LABEL.get(fw, fw)} {wall:.1f} s: {setup:.1f} s before its first measurement{where} ({how})")
+        parts.append(f"{shown(fw)} {wall:.1f} s: {setup:.1f} s before its first measurement{where} ({how})")
     return f" A round child took (median): {'; '.join(parts)}." if parts else ""
 
 

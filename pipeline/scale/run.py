@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.backends import shown
 from pipeline.errors import ParamsError
 from pipeline.measure import speedo, telemetry, verdict
 from pipeline.measure.rounds import flag
@@ -103,7 +104,7 @@ def summary(rows: list[dict], frameworks: list[str], models: list[str], workers:
                 ra, rb = _rate(rows, a, model, n), _rate(rows, b, model, n)
                 ratios = [ra[r] / rb[r] for r in ra if r in rb]
                 verdicts.append({"model": model, "workers": n, "a": a, "b": b,
-                                 **verdict.speed(a, b, ratios, min_effect)})
+                                 **verdict.speed(shown(a), shown(b), ratios, min_effect)})
     return table, verdicts
 
 
