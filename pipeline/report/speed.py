@@ -204,7 +204,8 @@ def speed_blocks(r: Results, figdir: Path) -> list:
               "each process's own calibration (comparable across runs and machines). Both can pass 100% where "
               "convolution kernels beat the matmul. First step: tracing/compilation, timed apart."),
         *[("p", g) for g in gaps],
-        ("img", figures.rounds(b["verdicts"], bench_rows(r), b.get("flagged", []), figdir / "rounds.png"),
+        ("img", figures.rounds([v | {"a": _label(v["a"]), "b": _label(v["b"])} for v in b["verdicts"]],  # as the text
+                               bench_rows(r), b.get("flagged", []), figdir / "rounds.png"),
          "Left: each round's ratio (dots), its median and interval (bar). Right: the calibration GEMM before and "
          "after every child, in run order (red: flagged)"),
     ]
