@@ -343,8 +343,8 @@ def test_a_varied_setting_runs_as_extra_arms_paired_with_its_own_framework():
                                                                     {"train.batch_size": 128})}
     big = v[("torch@train.batch_size=256", "torch", "train")]
     assert big["ratio"] == pytest.approx(1.5) and big["setting"] == "torch@train.batch_size=256"
-    assert big["text"].startswith("PyTorch at train.batch_size=256 is faster (PyTorch at train.batch_size=256/PyTorch at "
-                                  "train.batch_size=128 = 1.50x")
+    assert big["text"].startswith("PyTorch at train.batch_size=256 is faster (PyTorch at train.batch_size=256/"
+                                  "PyTorch at train.batch_size=128 = 1.50x")
     assert v[("torch", "tensorflow", "train")]["winner"] == "PyTorch"  # the framework verdicts are unchanged
     assert {c.framework for c in bench.per_cell(rows, {"mlp": 1000}, 200.0)} == {"torch", "tensorflow"}
 

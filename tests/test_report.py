@@ -167,8 +167,8 @@ def test_summary_has_the_numbers_and_noise_aware_wording(results):
     # one seed: the same steps to target, so the bench's interleaved per-step verdict carries the time-to-target one
     # both met the target at the evaluation of step 30: time ratio = 1 / the per-step ratio, [1/2, 1/2]
     assert ("**mlp**, PyTorch vs TensorFlow, time to target: PyTorch reaches the target faster: 30 vs 30 steps to "
-            "target, the same to within one evaluation (10 steps), and per step PyTorch is faster (PyTorch/TensorFlow = "
-            "2.00x, 96.9% CI 2.00–2.00, 6 rounds); time PyTorch/TensorFlow in 0.50–0.50x") in md
+            "target, the same to within one evaluation (10 steps), and per step PyTorch is faster "
+            "(PyTorch/TensorFlow = 2.00x, 96.9% CI 2.00–2.00, 6 rounds); time PyTorch/TensorFlow in 0.50–0.50x") in md
     assert "**cnn**, PyTorch vs TensorFlow, time to target: no verdict: PyTorch and TensorFlow did not reach" in md
     # steps to target 30 x batch 128 / the bench's median rate (1,010 samples/s for torch mlp)
     assert "| 2.00               | 30                | 3.8                |" in md
@@ -180,10 +180,13 @@ def test_summary_has_the_numbers_and_noise_aware_wording(results):
     # one seed: the wording is about these two trained models, and the winner is the one McNemar points to
     assert (f"**cnn**, PyTorch vs TensorFlow: these two trained models differ on the test set, PyTorch's is right more often (100.00% vs "
             f"85.00%; right only in PyTorch: 30, only in TensorFlow: 0; McNemar p = {p:.3g}; one seed)") in md
-    assert "**mlp train**, PyTorch vs TensorFlow: PyTorch is faster (PyTorch/TensorFlow = 2.00x, 96.9% CI 2.00–2.00, 6 rounds)" in md
+    assert ("**mlp train**, PyTorch vs TensorFlow: PyTorch is faster (PyTorch/TensorFlow = 2.00x, 96.9% CI "
+            "2.00–2.00, 6 rounds)") in md
     assert "**mlp infer**, PyTorch vs TensorFlow: no clear difference (PyTorch/TensorFlow = 1.00x" in md
-    assert "**mlp train**, PyTorch vs PyTorch again (A/A control): no clear difference (PyTorch/PyTorch again = 1.00x" in md
-    assert "**cnn train**, PyTorch vs TensorFlow: no clear difference (PyTorch/TensorFlow = 0.97x" in md  # 3% < the 5% minimum effect
+    assert ("**mlp train**, PyTorch vs PyTorch again (A/A control): no clear difference (PyTorch/PyTorch again = "
+            "1.00x") in md
+    # 3% < the 5% minimum effect
+    assert "**cnn train**, PyTorch vs TensorFlow: no clear difference (PyTorch/TensorFlow = 0.97x" in md
     assert "Machine stability" in md and "No child saw the machine change speed" in md
     assert "unsupported here: RuntimeError: no compiler" in md
     assert "Not measured: PyTorch `fit` (mlp, cnn): Keras' own loop." in md

@@ -23,7 +23,7 @@ STEADY_CV_PCT = 5.0  # a speedometer this steady over the run (a third of GAP) c
 
 def _label(arm: str) -> str:
     setting = setting_of(arm)
-    return (LABEL.get(framework_of(arm), arm) + (" again" if is_control(arm) else "")
+    return (shown(framework_of(arm)) + (" again" if is_control(arm) else "")
             + (f" at {setting[0]}={setting[1]}" if setting else ""))
 
 
