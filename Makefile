@@ -10,16 +10,22 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: repro test compare gpu-check venv clean
 
-venv: $(VENV)/.installed
-
 # TORCH_INDEX picks the PyTorch build (README "Install"): https://download.pytorch.org/whl/cpu for the CPU-only
 # wheel (no CUDA packages can come with it), .../whl/cuNNN for a CUDA one; unset, pip's configured index decides.
 TORCH_INDEX ?=
 
-$(VENV)/.installed: requirements.txt
+# CUDA=1 adds TensorFlow's CUDA libraries (requirements-cuda.txt). Unset, it is 1 where the NVIDIA driver lists a
+# GPU (nvidia-smi -L): the driver through which `device: auto` picks the GPU (NVML) for every framework, so each of
+# them finds it. CUDA=0 leaves them out. Each choice has its own stamp: the first CUDA=1 run installs them.
+CUDA ?= $(if $(shell nvidia-smi -L 2>/dev/null | grep '^GPU '),1,0)
+REQS := requirements.txt $(if $(filter 1,$(CUDA)),requirements-cuda.txt)
+
+venv: $(VENV)/.installed$(if $(filter 1,$(CUDA)),-cuda)
+
+$(VENV)/.installed $(VENV)/.installed-cuda: $(REQS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
-		$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -r requirements.txt
+		$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) $(addprefix -r ,$(REQS))
 	touch $@
 
 repro: venv

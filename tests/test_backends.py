@@ -95,8 +95,8 @@ def test_no_backend_module_holds_state(framework):
 
 
 FIX = {"torch": r"its CPU-only build is installed \(README \"Install\": TORCH_INDEX\)",
-       "tensorflow": r"requirements\.txt gives it no CUDA libraries; add them, "
-                     r"pip install 'tensorflow\[and-cuda\]==",
+       "tensorflow": r"its CUDA libraries are not installed: make venv CUDA=1 \(requirements-cuda\.txt, README "
+                     r"\"Install\"\), or pip install 'tensorflow\[and-cuda\]==2\.21\.0'",
        "numpy": "it runs on the CPU only"}
 
 
@@ -116,6 +116,28 @@ def test_device_auto_is_one_device_for_the_whole_run_not_what_each_framework_fin
     with pytest.raises(params.ParamsError, match=r"^params\.yaml: device: cuda, but no NVIDIA GPU is visible here "
                                                  r"\(NVML, CUDA_VISIBLE_DEVICES\); set device: cpu or auto$"):
         backends.create(framework, 1, "cuda", 0, "fp32")  # asked for, where there is none: said so, not a fix
+
+
+def test_tensorflow_refused_a_gpu_says_whether_its_cuda_libraries_are_missing_or_did_not_load(monkeypatch):
+    # the same refusal has two causes on a GPU machine with two fixes: libraries never installed (install them),
+    # or installed and not loaded (TensorFlow's own log says why: most often a driver older than their CUDA)
+    import importlib.metadata
+    from pipeline.backends import tensorflow_backend as tfb
+    from pipeline.measure import telemetry
+    monkeypatch.setattr(telemetry, "gpu_count", lambda: 1)
+    real = importlib.metadata.version
+    for installed, said in ((False, r"are not installed: make venv CUDA=1"),
+                            (True, r"\(requirements-cuda\.txt\) are installed but did not load: "
+                                   r"TF_CPP_MIN_LOG_LEVEL=0")):
+        def version(name, installed=installed):
+            if name.endswith("-cu12"):
+                if installed:
+                    return "9.28.0.42"
+                raise importlib.metadata.PackageNotFoundError(name)
+            return real(name)
+        monkeypatch.setattr(importlib.metadata, "version", version)
+        with pytest.raises(params.ParamsError, match=rf"sees no GPU: its CUDA libraries {said}"):
+            tfb.TensorFlowBackend(1, "auto", 0, "fp32")
 
 
 def test_both_frameworks_autotune_their_convolutions_as_tensorflow_does_by_default(monkeypatch):

@@ -1,6 +1,7 @@
 """The contract in TensorFlow/Keras 3: a tf.function train step; XLA and Model.fit variants."""
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import time
 from pathlib import Path
@@ -18,6 +19,18 @@ from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_no_gpu, 
 from pipeline.measure import speedo, telemetry  # noqa: E402
 from pipeline.measure.timing import MAX_STEPS, lengthened  # noqa: E402
 from pipeline.spec import Act, Conv, Dense, Dropout, Flatten, ModelSpec, Optim, Pool  # noqa: E402
+
+
+def cuda_fix() -> str:
+    """How to give TensorFlow the GPU it does not see: its CUDA libraries are separate packages (requirements-cuda.txt,
+    which `make` installs where nvidia-smi lists a GPU), and once installed they can still fail to load."""
+    try:
+        importlib.metadata.version("nvidia-cudnn-cu12")
+    except importlib.metadata.PackageNotFoundError:
+        return ("its CUDA libraries are not installed: make venv CUDA=1 (requirements-cuda.txt, README \"Install\"), "
+                f"or pip install 'tensorflow[and-cuda]=={tf.__version__}'")
+    return ("its CUDA libraries (requirements-cuda.txt) are installed but did not load: TF_CPP_MIN_LOG_LEVEL=0 shows "
+            "TensorFlow's reason (a driver older than CUDA 12, for one)")
 
 
 class TensorFlowBackend(Backend):
@@ -38,8 +51,7 @@ class TensorFlowBackend(Backend):
         """Must run before TensorFlow executes anything in this process (its settings are process-wide)."""
         gpus, use = tf.config.list_physical_devices("GPU"), telemetry.run_device(device)
         if use == "cuda" and not gpus:  # one device for every framework of the run, not what each finds
-            refuse_no_gpu(device, "TensorFlow", "requirements.txt gives it no CUDA libraries; add them, pip install "
-                          f"'tensorflow[and-cuda]=={tf.__version__}'")
+            refuse_no_gpu(device, "TensorFlow", cuda_fix())
         self.device = "/GPU:0" if use == "cuda" else "/CPU:0"
         try:
             if threads:
