@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline import backends, spec as specs
-from pipeline.measure import speedo
+from pipeline.measure import speedo, telemetry
 from tests.conftest import cuda
 
 pytestmark = cuda
@@ -23,6 +23,14 @@ def test_on_a_gpu_the_speedometer_is_a_device_matmul_at_the_precision_in_use():
     assert fp32.speedometer().startswith("torch matmul 4096x4096 fp32 on ")
     assert bf16.speedometer().startswith("torch matmul 4096x4096 bf16 on ")
     assert bf16.calibrate(1) > fp32.calibrate(1) > 10 * speedo.gemm_gflops(1)  # a GPU, not the host
+
+
+def test_telemetry_names_and_reads_the_gpu_pytorch_computes_on():
+    # NVML's numbering is not CUDA's; the UUID is the one name both give the same GPU
+    props = torch.cuda.get_device_properties(0)
+    assert telemetry.used_name() == f"{props.name} (GPU-{props.uuid})"
+    got = telemetry.read()
+    assert got["sm_clock_mhz"] > 0 and got["memory_used_mb"] > 0
 
 
 def test_precision_is_set_and_read_back_on_the_gpu():

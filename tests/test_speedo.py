@@ -7,7 +7,7 @@ import types
 import pytest
 
 from pipeline import backends
-from pipeline.measure import speedo, telemetry
+from pipeline.measure import env, speedo, telemetry
 
 
 def test_burst_rate_counts_flops_per_second_and_syncs_every_call():
@@ -49,9 +49,68 @@ def test_telemetry_reads_nvml_in_the_units_it_names(monkeypatch):
     fake.nvmlDeviceGetPowerUsage = lambda h: 312_500  # milliwatts
     fake.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=3 * 2**30)
     monkeypatch.setitem(sys.modules, "pynvml", fake)
-    assert telemetry.read(0) == {"sm_clock_mhz": 1755.0, "temperature_c": 61.0, "power_w": 312.5,
+    assert telemetry.read() == {"sm_clock_mhz": 1755.0, "temperature_c": 61.0, "power_w": 312.5,
                                  "memory_used_mb": 3072.0}
     assert calls == ["init", "shutdown"]
+
+
+def fake_nvml(uuids: list[str]) -> types.ModuleType:
+    """NVML over GPUs in PCI bus order: GPU i has the UUID uuids[i] and an SM clock of 1000 + i MHz; its power reads
+    are not supported (as on some boards)."""
+    fake = types.ModuleType("pynvml")
+
+    class NVMLError(Exception):
+        pass
+    fake.NVMLError, fake.NVML_CLOCK_SM, fake.NVML_TEMPERATURE_GPU = NVMLError, 1, 0
+    fake.nvmlInit, fake.nvmlShutdown, fake.nvmlDeviceGetCount = (lambda: None), (lambda: None), (lambda: len(uuids))
+
+    def by_index(i):
+        if not 0 <= i < len(uuids):
+            raise NVMLError("Invalid Argument")
+        return i
+    fake.nvmlDeviceGetHandleByIndex = by_index
+    fake.nvmlDeviceGetHandleByUUID = lambda u: f"slice of {u}"
+    fake.nvmlDeviceGetUUID = lambda h: uuids[h].encode()  # bytes, as older bindings return
+    fake.nvmlDeviceGetName = lambda h: f"GPU model {h}"
+    fake.nvmlDeviceGetClockInfo = lambda h, kind: 1000 + h if isinstance(h, int) else fake_unsupported()
+    fake.nvmlDeviceGetTemperature = lambda h, kind: 50
+    fake.nvmlDeviceGetPowerUsage = lambda h: fake_unsupported()
+    fake.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=2**30)
+
+    def fake_unsupported():
+        raise NVMLError("Not Supported")
+    return fake
+
+
+@pytest.mark.parametrize("visible, clock", [(None, 1000), ("3,1", 1003), ("GPU-cc", 1002), ("GPU-dd9f,GPU-aa", 1003),
+                                            ("GPU-", None), ("GPU-ff", None), ("9", None), ("", None), ("-1", None)])
+def test_telemetry_reads_the_gpu_the_process_computes_on_not_nvmls_first(monkeypatch, visible, clock):
+    # NVML numbers GPUs in PCI bus order whatever CUDA_VISIBLE_DEVICES says: on a shared machine where this run
+    # was given GPU 3, NVML's GPU 0 is someone else's job, and its clock and temperature would be read as ours.
+    # An ambiguous or unknown UUID, an index past the last GPU, a list that hides every GPU: nothing is read.
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(["GPU-aa1", "GPU-bb2", "GPU-cc3", "GPU-dd9f"]))
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    got = telemetry.read()
+    if clock is None:
+        assert all(math.isnan(v) for v in got.values()) and telemetry.used_name() is None
+        return
+    # a figure the board does not report (power here) is NaN; the others are still read
+    assert got["sm_clock_mhz"] == clock and got["temperature_c"] == 50 and math.isnan(got["power_w"])
+    uuid = ["GPU-aa1", "GPU-bb2", "GPU-cc3", "GPU-dd9f"][clock - 1000]
+    assert telemetry.used_name() == f"GPU model {clock - 1000} ({uuid})"
+    # the env stage records it beside the machine's list of GPUs, for a run on the GPU only
+    assert env.fingerprint(1, "cuda")["gpu_used"] == telemetry.used_name()
+    assert env.fingerprint(1, "cpu")["gpu_used"] is None
+
+
+def test_telemetry_of_a_mig_slice_reads_what_the_slice_reports(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynvml", fake_nvml(["GPU-aa1"]))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-5c1e")
+    got = telemetry.read()  # its memory; clocks and power belong to the whole GPU and are not reported for a slice
+    assert got["memory_used_mb"] == 1024 and math.isnan(got["sm_clock_mhz"]) and math.isnan(got["power_w"])
 
 
 def test_the_gpus_a_process_may_use_follow_cuda_visible_devices(monkeypatch):

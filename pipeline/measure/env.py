@@ -20,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 from pipeline import backends
+from pipeline.measure import telemetry
 
 PACKAGES = ("torch", "tensorflow", "keras", "numpy", "threadpoolctl", "pandas", "scikit-learn", "dvc")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
@@ -115,4 +116,6 @@ def fingerprint(threads: int, device: str) -> dict:
     name = os.environ.get("MNIST_BENCH_MACHINE") or f"{hw['cpu'].split()[0].lower()}-{cores}c-{digest}"
     return {"machine_name": name, "hardware_sha256_8": digest, **hw, **sw, "threads_param": threads,
             "threads_used": backends.cpu_threads(threads), "device_param": device,
+            # which of the machine's GPUs the run computes on (CUDA_VISIBLE_DEVICES' first), not just that it has some
+            "gpu_used": telemetry.used_name() if telemetry.gpu_used(device) else None,
             "thread_env": {k: os.environ.get(k) for k in THREAD_VARS if os.environ.get(k) is not None}}

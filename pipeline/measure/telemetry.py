@@ -8,25 +8,80 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Any, Callable
 
 FIELDS = ("sm_clock_mhz", "temperature_c", "power_w", "memory_used_mb")
 
 
-def read(index: int = 0) -> dict[str, float]:
-    """The device's figures now, or NaN for each when NVML is not there (no driver, no GPU)."""
+def read() -> dict[str, float]:
+    """The figures of the GPU this process computes on (used_handle), or NaN for each when NVML is not there (no
+    driver, no GPU) or that GPU is not found; NaN for one the device does not report (power on some boards, clocks
+    of a MIG slice)."""
     try:
         import pynvml
         pynvml.nvmlInit()
     except Exception:  # noqa: BLE001  # no library, no driver: no telemetry on this machine, said by NaN
         return {k: math.nan for k in FIELDS}
     try:
-        h = pynvml.nvmlDeviceGetHandleByIndex(index)
-        return {"sm_clock_mhz": float(pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)),
-                "temperature_c": float(pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
-                "power_w": pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0,  # NVML reports milliwatts
-                "memory_used_mb": pynvml.nvmlDeviceGetMemoryInfo(h).used / 2**20}
+        h = used_handle(pynvml)
+        if h is None:
+            return {k: math.nan for k in FIELDS}
+        return {k: _figure(pynvml, fn) for k, fn in (
+            ("sm_clock_mhz", lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)),
+            ("temperature_c", lambda: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
+            ("power_w", lambda: pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0),  # NVML reports milliwatts
+            ("memory_used_mb", lambda: pynvml.nvmlDeviceGetMemoryInfo(h).used / 2**20))}
     finally:
         pynvml.nvmlShutdown()
+
+
+def _figure(pynvml: Any, fn: Callable[[], float]) -> float:
+    try:
+        return float(fn())
+    except pynvml.NVMLError:  # not supported by this device: absent, never made up
+        return math.nan
+
+
+def used_handle(pynvml: Any) -> Any | None:
+    """NVML's handle of the GPU this process's frameworks call cuda:0: the first entry of CUDA_VISIBLE_DEVICES (an
+    index, or a GPU-/MIG- UUID or a unique prefix of one, as CUDA reads it), else NVML's first; None where that
+    list hides every GPU or names none NVML knows. NVML ignores CUDA_VISIBLE_DEVICES and numbers the GPUs in PCI
+    bus order, so its index 0 on a shared machine is often another job's GPU. An index is NVML's where CUDA's order
+    is too: CUDA_DEVICE_ORDER=PCI_BUS_ID, or GPUs all of one model (CUDA puts the fastest first)."""
+    visible = visible_devices()
+    first = "0" if visible is None else next(iter(visible), None)
+    if first is None:
+        return None
+    try:
+        if first.isdigit():
+            return pynvml.nvmlDeviceGetHandleByIndex(int(first))
+        if first.startswith("MIG-"):
+            return pynvml.nvmlDeviceGetHandleByUUID(first)
+        matches = [h for h in map(pynvml.nvmlDeviceGetHandleByIndex, range(pynvml.nvmlDeviceGetCount()))
+                   if _text(pynvml.nvmlDeviceGetUUID(h)).startswith(first)]
+    except pynvml.NVMLError:  # an index past the last GPU, an unknown UUID: nothing to attribute
+        return None
+    return matches[0] if len(matches) == 1 else None
+
+
+def used_name() -> str | None:
+    """The name and UUID of the GPU this process computes on (used_handle), None without one."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001  # no library, no driver: no GPU
+        return None
+    try:
+        h = used_handle(pynvml)
+        return None if h is None else f"{_text(pynvml.nvmlDeviceGetName(h))} ({_text(pynvml.nvmlDeviceGetUUID(h))})"
+    except pynvml.NVMLError:
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _text(v: str | bytes) -> str:
+    return v.decode() if isinstance(v, bytes) else v  # older bindings return bytes
 
 
 def gpu_count() -> int:

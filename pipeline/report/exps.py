@@ -42,7 +42,7 @@ class Exp:
         """What tells machines apart in a comparison: the name set for it (else one made from its hardware), and its
         hardware."""
         e = self.env
-        gpus = ", ".join(e.get("gpus") or []) or "no GPU"
+        gpus = e.get("gpu_used") or ", ".join(e.get("gpus") or []) or "no GPU"  # the one used, where a run used one
         return f"{e.get('machine_name', '?')} ({e.get('cpu', '?')}, {e.get('cores_available', '?')} cores, {gpus})"
 
 
