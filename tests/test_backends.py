@@ -140,6 +140,24 @@ def test_tensorflow_refused_a_gpu_says_whether_its_cuda_libraries_are_missing_or
             tfb.TensorFlowBackend(1, "auto", 0, "fp32")
 
 
+def test_tensorflow_on_a_gpu_machine_starts_only_the_gpu_pytorch_uses_and_grows_its_memory(monkeypatch):
+    # TensorFlow's defaults start every visible GPU and reserve nearly all of their memory; PyTorch starts cuda:0
+    # and takes what it allocates. On an 8-GPU machine that is 7 GPUs (and other jobs' memory) taken for nothing.
+    import tensorflow as tf
+    from pipeline.backends import tensorflow_backend as tfb
+    from pipeline.measure import telemetry
+    gpus = [tf.config.PhysicalDevice(f"/physical_device:GPU:{i}", "GPU") for i in range(8)]
+    done = []
+    monkeypatch.setattr(telemetry, "gpu_count", lambda: 8)
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: gpus if kind == "GPU" else [])
+    monkeypatch.setattr(tf.config, "set_visible_devices", lambda d, kind=None: done.append(("visible", d, kind)))
+    monkeypatch.setattr(tf.config.experimental, "set_memory_growth", lambda d, on: done.append(("growth", d, on)))
+    monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda d: {"device_name": "NVIDIA H200"})
+    be = tfb.TensorFlowBackend(1, "auto", 0, "fp32")
+    assert be.device == "/GPU:0" and be.info["device"] == "NVIDIA H200"
+    assert done == [("visible", gpus[0], "GPU"), ("growth", gpus[0], True)]
+
+
 def test_both_frameworks_autotune_their_convolutions_as_tensorflow_does_by_default(monkeypatch):
     # PyTorch's default (cudnn.benchmark off: heuristic picks) against TensorFlow's (each algorithm timed once per
     # shape) would set a tuned CNN against an untuned one on a GPU; the environment cannot turn TensorFlow's off

@@ -54,6 +54,16 @@ class TensorFlowBackend(Backend):
             refuse_no_gpu(device, "TensorFlow", cuda_fix())
         self.device = "/GPU:0" if use == "cuda" else "/CPU:0"
         try:
+            if use == "cuda":
+                # the one GPU PyTorch computes on too (cuda:0: CUDA_VISIBLE_DEVICES' first). Left alone, TensorFlow
+                # starts every visible GPU and reserves nearly all of each one's memory; PyTorch takes what it
+                # allocates. Growth makes TensorFlow do the same, so NVML's memory in use compares, and a shared
+                # machine's other GPUs (and jobs) are left alone.
+                tf.config.set_visible_devices(gpus[0], "GPU")
+                tf.config.experimental.set_memory_growth(gpus[0], True)
+        except RuntimeError:  # TF already running in this process (tests): the first settings stay
+            pass
+        try:
             if threads:
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
             tf.config.threading.set_inter_op_parallelism_threads(1)  # like torch: ops run one after another
