@@ -15,9 +15,10 @@ export PYTHONUNBUFFERED := 1
 TORCH_INDEX ?=
 
 # CUDA=1 adds TensorFlow's CUDA libraries (requirements-cuda.txt). Unset, it is 1 where the NVIDIA driver lists a
-# GPU (nvidia-smi -L): the driver through which `device: auto` picks the GPU (NVML) for every framework, so each of
-# them finds it. CUDA=0 leaves them out. Each choice has its own stamp: the first CUDA=1 run installs them.
-CUDA ?= $(if $(shell nvidia-smi -L 2>/dev/null | grep '^GPU '),1,0)
+# GPU (nvidia-smi -L, given 20 s so that a hung driver cannot hang make): the driver through which `device: auto`
+# picks the GPU (NVML) for every framework, so each of them finds it. CUDA=0 leaves them out. Each choice has its
+# own stamp: the first CUDA=1 run installs them.
+CUDA ?= $(if $(shell timeout 20 nvidia-smi -L 2>/dev/null | grep '^GPU '),1,0)
 REQS := requirements.txt $(if $(filter 1,$(CUDA)),requirements-cuda.txt)
 
 venv: $(VENV)/.installed$(if $(filter 1,$(CUDA)),-cuda)
