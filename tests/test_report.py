@@ -321,6 +321,16 @@ def test_a_noisy_bench_says_so_in_the_first_lines_with_what_to_do(results):
     assert "**mlp** (PyTorch 10.0 s to 0.8, TensorFlow 12.5 s to 0.8): no verdict: 30 vs 30 steps" in head
 
 
+def test_a_gpu_machine_measured_on_its_cpu_says_so_first(results):
+    env = json.loads((results / "env.json").read_text())
+    assert "gpu_unseen" not in run_report(results)  # a CPU machine: no such line, and no empty row for it
+    unseen = "the NVIDIA driver lists 8 GPU(s) (/proc/driver/nvidia/gpus) but NVML cannot start (x); ..."
+    (results / "env.json").write_text(json.dumps(env | {"gpu_unseen": unseen, "gpu_used": None}))
+    md = run_report(results)
+    assert md.split("\n\n")[1] == f"**Measured on the CPU, not the GPU**: {unseen}."
+    assert "| gpu_unseen " in md and "gpu_used" not in md
+
+
 def test_headline_json_and_the_overlay_data_are_what_dvc_shows(results):
     run_report(results)
     h = json.loads((results / "headline.json").read_text())["headline"]

@@ -1,5 +1,6 @@
 """The speedometer: the CPU GEMM everywhere on a CPU, a device matmul on a GPU, and NVML telemetry only where
 there is a driver (NaN, never made up, elsewhere)."""
+import json
 import math
 import sys
 import types
@@ -111,6 +112,32 @@ def test_telemetry_of_a_mig_slice_reads_what_the_slice_reports(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "MIG-5c1e")
     got = telemetry.read()  # its memory; clocks and power belong to the whole GPU and are not reported for a slice
     assert got["memory_used_mb"] == 1024 and math.isnan(got["sm_clock_mhz"]) and math.isnan(got["power_w"])
+
+
+def test_a_gpu_the_driver_lists_and_nvml_cannot_reach_is_said_not_silently_the_cpu(monkeypatch, tmp_path, caplog):
+    # in a container without the driver's NVML library (or with one of another version) NVML cannot start, so
+    # `device: auto` is the CPU on a GPU machine: the env stage says so once, and env.json keeps it
+    from pipeline.stages import env as stage
+    driver = tmp_path / "gpus"
+    driver.mkdir()
+    fake = types.ModuleType("pynvml")
+    fake.nvmlInit = lambda: (_ for _ in ()).throw(OSError("libnvidia-ml.so.1: cannot open shared object file"))
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert telemetry.unseen_gpus(str(driver)) is None  # the driver lists none: a CPU machine, nothing to say
+    (driver / "0000:3b:00.0").mkdir()
+    said = telemetry.unseen_gpus(str(driver))
+    assert said.startswith("the NVIDIA driver lists 1 GPU(s) (") and "libnvidia-ml.so.1: cannot open" in said
+    assert said.endswith("device: auto is the CPU. Fix the driver's NVML library (nvidia-smi fails too), or set "
+                         "device: cuda")
+    assert telemetry.unseen_gpus(str(tmp_path / "absent")) is None  # no NVIDIA kernel driver at all
+    fake.nvmlInit, fake.nvmlShutdown = (lambda: None), (lambda: None)
+    assert telemetry.unseen_gpus(str(driver)) is None  # NVML starts: auto decides by it, nothing unseen
+    fake.nvmlInit = lambda: (_ for _ in ()).throw(OSError("libnvidia-ml.so.1: cannot open shared object file"))
+    monkeypatch.setattr(telemetry, "unseen_gpus", lambda: said)  # this machine's /proc lists no GPU
+    out = tmp_path / "env.json"
+    stage.main(["--out", str(out)])  # params.yaml's device: auto
+    assert json.loads(out.read_text())["gpu_unseen"] == said
+    assert [(r.name, r.levelname, r.message) for r in caplog.records] == [("env", "WARNING", said)]
 
 
 def test_the_gpus_a_process_may_use_follow_cuda_visible_devices(monkeypatch):

@@ -118,4 +118,5 @@ def fingerprint(threads: int, device: str) -> dict:
             "threads_used": backends.cpu_threads(threads), "device_param": device,
             # which of the machine's GPUs the run computes on (CUDA_VISIBLE_DEVICES' first), not just that it has some
             "gpu_used": telemetry.used_name() if telemetry.gpu_used(device) else None,
+            "gpu_unseen": telemetry.unseen_gpus() if device == "auto" else None,
             "thread_env": {k: os.environ.get(k) for k in THREAD_VARS if os.environ.get(k) is not None}}

@@ -100,6 +100,27 @@ def gpu_count() -> int:
     return n if visible is None else min(n, len(visible))
 
 
+def unseen_gpus(driver: str = "/proc/driver/nvidia/gpus") -> str | None:
+    """Why `device: auto` is the CPU on a machine whose kernel driver lists NVIDIA GPUs (`driver`: a directory per
+    GPU), when the reason is that NVML cannot start (library missing from the container, driver and library of
+    different versions); None where NVML starts or no GPU is there. Said once per run by the env stage: the run is
+    then measured on the CPU, and a GPU owner should know it before reading a figure."""
+    try:
+        listed = sorted(os.listdir(driver))
+    except OSError:
+        return None
+    if not listed:
+        return None
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+    except Exception as e:  # noqa: BLE001  # exactly the case to report, whatever NVML raised
+        return (f"the NVIDIA driver lists {len(listed)} GPU(s) ({driver}) but NVML cannot start ({e}); "
+                "device: auto is the CPU. Fix the driver's NVML library (nvidia-smi fails too), or set device: cuda")
+    pynvml.nvmlShutdown()
+    return None
+
+
 def visible_devices() -> list[str] | None:
     """The device ids CUDA_VISIBLE_DEVICES lists (empty: it hides every GPU), or None when it is not set."""
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -130,7 +130,9 @@ def headline(r: Results) -> list:
                   f"{withheld[0]['model']} {withheld[0]['phase']}, {withheld[0]['text']}). The machine was too "
                   "noisy for them: rerun the bench when it is calmer (`dvc repro -f -s bench`), or give it more "
                   f"rounds (`bench.max_s`, now {b['max_s']} s).")
-    return [("p", line) for line in lines] + [("p", noise)]
+    unseen = r.env.get("gpu_unseen")  # a GPU machine measured on its CPU: the first thing its owner must read
+    first = [("p", f"**Measured on the CPU, not the GPU**: {unseen}.")] if unseen else []
+    return first + [("p", line) for line in lines] + [("p", noise)]
 
 
 def _ttt(m: CellMetrics) -> str:

@@ -61,7 +61,7 @@ def class_balance(prepared: dict) -> str:
 
 
 def env_table(env: dict) -> pd.DataFrame:
-    flat = {k: v for k, v in env.items() if not isinstance(v, (dict, list))}
+    flat = {k: v for k, v in env.items() if not isinstance(v, (dict, list)) and v is not None}  # unset: no row
     for k, v in env.items():  # lists and maps on one line each: ISA extensions, caches, BLAS, GPUs
         if k not in ("versions", "thread_env") and isinstance(v, (dict, list)):
             flat[k] = ", ".join(f"{a} {b}" for a, b in v.items()) if isinstance(v, dict) else ", ".join(map(str, v))

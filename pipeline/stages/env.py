@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from pipeline import files, params
@@ -13,8 +14,12 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     p = params.load(a.params)
-    files.write_json(a.out, env.fingerprint(p.threads, p.device))
+    fp = env.fingerprint(p.threads, p.device)
+    if fp["gpu_unseen"]:
+        logging.getLogger("env").warning(fp["gpu_unseen"])
+    files.write_json(a.out, fp)
 
 
 if __name__ == "__main__":
