@@ -324,7 +324,7 @@ def test_a_noisy_bench_says_so_in_the_first_lines_with_what_to_do(results):
 def test_a_gpu_machine_measured_on_its_cpu_says_so_first(results):
     env = json.loads((results / "env.json").read_text())
     assert "gpu_unseen" not in run_report(results)  # a CPU machine: no such line, and no empty row for it
-    unseen = "the NVIDIA driver lists 8 GPU(s) (/proc/driver/nvidia/gpus) but NVML cannot start (x); ..."
+    unseen = "this process may use 8 NVIDIA GPU(s) (/dev/nvidia0) but NVML cannot start (x); ..."
     (results / "env.json").write_text(json.dumps(env | {"gpu_unseen": unseen, "gpu_used": None}))
     md = run_report(results)
     assert md.split("\n\n")[1] == f"**Measured on the CPU, not the GPU**: {unseen}."

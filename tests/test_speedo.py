@@ -114,26 +114,27 @@ def test_telemetry_of_a_mig_slice_reads_what_the_slice_reports(monkeypatch):
     assert got["memory_used_mb"] == 1024 and math.isnan(got["sm_clock_mhz"]) and math.isnan(got["power_w"])
 
 
-def test_a_gpu_the_driver_lists_and_nvml_cannot_reach_is_said_not_silently_the_cpu(monkeypatch, tmp_path, caplog):
-    # in a container without the driver's NVML library (or with one of another version) NVML cannot start, so
-    # `device: auto` is the CPU on a GPU machine: the env stage says so once, and env.json keeps it
+def test_a_gpu_given_to_the_process_that_nvml_cannot_reach_is_said_not_silently_the_cpu(monkeypatch, tmp_path, caplog):
+    # in a container given the GPUs without the driver's NVML library (or with one of another version) NVML cannot
+    # start, so `device: auto` is the CPU on a GPU machine: the env stage says so once, and env.json keeps it
     from pipeline.stages import env as stage
-    driver = tmp_path / "gpus"
-    driver.mkdir()
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    (dev / "nvidiactl").touch()  # the driver's control file: there on a GPU host, a GPU only with nvidia0 and on
     fake = types.ModuleType("pynvml")
     fake.nvmlInit = lambda: (_ for _ in ()).throw(OSError("libnvidia-ml.so.1: cannot open shared object file"))
     monkeypatch.setitem(sys.modules, "pynvml", fake)
-    assert telemetry.unseen_gpus(str(driver)) is None  # the driver lists none: a CPU machine, nothing to say
-    (driver / "0000:3b:00.0").mkdir()
-    said = telemetry.unseen_gpus(str(driver))
-    assert said.startswith("the NVIDIA driver lists 1 GPU(s) (") and "libnvidia-ml.so.1: cannot open" in said
+    assert telemetry.unseen_gpus(str(dev)) is None  # no GPU given to this process: a CPU machine, nothing to say
+    (dev / "nvidia0").touch()
+    said = telemetry.unseen_gpus(str(dev))
+    assert said.startswith(f"this process may use 1 NVIDIA GPU(s) ({dev}/nvidia0) but NVML cannot start (libnvidia-ml")
     assert said.endswith("device: auto is the CPU. Fix the driver's NVML library (nvidia-smi fails too), or set "
                          "device: cuda")
-    assert telemetry.unseen_gpus(str(tmp_path / "absent")) is None  # no NVIDIA kernel driver at all
+    assert telemetry.unseen_gpus(str(tmp_path / "absent")) is None
     fake.nvmlInit, fake.nvmlShutdown = (lambda: None), (lambda: None)
-    assert telemetry.unseen_gpus(str(driver)) is None  # NVML starts: auto decides by it, nothing unseen
+    assert telemetry.unseen_gpus(str(dev)) is None  # NVML starts: auto decides by it, nothing unseen
     fake.nvmlInit = lambda: (_ for _ in ()).throw(OSError("libnvidia-ml.so.1: cannot open shared object file"))
-    monkeypatch.setattr(telemetry, "unseen_gpus", lambda: said)  # this machine's /proc lists no GPU
+    monkeypatch.setattr(telemetry, "unseen_gpus", lambda: said)  # this machine has no /dev/nvidia0
     out = tmp_path / "env.json"
     stage.main(["--out", str(out)])  # params.yaml's device: auto
     assert json.loads(out.read_text())["gpu_unseen"] == said

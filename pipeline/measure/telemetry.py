@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import Any, Callable
 
 FIELDS = ("sm_clock_mhz", "temperature_c", "power_w", "memory_used_mb")
@@ -100,22 +101,23 @@ def gpu_count() -> int:
     return n if visible is None else min(n, len(visible))
 
 
-def unseen_gpus(driver: str = "/proc/driver/nvidia/gpus") -> str | None:
-    """Why `device: auto` is the CPU on a machine whose kernel driver lists NVIDIA GPUs (`driver`: a directory per
-    GPU), when the reason is that NVML cannot start (library missing from the container, driver and library of
-    different versions); None where NVML starts or no GPU is there. Said once per run by the env stage: the run is
-    then measured on the CPU, and a GPU owner should know it before reading a figure."""
+def unseen_gpus(dev: str = "/dev") -> str | None:
+    """Why `device: auto` is the CPU where this process was given NVIDIA GPUs (their device files, /dev/nvidia0 and
+    on), when the reason is that NVML cannot start (a container given the GPUs without the driver's NVML library, a
+    driver and library of different versions); None where NVML starts or no GPU was given. Device files, not the
+    driver's /proc listing, which a container without GPU access still sees. Said once per run by the env stage:
+    the run is then measured on the CPU, and a GPU owner should know it before reading a figure."""
     try:
-        listed = sorted(os.listdir(driver))
+        given = sorted(n for n in os.listdir(dev) if re.fullmatch(r"nvidia\d+", n))
     except OSError:
         return None
-    if not listed:
+    if not given:
         return None
     try:
         import pynvml
         pynvml.nvmlInit()
     except Exception as e:  # noqa: BLE001  # exactly the case to report, whatever NVML raised
-        return (f"the NVIDIA driver lists {len(listed)} GPU(s) ({driver}) but NVML cannot start ({e}); "
+        return (f"this process may use {len(given)} NVIDIA GPU(s) ({dev}/{given[0]}) but NVML cannot start ({e}); "
                 "device: auto is the CPU. Fix the driver's NVML library (nvidia-smi fails too), or set device: cuda")
     pynvml.nvmlShutdown()
     return None
