@@ -140,6 +140,30 @@ def test_tensorflow_refused_a_gpu_says_whether_its_cuda_libraries_are_missing_or
             tfb.TensorFlowBackend(1, "auto", 0, "fp32")
 
 
+def test_a_framework_built_for_a_newer_cuda_than_the_driver_runs_is_told_so(monkeypatch):
+    # PyPI's PyTorch 2.13.0 is built for CUDA 13; on a driver for CUDA 12 it finds no GPU, which is not a CPU build
+    # nor a missing GPU. A driver runs its own major version's every minor (minor-version compatibility).
+    import torch
+    from pipeline.backends import tensorflow_backend as tfb
+    from pipeline.measure import telemetry
+    monkeypatch.setattr(telemetry, "gpu_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    newer = (r"sees no GPU: its build for CUDA {} needs a driver for CUDA {}, and this one runs CUDA 12\.4 at most "
+             r"\(nvidia-smi\): update the driver, or install a build for CUDA 12 \(README \"Install\"\); or set "
+             r"device: cpu$")
+    for built, driver, said in (("13.0", (12, 4), newer.format(r"13\.0", 13)),
+                                ("12.8", (12, 4), r"sees no GPU: its CUDA 12\.8 build finds no device; or set"),
+                                ("13.0", None, r"sees no GPU: its CUDA 13\.0 build finds no device; or set")):
+        monkeypatch.setattr(torch.version, "cuda", built)
+        monkeypatch.setattr(telemetry, "driver_cuda", lambda driver=driver: driver)
+        with pytest.raises(params.ParamsError, match=said):
+            backends.create("torch", 1, "auto", 0, "fp32")
+    monkeypatch.setattr(telemetry, "driver_cuda", lambda: (11, 8))  # TensorFlow 2.21's CUDA 12 libraries
+    with pytest.raises(params.ParamsError, match=r"TensorFlow sees no GPU: its build for CUDA 12\.\d+\.\d+ needs a "
+                                                 r"driver for CUDA 12, and this one runs CUDA 11\.8 at most"):
+        tfb.TensorFlowBackend(1, "auto", 0, "fp32")
+
+
 def test_tensorflow_on_a_gpu_machine_starts_only_the_gpu_pytorch_uses_and_grows_its_memory(monkeypatch):
     # TensorFlow's defaults start every visible GPU and reserve nearly all of their memory; PyTorch starts cuda:0
     # and takes what it allocates. On an 8-GPU machine that is 7 GPUs (and other jobs' memory) taken for nothing.

@@ -141,6 +141,15 @@ def test_a_gpu_given_to_the_process_that_nvml_cannot_reach_is_said_not_silently_
     assert [(r.name, r.levelname, r.message) for r in caplog.records] == [("env", "WARNING", said)]
 
 
+def test_the_drivers_cuda_version_is_read_as_nvidia_smi_shows_it(monkeypatch):
+    fake = fake_nvml(["GPU-aa1"])
+    fake.nvmlSystemGetCudaDriverVersion = lambda: 12040
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    assert telemetry.driver_cuda() == (12, 4)
+    fake.nvmlInit = lambda: (_ for _ in ()).throw(OSError("NVML Shared Library Not Found"))
+    assert telemetry.driver_cuda() is None
+
+
 def test_the_gpus_a_process_may_use_follow_cuda_visible_devices(monkeypatch):
     fake = types.ModuleType("pynvml")
     fake.nvmlInit, fake.nvmlShutdown, fake.nvmlDeviceGetCount = (lambda: None), (lambda: None), (lambda: 8)

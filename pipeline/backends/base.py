@@ -88,13 +88,20 @@ def refuse_tf32_off_cuda(device: str) -> None:
                       "use fp32 or bf16")
 
 
-def refuse_no_gpu(device: str, framework: str, fix: str) -> None:
+def refuse_no_gpu(device: str, framework: str, fix: str, built_for: str | None = None) -> None:
     """The run's device is CUDA (asked, or `auto` with a GPU visible to NVML: telemetry.run_device) and this
     framework sees no GPU. Every framework of a run uses one device, so it stops here, saying how to give it the
-    GPU (`fix`), rather than be compared on the CPU with the others on the GPU."""
+    GPU (`fix`; or, where the framework was built for a newer CUDA, `built_for`, than the driver runs, that), rather
+    than be compared on the CPU with the others on the GPU."""
     if device == "cuda" and not telemetry.gpu_count():
         raise ParamsError("params.yaml: device: cuda, but no NVIDIA GPU is visible here (NVML, CUDA_VISIBLE_DEVICES); "
                           "set device: cpu or auto")
+    # a driver runs every CUDA of its major version and older (minor-version compatibility), nothing newer
+    driver = telemetry.driver_cuda() if built_for else None
+    if driver and driver[0] < int(built_for.split(".")[0]):
+        fix = (f"its build for CUDA {built_for} needs a driver for CUDA {built_for.split('.')[0]}, and this one runs "
+               f"CUDA {driver[0]}.{driver[1]} at most (nvidia-smi): update the driver, or install a build for CUDA "
+               f"{driver[0]} (README \"Install\")")
     why = "device: cuda" if device == "cuda" else "device: auto is cuda on this machine (NVML sees a GPU)"
     raise ParamsError(f"params.yaml: {why}, but {framework} sees no GPU: {fix}; or set device: cpu")
 

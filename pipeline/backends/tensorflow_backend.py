@@ -51,7 +51,7 @@ class TensorFlowBackend(Backend):
         """Must run before TensorFlow executes anything in this process (its settings are process-wide)."""
         gpus, use = tf.config.list_physical_devices("GPU"), telemetry.run_device(device)
         if use == "cuda" and not gpus:  # one device for every framework of the run, not what each finds
-            refuse_no_gpu(device, "TensorFlow", cuda_fix())
+            refuse_no_gpu(device, "TensorFlow", cuda_fix(), built_for=tf.sysconfig.get_build_info().get("cuda_version"))
         self.device = "/GPU:0" if use == "cuda" else "/CPU:0"
         try:
             if use == "cuda":

@@ -1,6 +1,7 @@
 """The contract in PyTorch: eager by default; torch.compile, channels_last, CUDA graphs."""
 from __future__ import annotations
 
+import contextlib
 import errno
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -38,14 +39,13 @@ class TorchBackend(Backend):
     def __init__(self, threads: int, device: str, seed: int, precision: str):
         if threads:
             torch.set_num_threads(threads)
-        try:
+        with contextlib.suppress(RuntimeError):  # already set in this process
             torch.set_num_interop_threads(1)  # like TF's inter-op pool: ops run one after another
-        except RuntimeError:  # already set in this process
-            pass
         use = telemetry.run_device(device)  # one device for every framework of the run, not what each finds
         if use == "cuda" and not torch.cuda.is_available():
             refuse_no_gpu(device, "PyTorch", "its CPU-only build is installed (README \"Install\": TORCH_INDEX)"
-                          if torch.version.cuda is None else f"its CUDA {torch.version.cuda} build finds no device")
+                          if torch.version.cuda is None else f"its CUDA {torch.version.cuda} build finds no device",
+                          built_for=torch.version.cuda)
         self.device = torch.device(use)
         if precision == "tf32" and self.device.type != "cuda":
             refuse_tf32_off_cuda(self.device.type)

@@ -101,6 +101,23 @@ def gpu_count() -> int:
     return n if visible is None else min(n, len(visible))
 
 
+def driver_cuda() -> tuple[int, int] | None:
+    """The newest CUDA (major, minor) the NVIDIA driver runs (nvidia-smi's "CUDA Version"), None without NVML: what
+    a framework's CUDA build must not exceed."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001  # no library, no driver
+        return None
+    try:
+        v = pynvml.nvmlSystemGetCudaDriverVersion()  # 12040 for 12.4
+        return v // 1000, v % 1000 // 10
+    except pynvml.NVMLError:
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+
+
 def unseen_gpus(dev: str = "/dev") -> str | None:
     """Why `device: auto` is the CPU where this process was given NVIDIA GPUs (their device files, /dev/nvidia0 and
     on), when the reason is that NVML cannot start (a container given the GPUs without the driver's NVML library, a
