@@ -106,6 +106,7 @@ class Measurement:
     gpu_temperature_c_after: float = math.nan
     gpu_power_w_after: float = math.nan
     gpu_memory_used_mb_after: float = math.nan
+    gpu_processes_after: float = math.nan  # compute processes on that GPU, the child's own included: > 1 = shared
     host_calib_before_gflops: float = math.nan  # on a GPU, the host's CPU GEMM too: a launch-bound step runs at
     host_calib_after_gflops: float = math.nan   # the host's pace, which the device's matmul does not see
     # the process that measured it

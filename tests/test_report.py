@@ -52,7 +52,11 @@ def bench_records(root, vary=(), gpu=False):
                 child_setup_s=2.5, child_forked=fw == "torch",  # on a GPU TensorFlow's children start anew
                 child_calib_s=0.6, measure_s={"mlp": 1.0, "cnn": 2.0}[model],
                 host_calib_before_gflops=150.0 if gpu else math.nan, host_calib_after_gflops=150.0 if gpu else math.nan,
-                train_mem_peak_mb=100.0 + batch if gpu else math.nan))
+                train_mem_peak_mb=100.0 + batch if gpu else math.nan,
+                # NVML at the child's end: PyTorch's round-3 child throttled, another job beside TensorFlow's round-2
+                gpu_sm_clock_mhz_after=(1500.0 if (arm, rd) == ("torch", 2) else 1980.0) if gpu else math.nan,
+                gpu_temperature_c_after=60.0 + (rd or 0) % 3 if gpu else math.nan, gpu_power_w_after=400.0 if gpu
+                else math.nan, gpu_processes_after=(2.0 if (arm, rd) == ("tensorflow", 1) else 1.0) if gpu else math.nan))
         return rows
     arms = rounds.arms(["torch", "tensorflow"], True, cfg.vary, cfg.vary_values, 128)
     rows = rounds.run_rounds(child, arms, cfg.rounds, cfg.max_drift)
@@ -413,10 +417,17 @@ def test_a_gpu_batch_size_sweep_shows_memory_and_the_thread_sweep_says_it_was_sk
             "speedometer, 3.0 s measuring (forked from a process that had imported it); TensorFlow 6.5 s: 2.5 s "
             "before its first measurement, 0.6 s on the speedometer, 3.0 s measuring (a new interpreter, imports "
             "included).") in stability
+    # the GPU's own state: a throttled child and a shared GPU are named, so their rates are read for what they are
+    assert (f"The GPU as each of {n} children ended (NVML): SM clock 1,980 MHz median [1,500–1,980], up to 62 °C, "
+            "400 W median. **1 child(ren) ended with the SM clock more than 10% under the median** (PyTorch in round "
+            "3): the GPU was held back") in stability
+    assert ("**The GPU was shared**: up to 1 other process(es) computed on it as 1 child(ren) ended (TensorFlow in "
+            "round 2); their rates are the share this run got.") in stability
     assert "infer samples/s" not in header  # inference does not vary with the training batch: its own table
     shutil.rmtree(results / "bench")
     bench_records(results)
-    assert "host's CPU GEMM" not in run_report(results)  # on a CPU the host's GEMM is the speedometer itself
+    md = run_report(results)
+    assert "host's CPU GEMM" not in md and "(NVML)" not in md  # on a CPU the host's GEMM is the speedometer itself
 
 
 def test_inference_is_shown_at_every_batch_size_measured(results):

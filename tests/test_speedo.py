@@ -49,10 +49,13 @@ def test_telemetry_reads_nvml_in_the_units_it_names(monkeypatch):
     fake.nvmlDeviceGetTemperature = lambda h, kind: 61
     fake.nvmlDeviceGetPowerUsage = lambda h: 312_500  # milliwatts
     fake.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=3 * 2**30)
+    fake.nvmlDeviceGetComputeRunningProcesses = lambda h: ["this child", "another job"]
     monkeypatch.setitem(sys.modules, "pynvml", fake)
     assert telemetry.read() == {"sm_clock_mhz": 1755.0, "temperature_c": 61.0, "power_w": 312.5,
-                                 "memory_used_mb": 3072.0}
+                                 "memory_used_mb": 3072.0, "processes": 2.0}
     assert calls == ["init", "shutdown"]
+    fake.nvmlDeviceGetComputeRunningProcesses = lambda h: []  # NVML sees no process, not even this one: unknown
+    assert math.isnan(telemetry.read()["processes"])
 
 
 def fake_nvml(uuids: list[str]) -> types.ModuleType:
@@ -77,6 +80,7 @@ def fake_nvml(uuids: list[str]) -> types.ModuleType:
     fake.nvmlDeviceGetTemperature = lambda h, kind: 50
     fake.nvmlDeviceGetPowerUsage = lambda h: fake_unsupported()
     fake.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=2**30)
+    fake.nvmlDeviceGetComputeRunningProcesses = lambda h: [h]
 
     def fake_unsupported():
         raise NVMLError("Not Supported")

@@ -150,7 +150,7 @@ def child(be: Backend, specs: dict[str, tuple[ModelSpec, Optim]], data: object, 
         if gpu:
             r.gpu_sm_clock_mhz_before, r.gpu_sm_clock_mhz_after = tel0["sm_clock_mhz"], tel1["sm_clock_mhz"]
             r.gpu_temperature_c_after, r.gpu_power_w_after = tel1["temperature_c"], tel1["power_w"]
-            r.gpu_memory_used_mb_after = tel1["memory_used_mb"]
+            r.gpu_memory_used_mb_after, r.gpu_processes_after = tel1["memory_used_mb"], tel1["processes"]
     return rows
 
 

@@ -11,7 +11,7 @@ import os
 import re
 from typing import Any, Callable
 
-FIELDS = ("sm_clock_mhz", "temperature_c", "power_w", "memory_used_mb")
+FIELDS = ("sm_clock_mhz", "temperature_c", "power_w", "memory_used_mb", "processes")
 
 
 def read() -> dict[str, float]:
@@ -31,7 +31,10 @@ def read() -> dict[str, float]:
             ("sm_clock_mhz", lambda: pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)),
             ("temperature_c", lambda: pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU)),
             ("power_w", lambda: pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0),  # NVML reports milliwatts
-            ("memory_used_mb", lambda: pynvml.nvmlDeviceGetMemoryInfo(h).used / 2**20))}
+            ("memory_used_mb", lambda: pynvml.nvmlDeviceGetMemoryInfo(h).used / 2**20),
+            # compute processes on it, this one included once it computes: more is a shared GPU. None seen means
+            # NVML cannot see them (a container's own process numbers): unknown, not zero
+            ("processes", lambda: len(pynvml.nvmlDeviceGetComputeRunningProcesses(h)) or math.nan))}
     finally:
         pynvml.nvmlShutdown()
 

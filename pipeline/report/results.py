@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 
 from pipeline import records
-from pipeline.backends import LABEL
+from pipeline.backends import LABEL, shown
 from pipeline.errors import DataError
 from pipeline.files import read_json
-from pipeline.records import PHASES, BenchCell, Cell, CellMetrics, Measurement, read
+from pipeline.records import (PHASES, BenchCell, Cell, CellMetrics, Measurement, framework_of, is_control, read,
+                              setting_of)
 
 
 @dataclass
@@ -209,3 +210,19 @@ def pairs(r: Results) -> list[tuple[str, Cell, Cell]]:
 def pair_label(ca: Cell, cb: Cell) -> str:
     """"PyTorch vs TensorFlow": how a comparison is named in the report."""
     return f"{LABEL[ca.framework]} vs {LABEL[cb.framework]}"
+
+
+def arm_label(arm: str) -> str:
+    """An arm as the report names it: the framework as readers know it, `again` for the A/A control, a setting arm's
+    value."""
+    setting = setting_of(arm)
+    return (shown(framework_of(arm)) + (" again" if is_control(arm) else "")
+            + (f" at {setting[0]}={setting[1]}" if setting else ""))
+
+
+def children(rows: list[Measurement]) -> dict[tuple, list[Measurement]]:
+    """The rows of each child (kind, round, arm): one process, whose time and readings its rows share."""
+    out: dict[tuple, list[Measurement]] = {}
+    for m in rows:
+        out.setdefault((m.kind, m.round, m.arm), []).append(m)
+    return out

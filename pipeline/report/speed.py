@@ -13,18 +13,13 @@ import pandas as pd
 
 from pipeline.backends import LABEL, shown
 from pipeline.measure import speedo
-from pipeline.records import BenchCell, Cell, Measurement, framework_of, infer_sizes, is_control, setting_of
+from pipeline.records import BenchCell, Cell, framework_of, infer_sizes, is_control, setting_of
 from pipeline.report import figures
-from pipeline.report.results import Results, bench_rows, gpus
+from pipeline.report.device import gpu_state_text
+from pipeline.report.results import Results, arm_label, bench_rows, children, gpus
 
 GAP = 0.15  # a train-stage rate this far from the bench's gets an explanation
 STEADY_CV_PCT = 5.0  # a speedometer this steady over the run (a third of GAP) cannot explain a GAP-sized difference
-
-
-def _label(arm: str) -> str:
-    setting = setting_of(arm)
-    return (shown(framework_of(arm)) + (" again" if is_control(arm) else "")
-            + (f" at {setting[0]}={setting[1]}" if setting else ""))
 
 
 def _spread(c: BenchCell, phase: str) -> str:
@@ -49,21 +44,14 @@ def stability_text(r: Results) -> str:
         text += (f"The host's CPU GEMM, read beside it (a launch-bound GPU step runs at the host's pace, which the "
                  f"device's matmul does not see; not used to flag children): {h['gflops_median']:,.0f} GFLOP/s "
                  f"median, CV {h['cv_pct']:.1f}% over {h['n']} readings. ")
+    text += gpu_state_text(r)
     if flagged:
-        where = ", ".join(f"{_label(f['arm'])} in round {f['round'] + 1}" for f in flagged)
+        where = ", ".join(f"{arm_label(f['arm'])} in round {f['round'] + 1}" for f in flagged)
         text += (f"{len(flagged)} round child(ren) saw the machine change speed during their measurement "
                  f"({where}); those rounds are left out of the verdicts that involve them.")
     else:
         text += "No child saw the machine change speed during its measurement."
     return text + children_text(r)
-
-
-def children(rows: list[Measurement]) -> dict[tuple, list[Measurement]]:
-    """The rows of each child (kind, round, arm): one process, whose time and readings its rows share."""
-    out: dict[tuple, list[Measurement]] = {}
-    for m in rows:
-        out.setdefault((m.kind, m.round, m.arm), []).append(m)
-    return out
 
 
 def children_text(r: Results) -> str:
@@ -169,10 +157,10 @@ def speed_blocks(r: Results, figdir: Path) -> list:
         "latency p50/p95/p99 ms": "/".join(f"{v:.3g}" for v in (c.latency_ms_p50, c.latency_ms_p95,
                                                                  c.latency_ms_p99)),
         "first step s": c.first_step_s} for c in cells])
-    lines = [f"**{v['model']} {v['phase']}**, {_label(v['a'])} vs {_label(v['b'])}"
+    lines = [f"**{v['model']} {v['phase']}**, {arm_label(v['a'])} vs {arm_label(v['b'])}"
              f"{' (A/A control)' if v['control'] else ''}: {v['text']}" for v in b["verdicts"]
              if not v.get("setting")]
-    settings = [f"**{v['model']} {v['phase']}**, {_label(v['a'])} vs its params' value: {v['text']}"
+    settings = [f"**{v['model']} {v['phase']}**, {arm_label(v['a'])} vs its params' value: {v['text']}"
                 for v in b["verdicts"] if v.get("setting")]
     if settings:  # bench.vary: another value of one step setting, as extra arms of the same rounds
         lines += ["**Settings, interleaved** (`bench.vary`): each framework at another value of one setting ran "
@@ -204,7 +192,7 @@ def speed_blocks(r: Results, figdir: Path) -> list:
               "each process's own calibration (comparable across runs and machines). Both can pass 100% where "
               "convolution kernels beat the matmul. First step: tracing/compilation, timed apart."),
         *[("p", g) for g in gaps],
-        ("img", figures.rounds([v | {"a": _label(v["a"]), "b": _label(v["b"])} for v in b["verdicts"]],  # as the text
+        ("img", figures.rounds([v | {"a": arm_label(v["a"]), "b": arm_label(v["b"])} for v in b["verdicts"]],  # as the text
                                bench_rows(r), b.get("flagged", []), figdir / "rounds.png"),
          "Left: each round's ratio (dots), its median and interval (bar). Right: the calibration GEMM before and "
          "after every child, in run order (red: flagged)"),
