@@ -76,3 +76,14 @@ def test_no_train_runs_the_sweep_alone(prepared, monkeypatch, capsys):
                    "--precisions", "fp32", "--batch-sizes", "8,16"])
     assert ran == [("torch", "variants", 8), ("torch", "variants", 16)]
     assert "not run (--no-train)" in capsys.readouterr().out
+
+
+def test_a_shared_gpu_is_said_under_the_sweep():
+    # another job on the same GPU takes its share of every figure: the survey says so, as the report does
+    from pipeline.records import Measurement
+    rows = [gpucheck.point(Measurement(m, "eager", status="unsupported", reason="stub", framework="torch",
+                                       device="NVIDIA H200", gpu_processes_after=n), "bf16", 512, {"mlp": 1, "cnn": 1})
+            for m, n in (("mlp", 1.0), ("cnn", 3.0))]
+    assert "Shared GPU: other processes computed on it as 1 of 2 rows' children ended" in gpucheck.summary([], rows)
+    rows[1]["gpu_processes"] = float("nan")  # NVML could not see the processes: unknown, not shared
+    assert "Shared GPU" not in gpucheck.summary([], rows)

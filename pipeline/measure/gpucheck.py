@@ -93,8 +93,8 @@ def point(m: Measurement, precision: str, batch: int, flops: dict[str, int]) -> 
             "infer_samples_per_s": m.rate("infer") if ok else float("nan"),
             "pct_of_device": speedo.share_pct(train, "train", flops[m.model], calib),
             "speedometer_gflops": calib, "mem_peak_mb": m.train_mem_peak_mb, "first_step_s": m.first_step_s,
-            "sm_clock_mhz": m.gpu_sm_clock_mhz_after, "child_wall_s": m.child_wall_s,
-            "child_setup_s": m.child_setup_s, "device": m.device, "status": m.status,
+            "sm_clock_mhz": m.gpu_sm_clock_mhz_after, "gpu_processes": m.gpu_processes_after,
+            "child_wall_s": m.child_wall_s, "child_setup_s": m.child_setup_s, "device": m.device, "status": m.status,
             "note": "" if ok else f"{m.status}: {m.reason}"}
 
 
@@ -175,6 +175,7 @@ def summary(stages: list[dict], rows: list[dict]) -> str:
     absent = sorted({f"{r['framework']} {r['model']} {r['variant']}: {r['note'][len('absent: '):]}"
                      for r in rows if r["status"] == "absent"})
     fmt = lambda v: f"{v:,.1f}"  # noqa: E731
+    shared = int((table["gpu_processes"] > 1).sum())  # NaN (a CPU, processes not visible) is not shared
     return "\n\n".join([
         "Stage times (train stage, process start included)\n"
         + (pd.DataFrame(stages).to_string(index=False, float_format=fmt) if stages else "not run (--no-train)"),
@@ -182,7 +183,9 @@ def summary(stages: list[dict], rows: list[dict]) -> str:
         + readings.to_string(float_format=fmt),
         "Training and inference samples/s; train CV: their spread over the child's timed repeats (%); % of device: "
         "training FLOPs/s over the speedometer at that precision\n"
-        + shown.to_string(index=False, float_format=fmt), *(["Not measured: " + "; ".join(absent)] if absent else [])])
+        + shown.to_string(index=False, float_format=fmt), *(["Not measured: " + "; ".join(absent)] if absent else []),
+        *([f"Shared GPU: other processes computed on it as {shared} of {len(table)} rows' children ended; their rates "
+           "are the share this sweep got"] if shared else [])])
 
 
 if __name__ == "__main__":
