@@ -29,8 +29,10 @@ def test_telemetry_names_and_reads_the_gpu_pytorch_computes_on():
     # NVML's numbering is not CUDA's; the UUID is the one name both give the same GPU
     props = torch.cuda.get_device_properties(0)
     assert telemetry.used_name() == f"{props.name} (GPU-{props.uuid})"
+    torch.zeros(1, device="cuda")  # this process now computes on it: NVML lists it, unless a container hides it
     got = telemetry.read()
     assert got["sm_clock_mhz"] > 0 and got["memory_used_mb"] > 0
+    assert got["processes"] >= 1 or got["processes"] != got["processes"]  # NaN: processes not visible here
 
 
 def test_precision_is_set_and_read_back_on_the_gpu():
