@@ -6,10 +6,11 @@ is absent (NaN), never made up.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 FIELDS = ("sm_clock_mhz", "temperature_c", "power_w", "memory_used_mb", "processes")
 
@@ -18,13 +19,8 @@ def read() -> dict[str, float]:
     """The figures of the GPU this process computes on (used_handle), or NaN for each when NVML is not there (no
     driver, no GPU) or that GPU is not found; NaN for one the device does not report (power on some boards, clocks
     of a MIG slice)."""
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001  # no library, no driver: no telemetry on this machine, said by NaN
-        return {k: math.nan for k in FIELDS}
-    try:
-        h = used_handle(pynvml)
+    with nvml() as pynvml:
+        h = used_handle(pynvml) if pynvml else None
         if h is None:
             return {k: math.nan for k in FIELDS}
         return {k: _figure(pynvml, fn) for k, fn in (
@@ -35,6 +31,20 @@ def read() -> dict[str, float]:
             # compute processes on it, this one included once it computes: more is a shared GPU. None seen means
             # NVML cannot see them (a container's own process numbers): unknown, not zero
             ("processes", lambda: len(pynvml.nvmlDeviceGetComputeRunningProcesses(h)) or math.nan))}
+
+
+@contextlib.contextmanager
+def nvml() -> Iterator[Any]:
+    """NVML started for the block: its module, or None where it cannot start (no library, no driver: a CPU
+    machine, whose figures are then absent, never made up)."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001  # whatever the binding raises without its library or driver
+        yield None
+        return
+    try:
+        yield pynvml
     finally:
         pynvml.nvmlShutdown()
 
@@ -70,18 +80,14 @@ def used_handle(pynvml: Any) -> Any | None:
 
 def used_name() -> str | None:
     """The name and UUID of the GPU this process computes on (used_handle), None without one."""
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001  # no library, no driver: no GPU
-        return None
-    try:
-        h = used_handle(pynvml)
-        return None if h is None else f"{_text(pynvml.nvmlDeviceGetName(h))} ({_text(pynvml.nvmlDeviceGetUUID(h))})"
-    except pynvml.NVMLError:
-        return None
-    finally:
-        pynvml.nvmlShutdown()
+    with nvml() as pynvml:
+        h = used_handle(pynvml) if pynvml else None
+        if h is None:
+            return None
+        try:
+            return f"{_text(pynvml.nvmlDeviceGetName(h))} ({_text(pynvml.nvmlDeviceGetUUID(h))})"
+        except pynvml.NVMLError:
+            return None
 
 
 def _text(v: str | bytes) -> str:
@@ -92,33 +98,20 @@ def gpu_count() -> int:
     """NVIDIA GPUs this process may use: CUDA_VISIBLE_DEVICES' list where it is set, else NVML's count; 0 without
     a driver. Read without importing a framework (the scale stage plans before any worker starts)."""
     visible = visible_devices()
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001  # no library, no driver: no GPU to use
-        return 0
-    try:
-        n = pynvml.nvmlDeviceGetCount()
-    finally:
-        pynvml.nvmlShutdown()
+    with nvml() as pynvml:
+        n = pynvml.nvmlDeviceGetCount() if pynvml else 0
     return n if visible is None else min(n, len(visible))
 
 
 def driver_cuda() -> tuple[int, int] | None:
     """The newest CUDA (major, minor) the NVIDIA driver runs (nvidia-smi's "CUDA Version"), None without NVML: what
     a framework's CUDA build must not exceed."""
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001  # no library, no driver
-        return None
-    try:
-        v = pynvml.nvmlSystemGetCudaDriverVersion()  # 12040 for 12.4
-        return v // 1000, v % 1000 // 10
-    except pynvml.NVMLError:
-        return None
-    finally:
-        pynvml.nvmlShutdown()
+    with nvml() as pynvml:
+        try:
+            v = pynvml.nvmlSystemGetCudaDriverVersion() if pynvml else None  # 12040 for 12.4
+        except pynvml.NVMLError:
+            v = None
+    return None if v is None else (v // 1000, v % 1000 // 10)
 
 
 def unseen_gpus(dev: str = "/dev") -> str | None:
