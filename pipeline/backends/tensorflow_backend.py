@@ -30,7 +30,7 @@ def cuda_fix() -> str:
         return ("its CUDA libraries are not installed: make venv CUDA=1 (requirements-cuda.txt, README \"Install\"), "
                 f"or pip install 'tensorflow[and-cuda]=={tf.__version__}'")
     return ("its CUDA libraries (requirements-cuda.txt) are installed but did not load: TF_CPP_MIN_LOG_LEVEL=0 shows "
-            "TensorFlow's reason (a driver older than CUDA 12, for one)")
+            "TensorFlow's reason (the library it could not open, and why)")
 
 
 class TensorFlowBackend(Backend):
