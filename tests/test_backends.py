@@ -100,7 +100,22 @@ FIX = {"torch": r"its CPU-only build is installed \(README \"Install\": TORCH_IN
        "numpy": "it runs on the CPU only"}
 
 
+@pytest.fixture
+def frameworks_see_no_gpu(monkeypatch):
+    """What PyTorch's CPU-only build and TensorFlow without its CUDA libraries see, on any machine, a GPU one too
+    (where `make test` runs these as well): no GPU, whatever NVML says."""
+    import tensorflow as tf
+    import torch
+    from pipeline.measure import telemetry
+    real = tf.config.list_physical_devices
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [] if kind == "GPU" else real(kind))
+    monkeypatch.setattr(telemetry, "driver_cuda", lambda: None)
+
+
 @pytest.mark.parametrize("framework", backends.FRAMEWORKS)
+@pytest.mark.usefixtures("frameworks_see_no_gpu")
 def test_device_auto_is_one_device_for_the_whole_run_not_what_each_framework_finds(framework, monkeypatch):
     # NVML sees a GPU, so auto means cuda for every framework: one that sees none (TensorFlow's CPU build beside
     # PyTorch's CUDA one, the default install on a GPU machine) is refused in one line saying how to give it the
@@ -118,9 +133,10 @@ def test_device_auto_is_one_device_for_the_whole_run_not_what_each_framework_fin
         backends.create(framework, 1, "cuda", 0, "fp32")  # asked for, where there is none: said so, not a fix
 
 
+@pytest.mark.usefixtures("frameworks_see_no_gpu")
 def test_tensorflow_refused_a_gpu_says_whether_its_cuda_libraries_are_missing_or_did_not_load(monkeypatch):
     # the same refusal has two causes on a GPU machine with two fixes: libraries never installed (install them),
-    # or installed and not loaded (TensorFlow's own log says why: most often a driver older than their CUDA)
+    # or installed and not loaded (TensorFlow's own log names the library and why)
     import importlib.metadata
     from pipeline.backends import tensorflow_backend as tfb
     from pipeline.measure import telemetry
@@ -140,6 +156,7 @@ def test_tensorflow_refused_a_gpu_says_whether_its_cuda_libraries_are_missing_or
             tfb.TensorFlowBackend(1, "auto", 0, "fp32")
 
 
+@pytest.mark.usefixtures("frameworks_see_no_gpu")
 def test_a_framework_built_for_a_newer_cuda_than_the_driver_runs_is_told_so(monkeypatch):
     # PyPI's PyTorch 2.13.0 is built for CUDA 13; on a driver for CUDA 12 it finds no GPU, which is not a CPU build
     # nor a missing GPU. A driver runs its own major version's every minor (minor-version compatibility).
@@ -147,7 +164,6 @@ def test_a_framework_built_for_a_newer_cuda_than_the_driver_runs_is_told_so(monk
     from pipeline.backends import tensorflow_backend as tfb
     from pipeline.measure import telemetry
     monkeypatch.setattr(telemetry, "gpu_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     newer = (r"sees no GPU: its build for CUDA {} needs a driver for CUDA {}, and this one runs CUDA 12\.4 at most "
              r"\(nvidia-smi\): update the driver, or install a build for CUDA 12 \(README \"Install\"\); or set "
              r"device: cpu$")
