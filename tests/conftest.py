@@ -39,8 +39,10 @@ def with_signals(cmd: list[str], ignore: tuple[int, ...] = ()) -> list[str]:
 
 
 def raw_params(**overrides: Any) -> dict:
-    """params.yaml as a dict with dotted-key overrides, e.g. raw_params(**{"data.name": "digits"})."""
-    return params.override(yaml.safe_load((ROOT / "params.yaml").read_text()), **overrides)
+    """params.yaml as a dict with dotted-key overrides, e.g. raw_params(**{"data.name": "digits"}). On the CPU
+    (`device: cpu`) unless a test asks otherwise, so the suite checks the same logic on a GPU machine as on CI
+    (params.yaml's `auto` would put it on the GPU there); what only a GPU can show is in test_cuda.py."""
+    return params.override(yaml.safe_load((ROOT / "params.yaml").read_text()), **({"device": "cpu"} | overrides))
 
 
 def write_params(path: Path, **overrides: Any) -> Path:

@@ -215,7 +215,7 @@ def test_worker_counts_must_split_the_batch_and_leave_each_worker_a_thread():
     with pytest.raises(Exception, match=r"^params.yaml: scale.workers: 3 workers cannot split train.batch_size "
                                         r"16 into equal shards"):
         params.parse(raw_params(**SMALL | {"scale.workers": [3]}))
-    p = params.parse(raw_params(**SMALL | {"scale.workers": [1, 4]}))
+    p = params.parse(raw_params(**SMALL | {"scale.workers": [1, 4], "device": "auto"}))
     with pytest.raises(Exception, match=r"^params.yaml: scale.workers: 4 workers on 2 threads leave a worker "
                                         r"without a thread"):
         run.plan(p, 2, gpus=0)
