@@ -62,8 +62,8 @@ def test_every_key_in_params_yaml_has_a_comment():
     ({"data.timeout_s": "30"}, "params.yaml: data.timeout_s: expected number, got '30'"),
     ({"bench.variants": ["fit", "fit"]}, "params.yaml: bench.variants: expected a list of distinct names from "
                                          "['compile', 'channels_last', 'cuda_graphs', 'fit'], got ['fit', 'fit']"),
-    ({"train.repeats": -1}, "params.yaml: train.repeats: expected an integer >= 0 (or auto: 1 on a CPU, 6 on a GPU)"),
-    ({"train.repeats": "many"}, "params.yaml: train.repeats: expected an integer >= 0 (or auto: 1 on a CPU, 6 on a "
+    ({"train.repeats": 0}, "params.yaml: train.repeats: expected an integer >= 1 (or auto: 1 on a CPU, 6 on a GPU)"),
+    ({"train.repeats": "many"}, "params.yaml: train.repeats: expected an integer >= 1 (or auto: 1 on a CPU, 6 on a "
                                 "GPU), got 'many'"),
     ({"train.batch_size": "big"}, "params.yaml: train.batch_size: expected an integer >= 1 (or auto: 128 on a CPU, "
                                   "512 where a GPU is used), got 'big'"),
@@ -184,14 +184,21 @@ def test_loader_workers_auto_sweeps_up_to_this_machines_cores(monkeypatch, cores
     assert params.parse(raw_params(**{"loaders.workers": [0, 3]})).loaders.workers == [0, 3]  # a list stays
 
 
-@pytest.mark.parametrize("device, gpus, expected", [("cpu", 1, 128), ("auto", 0, 128), ("auto", 1, 512),
-                                                    ("cuda", 0, 512)])
-def test_auto_batch_is_one_number_for_the_whole_run_by_whether_it_uses_a_gpu(monkeypatch, device, gpus, expected):
-    from pipeline.measure import telemetry
+@pytest.mark.parametrize("device, gpus, expected, seeds", [("cpu", 1, 128, 1), ("auto", 0, 128, 1),
+                                                           ("auto", 1, 512, 6), ("cuda", 0, 512, 6)])
+def test_auto_batch_and_seeds_are_one_number_each_for_the_run_by_whether_it_uses_a_gpu(monkeypatch, device, gpus,
+                                                                                       expected, seeds):
+    from pipeline.measure import telemetry, verdict
     monkeypatch.setattr(telemetry, "gpu_count", lambda: gpus)
-    p = params.parse(raw_params(**{"train.batch_size": "auto", "device": device}))
-    assert p.train.batch_size == expected
-    assert params.parse(raw_params(**{"train.batch_size": 64, "device": device})).train.batch_size == 64
+    p = params.parse(raw_params(**{"train.batch_size": "auto", "train.repeats": "auto", "device": device}))
+    assert (p.train.batch_size, p.train.repeats) == (expected, seeds)
+    # a GPU's seeds are enough for their own paired time-to-target verdict; the CPU's one leaves it to the bench
+    assert params.AUTO["repeats"] == {False: 1, True: verdict.min_rounds()}
+    mine = params.parse(raw_params(**{"train.batch_size": 64, "train.repeats": 3, "device": device})).train
+    assert (mine.batch_size, mine.repeats) == (64, 3)  # a number is the user's, on any device
+    # each key resolves alone: one set by the user leaves the other's auto to the device
+    assert params.parse(raw_params(**{"train.batch_size": 64, "train.repeats": "auto",
+                                      "device": device})).train.repeats == seeds
     # the shard check sees the resolved number: 3 workers cannot split it, and the error says which
     with pytest.raises(ParamsError, match=f"3 workers cannot split train.batch_size {expected} "):
         params.parse(raw_params(**{"train.batch_size": "auto", "device": device, "scale.workers": [1, 3]}))

@@ -106,19 +106,6 @@ def test_a_diverging_run_stops_and_is_marked_diverged_not_slow(prepared, caplog)
     assert history["val_acc"].iloc[:-1].notna().all() and np.isnan(history["val_acc"].iloc[-1])
 
 
-def test_auto_repeats_train_one_seed_on_a_cpu_and_enough_for_a_paired_verdict_on_a_gpu():
-    from types import SimpleNamespace
-
-    from pipeline import params
-    from pipeline.measure import verdict
-    from pipeline.train.cell import seeds_for
-    from tests.conftest import raw_params
-    auto = params.parse(raw_params(**{"train.repeats": "auto"})).train.repeats
-    cpu, gpu = SimpleNamespace(info={"device": "cpu"}), SimpleNamespace(info={"device": "NVIDIA H100 80GB HBM3"})
-    assert (seeds_for(auto, cpu), seeds_for(auto, gpu)) == (1, verdict.min_rounds()) == (1, 6)
-    assert seeds_for(3, cpu) == seeds_for(3, gpu) == 3  # a number is the user's, on any device
-
-
 def test_seeds_share_the_placed_data_and_each_trains_as_it_would_alone(prepared, monkeypatch):
     # the data is put on the device once per cell, and no seed's training changes what the next one reads:
     # seed 1 of a 3-seed cell gives seed 1's results of a cell that starts at seed 1

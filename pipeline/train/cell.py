@@ -15,7 +15,6 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from pipeline.backends.base import Backend
-from pipeline.measure import verdict
 from pipeline.params import Train
 from pipeline.records import CellMetrics, SeedRun
 from pipeline.spec import ModelSpec, Optim, batch_order, digest, init_weights
@@ -110,24 +109,15 @@ def warm(be: Backend, spec: ModelSpec, optim: Optim, placed: tuple, tp: Train, s
     be.sync(be.make_predict(model, be.DEFAULT)(be.take(va, np.arange(min(tp.eval_batch_size, len(va[1]))))[0]))
 
 
-def seeds_for(repeats: int, be: Backend) -> int:
-    """train.repeats, with `auto` (held as 0) resolved for the device: on a GPU a seed costs seconds, so enough
-    seeds for the seeds' own paired time-to-target test (verdict.min_rounds); on a CPU one, whose verdict the
-    bench's interleaved per-step speed carries (a seed there costs minutes of the ten-minute budget)."""
-    if repeats:
-        return repeats
-    return verdict.min_rounds() if be.info["device"] != "cpu" else 1
-
-
 def train_cell(be: Backend, spec: ModelSpec, optim: Optim, d: dict, tp: Train, epochs: int, target: float,
                seed: int, names: list[str], label: str) -> Trained:
-    """`tp.repeats` seeds (seeds_for) from `seed` on; the metrics over them; the first seed's tables; the
+    """`tp.repeats` seeds from `seed` on; the metrics over them; the first seed's tables; the
     evidence."""
     # placed once for every seed (read, never written, by training): on a GPU each seed would copy it again
     placed = tuple(be.put(d[f"x_{s}"], d[f"y_{s}"]) for s in ("train", "val", "test"))
     warm(be, spec, optim, placed, tp, seed)
     runs = [run_seed(be, spec, optim, d, placed, tp, epochs, target, seed + r, f"{label} seed {seed + r}")
-            for r in range(seeds_for(tp.repeats, be))]
+            for r in range(tp.repeats)]
     seeds, first = [r for r, _ in runs], runs[0][1]
     y_true = d["y_test"]
     metrics, per_class = summarise(seeds, target, spec, epochs, y_true, first["logits"], len(names))
