@@ -189,8 +189,9 @@ def speed_blocks(r: Results, figdir: Path) -> list:
               "over usable rounds:"), ("table", infer_table(r)), *[("p", line) for line in lines], *figs,
         ("p", "Training counts 3× forward FLOPs. % peak: share of the run's median speedometer rate (the "
               f"{'matmul on the GPU, at the run precision' if gpus(r) else 'host GEMM'}); % own calib: share of "
-              "each process's own calibration (comparable across runs and machines). Both can pass 100% where "
-              "convolution kernels beat the matmul. First step: tracing/compilation, timed apart."),
+              "each process's own calibration (a rough figure across runs: the GEMM does not follow every slowdown). "
+              "Both can pass 100% where convolution kernels beat the matmul. First step: tracing/compilation, timed "
+              "apart."),
         *[("p", g) for g in gaps],
         ("img", figures.rounds([v | {"a": arm_label(v["a"]), "b": arm_label(v["b"])} for v in b["verdicts"]],  # as the text
                                bench_rows(r), b.get("flagged", []), figdir / "rounds.png"),
