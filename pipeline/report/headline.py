@@ -126,10 +126,11 @@ def headline(r: Results) -> list:
              f"{'device speedometer (a matmul on the GPU)' if gpus(r) else 'calibration GEMM'} "
              f"{cal['gflops_median']:,.0f} GFLOP/s median, CV {cal['cv_pct']:.1f}%.")
     if withheld:
-        names = ", ".join(f"{v['model']} {v['phase']}{' (A/A control)' * bool(v.get('control'))}" for v in withheld)
+        names = ", ".join(f"{v['model']} {v['phase']}" + (" (A/A control)" if v.get("control") else "")
+                          for v in withheld)
         noise += (f" **{len(withheld)} of {len(b['verdicts'])} speed comparisons got no verdict**: {names} (the "
-                  f"first: {withheld[0]['text']}). The machine was too noisy for them: rerun the bench when it is calmer (`dvc repro -f -s bench`), or give it more "
-                  f"rounds (`bench.max_s`, now {b['max_s']} s).")
+                  f"first: {withheld[0]['text']}). The machine was too noisy for them: rerun the bench when it is "
+                  f"calmer (`dvc repro -f -s bench`), or give it more rounds (`bench.max_s`, now {b['max_s']} s).")
     unseen = r.env.get("gpu_unseen")  # a GPU machine measured on its CPU: the first thing its owner must read
     first = [("p", f"**Measured on the CPU, not the GPU**: {unseen}.")] if unseen else []
     return first + [("p", line) for line in lines] + [("p", noise)]

@@ -111,8 +111,7 @@ def warm(be: Backend, spec: ModelSpec, optim: Optim, placed: tuple, tp: Train, s
 
 def train_cell(be: Backend, spec: ModelSpec, optim: Optim, d: dict, tp: Train, epochs: int, target: float,
                seed: int, names: list[str], label: str) -> Trained:
-    """`tp.repeats` seeds from `seed` on; the metrics over them; the first seed's tables; the
-    evidence."""
+    """`tp.repeats` seeds from `seed` on; the metrics over them; the first seed's tables; the evidence."""
     # placed once for every seed (read, never written, by training): on a GPU each seed would copy it again
     placed = tuple(be.put(d[f"x_{s}"], d[f"y_{s}"]) for s in ("train", "val", "test"))
     warm(be, spec, optim, placed, tp, seed)
