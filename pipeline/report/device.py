@@ -19,12 +19,13 @@ def gpu_state_text(r: Results) -> str:
     if not ends:
         return ""
     clock = np.array([m.gpu_sm_clock_mhz_after for m in ends])
+    median = np.median(clock)
     temp = [m.gpu_temperature_c_after for m in ends if math.isfinite(m.gpu_temperature_c_after)]
     power = [m.gpu_power_w_after for m in ends if math.isfinite(m.gpu_power_w_after)]
-    text = (f"The GPU as each of {len(ends)} children ended (NVML): SM clock {np.median(clock):,.0f} MHz median "
+    text = (f"The GPU as each of {len(ends)} children ended (NVML): SM clock {median:,.0f} MHz median "
             f"[{clock.min():,.0f}–{clock.max():,.0f}]" + (f", up to {max(temp):.0f} °C" if temp else "")
             + (f", {np.median(power):.0f} W median" if power else "") + ". ")
-    slow = [m for m in ends if m.gpu_sm_clock_mhz_after < THROTTLED * np.median(clock)]
+    slow = [m for m in ends if m.gpu_sm_clock_mhz_after < THROTTLED * median]
     if slow:
         text += (f"**{len(slow)} child(ren) ended with the SM clock more than {1 - THROTTLED:.0%} under the median** "
                  f"({_where(slow)}): the GPU was held back (heat or a power cap), so their rates say less about their "
