@@ -1,4 +1,5 @@
 """The report from a small fixed set of result files: numbers, wording, figures, HTML, and bad inputs."""
+import inspect
 import json
 import math
 import re
@@ -11,6 +12,7 @@ import pytest
 from pipeline.errors import DataError
 from pipeline.measure import verdict
 from pipeline.records import CellMetrics
+from pipeline.report import figures
 from pipeline.stages import report as stage
 from tests.conftest import write_params
 
@@ -146,6 +148,29 @@ def make_results(root, mlp_tf_wrong=0, cnn_tf_wrong=30):
              y_test=y, classes=np.array(list("0123456789")))
 
 
+@pytest.fixture(autouse=True)
+def quick_figures(request, monkeypatch):
+    """Each figure a blank PNG, unless a test is marked `figures`: drawing them is most of a report's 7 s, and only
+    those tests look at them (the whole-pipeline test draws every one too). A blank figure still binds its
+    arguments to the real function's signature, so a changed call from the report is still an error here."""
+    if request.node.get_closest_marker("figures"):
+        return
+    from PIL import Image
+
+    def blank(real):
+        sig = inspect.signature(real)
+
+        def draw(*args, **kwargs):
+            path = sig.bind(*args, **kwargs).arguments["path"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (1, 1)).save(path, format="PNG")
+            return path
+        return draw
+    for name, real in inspect.getmembers(figures, inspect.isfunction):
+        if real.__module__ == figures.__name__ and "path" in inspect.signature(real).parameters:
+            monkeypatch.setattr(figures, name, blank(real))
+
+
 @pytest.fixture
 def results(tmp_path):
     root = tmp_path / "reports"
@@ -218,6 +243,7 @@ def test_results_csv_is_tidy(results):
     assert set(df[df.source == "loaders"].workers.astype(str)) == {"0", "2"}
 
 
+@pytest.mark.figures
 def test_figures_are_valid_images_and_html_is_self_contained(results):
     from PIL import Image
 
@@ -394,6 +420,7 @@ def test_scaling_not_measured_says_how_to_opt_in(results):
     assert "Not measured in this run: scaling is opt-in (`dvc exp run -S 'scale.workers=[1,2]'`" in md
 
 
+@pytest.mark.figures
 def test_settings_as_interleaved_arms_get_verdicts_and_a_figure(results):
     import shutil
     shutil.rmtree(results / "bench")
