@@ -362,7 +362,7 @@ def test_a_noisy_bench_says_so_in_the_first_lines_with_what_to_do(results):
             "train (A/A control), cnn infer (A/A control) (the first: no verdict (4 usable rounds;") in head
 
 
-def test_a_gpu_machine_measured_on_its_cpu_says_so_first(results):
+def test_a_gpu_machine_measured_on_its_cpu_or_more_threads_than_cores_say_so_first(results):
     env = json.loads((results / "env.json").read_text())
     assert "gpu_unseen" not in run_report(results)  # a CPU machine: no such line, and no empty row for it
     unseen = "this process may use 8 NVIDIA GPU(s) (/dev/nvidia0) but NVML cannot start (x); ..."
@@ -370,6 +370,9 @@ def test_a_gpu_machine_measured_on_its_cpu_says_so_first(results):
     md = run_report(results)
     assert md.split("\n\n")[1] == f"**Measured on the CPU, not the GPU**: {unseen}."
     assert "| gpu_unseen " in md and "gpu_used" not in md
+    over = "threads: 4 is more than the 2 cores this process may use, ..."
+    (results / "env.json").write_text(json.dumps(env | {"oversubscribed": over}))
+    assert run_report(results).split("\n\n")[1] == f"**More threads than cores**: {over}."
 
 
 def test_headline_json_and_the_overlay_data_are_what_dvc_shows(results):

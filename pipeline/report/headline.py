@@ -133,6 +133,8 @@ def headline(r: Results) -> list:
                   f"calmer (`dvc repro -f -s bench`), or give it more rounds (`bench.max_s`, now {b['max_s']} s).")
     unseen = r.env.get("gpu_unseen")  # a GPU machine measured on its CPU: the first thing its owner must read
     first = [("p", f"**Measured on the CPU, not the GPU**: {unseen}.")] if unseen else []
+    if r.env.get("oversubscribed"):  # every speed figure below is the cores' contention
+        first.append(("p", f"**More threads than cores**: {r.env['oversubscribed']}."))
     return first + [("p", line) for line in lines] + [("p", noise)]
 
 

@@ -18,8 +18,9 @@ def main(argv: list[str]) -> None:
     a = ap.parse_args(argv)
     p = params.load(a.params)
     fp = env.fingerprint(p.threads, p.device)
-    if fp["gpu_unseen"]:
-        log.warning(fp["gpu_unseen"])
+    for problem in (fp["gpu_unseen"], fp["oversubscribed"]):
+        if problem:
+            log.warning(problem)
     files.write_json(a.out, fp)
 
 
