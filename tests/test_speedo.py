@@ -140,6 +140,7 @@ def test_a_gpu_given_to_the_process_that_nvml_cannot_reach_is_said_not_silently_
     assert telemetry.unseen_gpus(str(dev)) is None  # NVML starts: auto decides by it, nothing unseen
     fake.nvmlInit = lambda: (_ for _ in ()).throw(OSError("libnvidia-ml.so.1: cannot open shared object file"))
     monkeypatch.setattr(telemetry, "unseen_gpus", lambda: said)  # this machine has no /dev/nvidia0
+    monkeypatch.setattr(backends.os, "sched_getaffinity", lambda pid: {0, 1})  # params.yaml's 2 threads fit
     out = tmp_path / "env.json"
     stage.main(["--out", str(out)])  # params.yaml's device: auto
     assert json.loads(out.read_text())["gpu_unseen"] == said
