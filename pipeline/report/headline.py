@@ -131,10 +131,11 @@ def headline(r: Results) -> list:
         noise += (f" **{len(withheld)} of {len(b['verdicts'])} speed comparisons got no verdict**: {names} (the "
                   f"first: {withheld[0]['text']}). The machine was too noisy for them: rerun the bench when it is "
                   f"calmer (`dvc repro -f -s bench`), or give it more rounds (`bench.max_s`, now {b['max_s']} s).")
-    unseen = r.env.get("gpu_unseen")  # a GPU machine measured on its CPU: the first thing its owner must read
-    first = [("p", f"**Measured on the CPU, not the GPU**: {unseen}.")] if unseen else []
-    if r.env.get("oversubscribed"):  # every speed figure below is the cores' contention
-        first.append(("p", f"**More threads than cores**: {r.env['oversubscribed']}."))
+    # what the env stage warned of comes first: a GPU machine measured on its CPU; speed figures that are the
+    # cores' contention
+    alerts = {"Measured on the CPU, not the GPU": r.env.get("gpu_unseen"),
+              "More threads than cores": r.env.get("oversubscribed")}
+    first = [("p", f"**{title}**: {text}.") for title, text in alerts.items() if text]
     return first + [("p", line) for line in lines] + [("p", noise)]
 
 
