@@ -136,6 +136,22 @@ def test_rounds_alternate_order_and_flagged_rounds_are_measured_again():
     assert r == [1.25] * 6 and rounds.ratios(rows, "torch", "torch*", "mlp", "train") == [1.0] * 6
 
 
+def test_rounds_beyond_the_first_run_only_the_arms_still_short_of_usable_rounds():
+    # the A/A control flagged twice, the frameworks never: only torch and its control need more rounds
+    run, calls = fake_child({(rd, "torch*"): (200.0, 100.0, 1.0) for rd in (1, 2)})
+    timed, clock = ticking(run, 10.0)
+    rows = rounds.run_rounds(timed, ["torch", "tensorflow", "torch*"], rounds=6, max_drift=0.1, max_s=220,
+                             clock=clock)
+    assert len(calls) == 18 + 4 and clock() == 220  # six whole rounds (180 s), then two of 20 s each
+    # the two extra rounds keep the alternating order, without TensorFlow: 20 s rounds fit the 220 s budget
+    # twice where whole ones (30 s) would fit once, and the control gets its six usable rounds
+    assert calls[18:] == [(6, "torch"), (6, "torch*"), (7, "torch*"), (7, "torch")]
+    assert rounds.ratios(rows, "torch", "torch*", "mlp", "train") == [1.0] * 6
+    assert rounds.ratios(rows, "torch", "tensorflow", "mlp", "train") == [1.25] * 6  # its six, untouched
+    verdicts = bench.comparisons(rows, ["torch", "tensorflow"], ["mlp"], FAKE)
+    assert all(v["ci_low"] is not None for v in verdicts)
+
+
 def ticking(run, seconds_per_child: float):
     """run() that advances a fake clock by `seconds_per_child` per child, and that clock."""
     now = [0.0]

@@ -2,7 +2,8 @@
 
 Rounds: every arm (framework, and the A/A control) runs once per round in its own fresh process, in alternating
 order (ABC, CBA, ...), so slow drift of the machine hits every arm alike; the drift monitor flags a child whose
-calibration moved, and rounds go on until every comparison has its usable rounds.
+calibration moved, and rounds go on until every comparison has its usable rounds (a round beyond the first ones
+runs only the arms of the comparisons still short of them).
 
 A verdict rests on the per-round ratios of two arms measured back to back (`ratios`), never on one process's
 repeats.
@@ -50,20 +51,24 @@ def run_rounds(run: Callable[[str, int], list[Measurement]], arm_names: list[str
                log: Callable[[str], None] = lambda _: None, max_s: float = math.inf,
                clock: Callable[[], float] = time.monotonic) -> list[Measurement]:
     """Rounds of run(arm, round_index) in alternating order until every verdict has `rounds` usable rounds (the
-    first arm and the other usable in the same round). The first `rounds` rounds always run; after them, a round
-    measured again for a flagged child starts only while it can end within `max_s` seconds of the start (judged by
-    the longest round so far), so a noisy machine costs a known time, not an open-ended one. A flagged child is kept
-    in the records (with the reason); its round counts for the pairs it is not part of. When to stop depends on
-    flags and time only, never on the ratios measured, so stopping cannot bias a verdict."""
+    first arm and the other usable in the same round). The first `rounds` rounds always run whole; a round after
+    them runs only the arms of the comparisons still short of usable rounds (in the same alternating order), and
+    starts only while it can end within `max_s` seconds of the start (judged by the longest child so far), so a noisy machine costs a known time, not an open-ended one. A flagged child is kept
+    in the records (with the reason); its round counts for the pairs it is not part of. When to stop, and which
+    arms run again, depend on flags and time only, never on the ratios measured, so neither can bias a verdict."""
     rows: list[Measurement] = []
     calibrations: list[float] = []
     start, longest, index = clock(), 0.0, 0
-    while not _enough(rows, arm_names, rounds) and (index < rounds or clock() - start + longest <= max_s):
-        began = clock()
-        order = arm_names if index % 2 == 0 else list(reversed(arm_names))
+    while (short := _short(rows, arm_names, rounds)):
+        todo = arm_names if index < rounds else [a for a in arm_names if any(a in pair for pair in short)]
+        if index >= rounds and clock() - start + longest * len(todo) > max_s:
+            break
+        order = todo if index % 2 == 0 else list(reversed(todo))
         round_rows = []
         for arm in order:
+            began = clock()
             got = run(arm, index)
+            longest = max(longest, clock() - began)
             calibrations += [got[0].calib_before_gflops, got[0].calib_after_gflops]
             why = flag(got[0].calib_before_gflops, got[0].calib_after_gflops, float(np.median(calibrations)),
                        max_drift)
@@ -73,19 +78,18 @@ def run_rounds(run: Callable[[str, int], list[Measurement]], arm_names: list[str
             if why:
                 log(f"round {index + 1}, {arm}: {why}; its figures are left out")
         rows += round_rows
-        longest = max(longest, clock() - began)
         index += 1
-    if not _enough(rows, arm_names, rounds):
+    if _short(rows, arm_names, rounds):
         log(f"bench.max_s ({max_s:g} s) spent after {index} rounds before every comparison had {rounds} usable "
             "rounds: those comparisons get no verdict (raise bench.max_s, or rerun when the machine is calmer)")
     return rows
 
 
-def _enough(rows: list[Measurement], arm_names: list[str], rounds: int) -> bool:
-    """Whether every pair a verdict compares (pairs()) has `rounds` usable rounds."""
+def _short(rows: list[Measurement], arm_names: list[str], rounds: int) -> list[tuple[str, str]]:
+    """The pairs a verdict compares (pairs()) that have fewer than `rounds` usable rounds."""
     ok = {(r.round, r.arm) for r in rows if not r.flag}
     done = {rd for rd, _ in ok}
-    return all(sum((rd, a) in ok and (rd, b) in ok for rd in done) >= rounds for a, b in pairs(arm_names))
+    return [(a, b) for a, b in pairs(arm_names) if sum((rd, a) in ok and (rd, b) in ok for rd in done) < rounds]
 
 
 def usable(rows: list[Measurement]) -> list[Measurement]:
