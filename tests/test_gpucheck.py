@@ -78,6 +78,28 @@ def test_no_train_runs_the_sweep_alone(prepared, monkeypatch, capsys):
     assert "not run (--no-train)" in capsys.readouterr().out
 
 
+def test_a_gpu_older_than_ampere_is_surveyed_in_fp32_and_told_why_not_in_tf32_or_bf16(prepared, monkeypatch,
+                                                                                        caplog):
+    from pipeline.records import Measurement
+    ran = []
+    monkeypatch.setattr(gpucheck, "_cuda", lambda: True)
+    monkeypatch.setattr(gpucheck, "_gpu", lambda: ("Tesla T4", (7, 5)))
+    monkeypatch.setattr(gpucheck.child, "spawn", lambda via, data, path, fw, kind, threads, label, bs: ran.append(
+        label) or [Measurement("cnn", "eager", status="absent", reason="stub", framework=fw, device="Tesla T4")])
+    pp = write_params(prepared / "params.yaml", **TINY)
+    with caplog.at_level("INFO", logger="gpu-check"):
+        gpucheck.main(["--no-train", "--data", str(prepared / "prepared.npz"), "--params", str(pp),
+                       "--batch-sizes", "8"])  # the default precisions: fp32, tf32, bf16
+    assert ran == ["torch fp32 batch 8"]
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]
+    assert said == [f"skipped: precision: {p} needs an NVIDIA GPU of compute capability 8.0 or newer (Ampere and "
+                    "later); this Tesla T4 is 7.5: use fp32" for p in ("tf32", "bf16")]
+    with pytest.raises(ParamsError, match=r"^gpu-check: --precisions bf16: none of them runs on this Tesla T4 "
+                                          r"\(compute capability 7.5\); use fp32$"):
+        gpucheck.main(["--no-train", "--data", str(prepared / "prepared.npz"), "--params", str(pp),
+                       "--precisions", "bf16"])
+
+
 def test_a_shared_gpu_is_said_under_the_sweep():
     # another job on the same GPU takes its share of every figure: the survey says so, as the report does
     from pipeline.records import Measurement

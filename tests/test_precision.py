@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline import backends, spec as specs
-from pipeline.backends.base import check_precision
+from pipeline.backends.base import check_precision, refuse_precision
 from pipeline.errors import ParamsError
 
 SPECS = {"mlp": specs.mlp((8, 8, 1), 10, [32, 16], "relu", 0.0),
@@ -50,6 +50,25 @@ def test_tf32_off_a_cuda_gpu_is_refused_in_one_line_naming_the_key(framework):
     with pytest.raises(ParamsError, match=r"^params.yaml: precision: tf32 runs only on a CUDA GPU \(this backend "
                                           r"runs on cpu\); use fp32 or bf16$"):
         backends.create(framework, 1, "cpu", 0, "tf32")
+
+
+@pytest.mark.parametrize("precision, gpu, capability, runs", [
+    ("fp32", "Tesla P100", (6, 0), True),
+    ("tf32", "Tesla V100", (7, 0), False), ("bf16", "Tesla T4", (7, 5), False),  # no TF32/bf16 tensor cores
+    ("tf32", "A100", (8, 0), True), ("bf16", "RTX 4090", (8, 9), True), ("bf16", "H100", (9, 0), True),
+    ("bf16", "cpu", None, True),  # off a GPU, bf16 is the CPU kernels' (the tests above)
+])
+def test_tf32_and_bf16_need_ampere_or_newer_where_the_frameworks_would_accept_them_anyway(precision, gpu,
+                                                                                         capability, runs):
+    # PyTorch and TensorFlow take both switches on a T4 or V100 and run tf32 as fp32, bf16 emulated: a run would be
+    # measured under a precision it never used, so each backend asks this before it measures anything
+    if runs:
+        refuse_precision(precision, gpu, capability)
+        return
+    with pytest.raises(ParamsError, match=rf"^params.yaml: precision: {precision} needs an NVIDIA GPU of compute "
+                                          rf"capability 8.0 or newer \(Ampere and later\); this {gpu} is "
+                                          rf"{capability[0]}.{capability[1]}: use fp32$"):
+        refuse_precision(precision, gpu, capability)
 
 
 def test_numpy_refuses_bf16_in_one_line():

@@ -82,10 +82,22 @@ def check_precision(info: dict, precision: str) -> dict:
     return {"precision": got}
 
 
-def refuse_tf32_off_cuda(device: str) -> None:
-    """TF32 is a tensor-core format of NVIDIA GPUs (Ampere and newer): there is nothing to turn on elsewhere."""
-    raise ParamsError(f"params.yaml: precision: tf32 runs only on a CUDA GPU (this backend runs on {device}); "
-                      "use fp32 or bf16")
+TENSOR_CORES_16 = (8, 0)  # compute capability of Ampere, the first NVIDIA GPUs with TF32 and bf16 tensor cores
+
+
+def refuse_precision(precision: str, device: str, capability: tuple[int, int] | None = None) -> None:
+    """Stop where `precision` cannot really run on `device` (a CUDA GPU of compute `capability`, or None off one).
+
+    TF32 is a format of NVIDIA's tensor cores: off a GPU there is nothing to turn on. On a GPU older than Ampere
+    (a T4 or V100: 7.x) the frameworks accept both switches anyway, and would run tf32 as plain fp32 and bf16
+    emulated, so a run would be measured under a precision it never used.
+    """
+    if precision == "tf32" and capability is None:
+        raise ParamsError(f"params.yaml: precision: tf32 runs only on a CUDA GPU (this backend runs on {device}); "
+                          "use fp32 or bf16")
+    if precision in ("tf32", "bf16") and capability is not None and tuple(capability) < TENSOR_CORES_16:
+        raise ParamsError(f"params.yaml: precision: {precision} needs an NVIDIA GPU of compute capability 8.0 or "
+                          f"newer (Ampere and later); this {device} is {capability[0]}.{capability[1]}: use fp32")
 
 
 def refuse_no_gpu(device: str, framework: str, fix: str, built_for: str | None = None) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import threadpoolctl
 
-from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_no_gpu, refuse_tf32_off_cuda
+from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_no_gpu, refuse_precision
 from pipeline.backends.numpy_layers import Net, Optimizer, SoftmaxCrossEntropy
 from pipeline.errors import ParamsError
 from pipeline.measure import telemetry
@@ -27,8 +27,7 @@ class NumpyBackend(Backend):
     def __init__(self, threads: int, device: str, seed: int, precision: str):
         if telemetry.run_device(device) == "cuda":  # beside frameworks on a GPU it would be no comparison
             refuse_no_gpu(device, "the numpy backend", "it runs on the CPU only")
-        if precision == "tf32":
-            refuse_tf32_off_cuda("cpu")
+        refuse_precision(precision, "cpu")
         if precision != "fp32":  # NumPy has no bfloat16 type: its layers compute in float32 only
             raise ParamsError(f"params.yaml: precision: {precision} is not available in the numpy backend (fp32 "
                               "only); use fp32 or drop numpy from frameworks")

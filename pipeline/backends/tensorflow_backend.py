@@ -15,7 +15,7 @@ import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
-from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_no_gpu, refuse_tf32_off_cuda  # noqa: E402
+from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_no_gpu, refuse_precision  # noqa: E402
 from pipeline.measure import speedo, telemetry  # noqa: E402
 from pipeline.measure.timing import MAX_STEPS, lengthened  # noqa: E402
 from pipeline.spec import Act, Conv, Dense, Dropout, Flatten, ModelSpec, Optim, Pool  # noqa: E402
@@ -71,8 +71,9 @@ class TensorFlowBackend(Backend):
                 tf.config.set_visible_devices([], "GPU")
         except RuntimeError:  # TF already running in this process (tests): the first settings stay
             pass
-        if precision == "tf32" and self.device == "/CPU:0":
-            refuse_tf32_off_cuda("cpu")
+        details = tf.config.experimental.get_device_details(gpus[0]) if use == "cuda" else {}
+        name = details.get("device_name", "gpu") if use == "cuda" else "cpu"
+        refuse_precision(precision, name, details.get("compute_capability") if use == "cuda" else None)
         # fp32 means fp32: TensorFlow runs float32 matmuls and convolutions in TF32 on Ampere and newer by default
         tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")
         # bf16: each layer built with Keras' mixed_bfloat16 policy (bfloat16 compute, float32 weights); a policy per
@@ -83,8 +84,6 @@ class TensorFlowBackend(Backend):
         # the PyTorch backend turns its own on (cudnn.benchmark); read when the first convolution runs
         os.environ["TF_CUDNN_USE_AUTOTUNE"] = "1"
         self.reseed(seed)
-        name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "gpu") \
-            if self.device != "/CPU:0" else "cpu"
         self.info = {"framework": self.NAME, "framework_version": tf.__version__,
                      "keras_version": keras.__version__, "device": name,
                      "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count(),

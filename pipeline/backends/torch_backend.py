@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_no_gpu, refuse_tf32_off_cuda
+from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_no_gpu, refuse_precision
 from pipeline.errors import Unavailable
 from pipeline.measure import speedo, telemetry
 from pipeline.spec import Act, Conv, Dense, Dropout, Flatten, ModelSpec, Optim, Pool, init_weights
@@ -47,8 +47,8 @@ class TorchBackend(Backend):
                           if torch.version.cuda is None else f"its CUDA {torch.version.cuda} build finds no device",
                           built_for=torch.version.cuda)
         self.device = torch.device(use)
-        if precision == "tf32" and self.device.type != "cuda":
-            refuse_tf32_off_cuda(self.device.type)
+        name = torch.cuda.get_device_name(0) if use == "cuda" else "cpu"
+        refuse_precision(precision, name, torch.cuda.get_device_capability(0) if use == "cuda" else None)
         # fp32 means fp32: TF32 off for matmuls and cuDNN convolutions (PyTorch's defaults differ between the two,
         # and from TensorFlow's); tf32 turns both on, as the TensorFlow backend does
         torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
@@ -60,7 +60,6 @@ class TorchBackend(Backend):
         # does by default: off (PyTorch's default) a tuned TensorFlow CNN would meet PyTorch's heuristic picks
         torch.backends.cudnn.benchmark = True
         self.reseed(seed)
-        name = torch.cuda.get_device_name(0) if self.device.type == "cuda" else "cpu"
         tf32 = torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
         self.info = {"framework": self.NAME, "framework_version": torch.__version__, "device": name,
                      "intra_op_threads": torch.get_num_threads(), "inter_op_threads": torch.get_num_interop_threads(),

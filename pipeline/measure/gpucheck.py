@@ -30,6 +30,7 @@ import pandas as pd
 import yaml
 
 from pipeline import backends, files, params
+from pipeline.backends.base import refuse_precision
 from pipeline.data.prepare import load_prepared, prepared_meta
 from pipeline.errors import ChildError, ParamsError
 from pipeline.measure import child, speedo
@@ -45,6 +46,22 @@ def available(frameworks: list[str]) -> list[str]:
     for fw in sorted(set(frameworks) - set(have)):
         log.info("%s: not installed here, skipped", fw)
     return have
+
+
+def runnable(precisions: list[str], gpu: str, capability: tuple[int, int]) -> list[str]:
+    """The precisions this GPU really runs (the backends' own rule: tf32 and bf16 need Ampere or newer); the others
+    are skipped and said, so the default list still surveys a T4 or V100 in fp32."""
+    kept = []
+    for prec in precisions:
+        try:
+            refuse_precision(prec, gpu, capability)
+            kept.append(prec)
+        except ParamsError as e:
+            log.info("skipped: %s", str(e).removeprefix("params.yaml: "))
+    if not kept:
+        raise ParamsError(f"gpu-check: --precisions {','.join(precisions)}: none of them runs on this {gpu} "
+                          f"(compute capability {capability[0]}.{capability[1]}); use fp32")
+    return kept
 
 
 def overridden(raw: dict, **dotted: Any) -> dict:
@@ -144,6 +161,8 @@ def main(argv: list[str]) -> None:
     precisions, variants = a.precisions.split(","), [v for v in a.variants.split(",") if v]
     if a.cpu and "tf32" in precisions:
         raise ParamsError("gpu-check: --precisions tf32 runs only on a CUDA GPU; drop it with --cpu")
+    if not a.cpu:
+        precisions = runnable(precisions, *_gpu())
     for prec in precisions:  # every setting the sweep will use is checked before anything runs
         overridden(raw, device=device, precision=prec, **{"bench.variants": variants})
     meta = load_prepared(a.data)  # a missing or bad file: one line naming it, before anything runs
@@ -162,6 +181,12 @@ def main(argv: list[str]) -> None:
 def _cuda() -> bool:
     import torch  # here, not at the top: --help and the CPU checks need no framework
     return torch.cuda.is_available()
+
+
+def _gpu() -> tuple[str, tuple[int, int]]:
+    """The name and compute capability of the GPU the children will use (cuda:0, as the backends use)."""
+    import torch
+    return torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0)
 
 
 def summary(stages: list[dict], rows: list[dict]) -> str:
