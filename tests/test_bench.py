@@ -184,6 +184,11 @@ def test_an_unstable_machine_gets_no_verdict_and_says_why():
     assert v["ratio"] == 2.0 and v["winner"] is None
     assert v["text"].startswith("no verdict: the machine was too unstable (calibration CV ")
     assert "over the usable rounds > 25%); measured ratio 2.00x" in v["text"]
+    # with too few usable rounds for any interval, that is the reason given (it was "measured ratio nanx")
+    series |= {(rd, "b"): (200.0, 400.0, 50.0) for rd in range(12)}  # every b child drifted: none usable
+    rows = rounds.run_rounds(fake_child(series)[0], ["a", "b"], rounds=6, max_drift=0.9, max_s=0)
+    v = bench.comparisons(rows, ["a", "b"], ["mlp"], FAKE.model_copy(update={"control": False}))[0]
+    assert v["text"] == "no verdict (0 usable rounds; at least 6 are needed for a 95% interval)"
 
 
 def test_control_arm_is_the_first_framework_again():
@@ -364,6 +369,30 @@ def test_a_varied_setting_runs_as_extra_arms_paired_with_its_own_framework():
                                   "PyTorch at train.batch_size=128 = 1.50x")
     assert v[("torch", "tensorflow", "train")]["winner"] == "PyTorch"  # the framework verdicts are unchanged
     assert {c.framework for c in bench.per_cell(rows, {"mlp": 1000}, 200.0)} == {"torch", "tensorflow"}
+
+
+def test_thread_arms_are_judged_against_their_own_thread_counts_calibration():
+    # at 1 thread the calibration GEMM reads about half of 2 threads': against the run's 2-thread median a steady
+    # 1-thread child looked like a machine at half speed (flagged), and the mixed readings like an unstable machine
+    arms = rounds.arms(["torch", "tensorflow"], False, "threads", [1], own=2)
+    assert arms == ["torch", "tensorflow", "torch@threads=1", "tensorflow@threads=1"]
+
+    def run(arm, rd):
+        one = arm.endswith("=1")
+        gemm, rate = (100.0, 60.0) if one else (200.0, 100.0 if arm == "torch" else 80.0)
+        rates = Rates(rate, rate, rate, 0.0, 0.0, 1, 1.0)
+        return [Measurement("mlp", "eager", train=rates, infer={512: rates}, calib_before_gflops=gemm,
+                            calib_after_gflops=gemm * (1.02 if rd == 2 and one else 1.0), threads=1 if one else 2)]
+    rows = rounds.run_rounds(run, arms, rounds=6, max_drift=0.1)
+    assert not [r for r in rows if r.flag] and len({r.round for r in rows}) == 6
+    assert rounds.calibrations(rows) == [200.0] * 24  # the machine's stability: the run's own count only
+    v = {(x["a"], x["phase"]): x for x in bench.comparisons(rows, ["torch", "tensorflow"], ["mlp"],
+                                                            FAKE.model_copy(update={"control": False}),
+                                                            {"threads": 2})}
+    assert v[("torch@threads=1", "train")]["text"].startswith(
+        "PyTorch at threads=2 is faster (PyTorch at threads=1/PyTorch at threads=2 = 0.60x")
+    assert v[("tensorflow@threads=1", "infer")]["ratio"] == pytest.approx(0.75)
+    assert v[("torch", "train")]["winner"] == "PyTorch"
 
 
 def test_a_setting_arm_spawns_its_child_with_that_setting(monkeypatch):

@@ -458,6 +458,16 @@ def test_a_gpu_batch_size_sweep_shows_memory_and_the_thread_sweep_says_it_was_sk
             "speedometer, 3.0 s measuring (forked from a process that had imported it); TensorFlow 6.5 s: 2.5 s "
             "before its first measurement, 0.6 s on the speedometer, 3.0 s measuring (a new interpreter, imports "
             "included).") in stability
+    # a setting's comparisons withheld: the first lines name each by its arm, not "mlp train" again and again
+    path = results / "bench" / "records.json"
+    rec = json.loads(path.read_text())
+    for v in rec["verdicts"]:
+        if v["setting"]:
+            v |= {"winner": None, "text": "no verdict (5 usable rounds; at least 6 are needed for a 95% interval)"}
+    path.write_text(json.dumps(rec))
+    head = run_report(results).split("## Time to target accuracy")[0]
+    assert ("got no verdict**: mlp train (PyTorch at train.batch_size=512), mlp train (TensorFlow at "
+            "train.batch_size=512), mlp infer (PyTorch at train.batch_size=512)") in head
     # the GPU's own state: a throttled child and a shared GPU are named, so their rates are read for what they are
     assert (f"The GPU as each of {n} children ended (NVML): SM clock 1,980 MHz median [1,500–1,980], up to 62 °C, "
             "400 W median. **1 child(ren) ended with the SM clock more than 10% under the median** (PyTorch in round "

@@ -46,7 +46,7 @@ def comparisons(rows: list[Measurement], frameworks: list[str], models: list[str
                     name_a, name_b = f"{name_a} at {key}={value}", f"{name_b} at {key}={(own or {}).get(key, 'own')}"
                 said = verdict.speed(name_a, name_b, per_round, cfg.min_effect) | {"ratios": per_round,
                                                                                    "setting": a if setting else None}
-                if stab["cv_pct"] > cfg.max_calib_cv:
+                if stab["cv_pct"] > cfg.max_calib_cv and said["rounds"] >= verdict.min_rounds():  # else: too few
                     said |= {"winner": None, "text": (
                         f"no verdict: the machine was too unstable (calibration CV {stab['cv_pct']:.1f}% over the "
                         f"usable rounds > {cfg.max_calib_cv:g}%); measured ratio {said['ratio']:.2f}x")}

@@ -57,7 +57,7 @@ def run_rounds(run: Callable[[str, int], list[Measurement]], arm_names: list[str
     in the records (with the reason); its round counts for the pairs it is not part of. When to stop, and which
     arms run again, depend on flags and time only, never on the ratios measured, so neither can bias a verdict."""
     rows: list[Measurement] = []
-    calibrations: list[float] = []
+    seen: dict[int, list[float]] = {}  # calibrations per thread count: bench.vary's thread arms read their own speed
     start, longest, index = clock(), 0.0, 0
     while (short := _short(rows, arm_names, rounds)):
         todo = arm_names if index < rounds else [a for a in arm_names if any(a in pair for pair in short)]
@@ -69,9 +69,9 @@ def run_rounds(run: Callable[[str, int], list[Measurement]], arm_names: list[str
             began = clock()
             got = run(arm, index)
             longest = max(longest, clock() - began)
-            calibrations += [got[0].calib_before_gflops, got[0].calib_after_gflops]
-            why = flag(got[0].calib_before_gflops, got[0].calib_after_gflops, float(np.median(calibrations)),
-                       max_drift)
+            same = seen.setdefault(got[0].threads, [])
+            same += [got[0].calib_before_gflops, got[0].calib_after_gflops]
+            why = flag(got[0].calib_before_gflops, got[0].calib_after_gflops, float(np.median(same)), max_drift)
             for r in got:
                 r.kind, r.round, r.arm, r.flag = "round", index, arm, why
             round_rows += got
@@ -108,7 +108,8 @@ def ratios(rows: list[Measurement], arm_a: str, arm_b: str, model: str, phase: s
 
 
 def calibrations(rows: list[Measurement]) -> list[float]:
-    """Every calibration in `rows` at the run's thread count, once per child (thread-sweep children run on other
-    counts)."""
-    children = {(r.kind, r.round, r.arm): r for r in rows if r.kind != "threads"}
+    """Every calibration in `rows` at the run's thread count, once per child: thread-sweep children and bench.vary's
+    thread arms run on other counts, where the GEMM reads another speed (about half of 2 threads' at 1)."""
+    children = {(r.kind, r.round, r.arm): r for r in rows
+                if r.kind != "threads" and (setting_of(r.arm) or ("",))[0] != "threads"}
     return [c for r in children.values() for c in (r.calib_before_gflops, r.calib_after_gflops)]

@@ -16,7 +16,7 @@ from pipeline.backends import LABEL, shown
 from pipeline.measure import verdict
 from pipeline.records import Cell, CellMetrics
 from pipeline.report import figures
-from pipeline.report.results import Results, gpus, history_rows, pair_label, pairs
+from pipeline.report.results import Results, arm_label, gpus, history_rows, pair_label, pairs
 
 
 def time_to_target_blocks(r: Results, figdir: Path) -> list:
@@ -127,7 +127,7 @@ def headline(r: Results) -> list:
              f"{cal['gflops_median']:,.0f} GFLOP/s median, CV {cal['cv_pct']:.1f}%.")
     if withheld:
         names = ", ".join(f"{v['model']} {v['phase']}" + (" (A/A control)" if v.get("control") else "")
-                          for v in withheld)
+                          + (f" ({arm_label(v['setting'])})" if v.get("setting") else "") for v in withheld)
         noise += (f" **{len(withheld)} of {len(b['verdicts'])} speed comparisons got no verdict**: {names} (the "
                   f"first: {withheld[0]['text']}). The machine was too noisy for them: rerun the bench when it is "
                   f"calmer (`dvc repro -f -s bench`), or give it more rounds (`bench.max_s`, now {b['max_s']} s).")
