@@ -362,6 +362,15 @@ def test_a_noisy_bench_says_so_in_the_first_lines_with_what_to_do(results):
             "train (A/A control), cnn infer (A/A control) (the first: no verdict (4 usable rounds;") in head
 
 
+def test_the_stability_line_says_when_thread_arms_read_their_own_speedometer(results):
+    path = results / "bench" / "records.json"
+    line = lambda md: next(x for x in md.splitlines() if x.startswith("**Machine stability**"))  # noqa: E731
+    assert "judged apart" not in line(run_report(results))
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"vary": "threads"}))
+    assert ("(NumPy fp32 GEMM 512x512 on the CPU; 2 threads, the bench.vary thread arms' own readings judged apart, "
+            "run before and after every child)") in line(run_report(results))
+
+
 def test_a_gpu_machine_measured_on_its_cpu_or_more_threads_than_cores_say_so_first(results):
     env = json.loads((results / "env.json").read_text())
     assert "gpu_unseen" not in run_report(results)  # a CPU machine: no such line, and no empty row for it

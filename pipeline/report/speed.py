@@ -33,6 +33,8 @@ def stability_text(r: Results) -> str:
     meters = sorted({m for rec in b["records"] if (m := rec.get("speedometer"))})
     what = "; ".join(meters) if meters else speedo.DESCRIPTION  # records from before speedometers were named
     threads = "" if gpus(r) else f"; {b.get('threads', '?')} threads"  # a device matmul uses no host threads
+    if threads and b.get("vary") == "threads":  # rounds.calibrations: the thread arms read another speed
+        threads += ", the bench.vary thread arms' own readings judged apart"
     text = (f"**Machine stability**: the speedometer ({what}{threads}, run before and after every child) gave "
             f"{cal['gflops_median']:,.0f} GFLOP/s median [IQR {cal['gflops_q1']:,.0f}–{cal['gflops_q3']:,.0f}], "
             f"CV {cal['cv_pct']:.1f}% over {cal['n']} calibrations. ")
