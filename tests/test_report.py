@@ -362,6 +362,18 @@ def test_a_noisy_bench_says_so_in_the_first_lines_with_what_to_do(results):
             "train (A/A control), cnn infer (A/A control) (the first: no verdict (4 usable rounds;") in head
 
 
+def test_one_framework_still_puts_each_models_time_to_target_first(results):
+    from pipeline.report import headline, results as res
+    lines = [text for _, text in headline.headline(res.collect(results, ["torch"], ["mlp", "cnn"]))]
+    assert lines[:2] == ["**mlp** (PyTorch 10.0 s to 0.8): one framework in this run, so no verdict (list another in "
+                         "`frameworks` to compare)",
+                         "**cnn** (PyTorch not reached (best 0.7500)): one framework in this run, so no verdict (list "
+                         "another in `frameworks` to compare)"]
+    assert lines[2].startswith("Speed evidence: ")
+    both = [text for _, text in headline.headline(res.collect(results, ["torch", "tensorflow"], ["mlp", "cnn"]))]
+    assert not any("one framework" in line for line in both)
+
+
 def test_the_stability_line_says_when_thread_arms_read_their_own_speedometer(results):
     path = results / "bench" / "records.json"
     line = lambda md: next(x for x in md.splitlines() if x.startswith("**Machine stability**"))  # noqa: E731

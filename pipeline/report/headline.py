@@ -118,6 +118,10 @@ def headline(r: Results) -> list:
         v = time_to_target_verdict(r, ca, cb)
         times = ", ".join(f"{LABEL[c.framework]} {_ttt(r.train[c])}" for c in (ca, cb))
         lines.append(f"**{model}** ({times}): {v['text']}")
+    if len(r.frameworks) == 1:  # nothing to compare, but what was measured still comes first
+        fw = r.frameworks[0]
+        lines += [f"**{m}** ({LABEL[fw]} {_ttt(r.train[Cell(fw, m)])}): one framework in this run, so no verdict "
+                  "(list another in `frameworks` to compare)" for m in r.models if Cell(fw, m) in r.train]
     b, cal = r.bench, r.bench["calibration"]
     children = len(r.of_kind("round")) // max(len(r.models), 1)
     withheld = _withheld(b["verdicts"])
