@@ -15,7 +15,8 @@ import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
-from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_no_gpu, refuse_precision  # noqa: E402
+from pipeline.backends.base import (TENSOR_CORES_16, Backend, Feed, Step, Variant, refuse_no_gpu,  # noqa: E402
+                                    refuse_precision)
 from pipeline.measure import speedo, telemetry  # noqa: E402
 from pipeline.measure.timing import MAX_STEPS, lengthened  # noqa: E402
 from pipeline.spec import Act, Conv, Dense, Dropout, Flatten, ModelSpec, Optim, Pool  # noqa: E402
@@ -73,7 +74,8 @@ class TensorFlowBackend(Backend):
             pass
         details = tf.config.experimental.get_device_details(gpus[0]) if use == "cuda" else {}
         name = details.get("device_name", "gpu") if use == "cuda" else "cpu"
-        refuse_precision(precision, name, details.get("compute_capability") if use == "cuda" else None)
+        refuse_precision(precision, name, tuple(details.get("compute_capability", TENSOR_CORES_16))  # unknown: let be
+                         if use == "cuda" else None)
         # fp32 means fp32: TensorFlow runs float32 matmuls and convolutions in TF32 on Ampere and newer by default
         tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")
         # bf16: each layer built with Keras' mixed_bfloat16 policy (bfloat16 compute, float32 weights); a policy per

@@ -53,9 +53,10 @@ def run_rounds(run: Callable[[str, int], list[Measurement]], arm_names: list[str
     """Rounds of run(arm, round_index) in alternating order until every verdict has `rounds` usable rounds (the
     first arm and the other usable in the same round). The first `rounds` rounds always run whole; a round after
     them runs only the arms of the comparisons still short of usable rounds (in the same alternating order), and
-    starts only while it can end within `max_s` seconds of the start (judged by the longest child so far), so a noisy machine costs a known time, not an open-ended one. A flagged child is kept
-    in the records (with the reason); its round counts for the pairs it is not part of. When to stop, and which
-    arms run again, depend on flags and time only, never on the ratios measured, so neither can bias a verdict."""
+    starts only while it can end within `max_s` seconds of the start (judged by the longest child so far), so a
+    noisy machine costs a known time, not an open-ended one. A flagged child is kept in the records (with the
+    reason); its round counts for the pairs it is not part of. When to stop, and which arms run again, depend on
+    flags and time only, never on the ratios measured, so neither can bias a verdict."""
     rows: list[Measurement] = []
     seen: dict[int, list[float]] = {}  # calibrations per thread count: bench.vary's thread arms read their own speed
     start, longest, index = clock(), 0.0, 0
