@@ -117,7 +117,7 @@ class Train(_Section):
         return max(1, round(self.eval_every_samples / self.batch_size))
 
 
-PRECISIONS = ("fp32", "tf32", "bf16")  # how matmuls and convolutions compute, the same in every framework
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")  # how matmuls and convolutions compute, alike in every framework
 # Opt-in variants (one child per framework after the rounds): each framework's way to do it, or a reason it has none
 VARIANTS = ("compile", "channels_last", "cuda_graphs", "fit")
 VARY = ("none", "train.batch_size", "threads")  # settings that change how a step runs, not what it computes

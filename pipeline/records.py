@@ -117,7 +117,7 @@ class Measurement:
     threads: int = 0
     intra_op_threads: int = 0
     inter_op_threads: int = 0
-    precision: str = ""       # what the backend really ran with (fp32 | tf32 | bf16), read back and checked
+    precision: str = ""       # what the backend really ran with (fp32 | tf32 | bf16 | fp16), read back and checked
     peak_rss_mb: float = math.nan
     child_wall_s: float = math.nan     # the process from launch to exit, as its parent timed it
     child_setup_s: float = math.nan    # of which before its first measurement: interpreter, imports, data, device

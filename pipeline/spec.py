@@ -162,6 +162,14 @@ def digest(arrays: list[np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
+# precision fp16's dynamic loss scaling, the same in both frameworks (torch.amp.GradScaler, Keras'
+# LossScaleOptimizer): the loss is multiplied by the scale before the backward pass and the gradients divided by it;
+# a step with a non-finite gradient is skipped and halves the scale, LOSS_SCALE_GROWTH finite steps in a row double
+# it. Both frameworks' defaults differ (2^16 and 2^15 to start), so both are given these.
+LOSS_SCALE = 2.0 ** 15
+LOSS_SCALE_GROWTH = 2000
+
+
 @dataclass(frozen=True)
 class Optim:
     """Optimizer maths, every hyperparameter explicit (framework defaults differ, e.g. Adam's epsilon).

@@ -207,3 +207,20 @@ def test_both_frameworks_autotune_their_convolutions_as_tensorflow_does_by_defau
     got = {fw: backends.create(fw, 1, "cpu", 0, "fp32").info["conv_autotune"] for fw in ("torch", "tensorflow")}
     assert got == {"torch": True, "tensorflow": True} and torch.backends.cudnn.benchmark
     assert os.environ["TF_CUDNN_USE_AUTOTUNE"] == "1"
+
+
+@pytest.mark.parametrize("framework", backends.FRAMEWORKS)
+def test_weights_read_back_are_a_snapshot_that_training_leaves_alone(framework):
+    # PyTorch's .numpy() of a CPU parameter shares its memory: read back without a copy, a bias "read before"
+    # would show the weights after the next update
+    be = backends.create(framework, 1, "cpu", 0, "fp32")
+    s = specs.mlp((4, 4, 1), 10, [8], "relu", 0.0)
+    model = be.build(s, specs.init_weights(s, 0))
+    before = be.get_weights(model, s)
+    kept = [w.copy() for w in before]
+    step = be.make_step(model, specs.Optim("sgd", 0.5, 0.0, 0.9, 0.999, 1e-8), be.DEFAULT)
+    rng = np.random.default_rng(0)
+    be.sync(step(*be.put(rng.normal(size=(8, 4, 4, 1)).astype(np.float32), np.arange(8)))[0])
+    after = be.get_weights(model, s)
+    assert all(np.array_equal(b, k) for b, k in zip(before, kept))
+    assert any(not np.array_equal(a, k) for a, k in zip(after, kept))  # and the step did change the model

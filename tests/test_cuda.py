@@ -43,6 +43,19 @@ def test_precision_is_set_and_read_back_on_the_gpu():
     assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
 
 
+def test_fp16_trains_with_its_loss_scale_on_the_gpu_and_its_speedometer_runs_in_float16():
+    from pipeline.spec import LOSS_SCALE
+    fp16 = backends.create("torch", 1, "cuda", 0, "fp16")
+    assert fp16.info["precision"] == "fp16" and fp16.speedometer().startswith("torch matmul 4096x4096 fp16 on ")
+    assert fp16.calibrate(1) > 10 * speedo.gemm_gflops(1)
+    x, y = batch(MNIST_CNN, 64)
+    model = fp16.build(MNIST_CNN, specs.init_weights(MNIST_CNN, 0))
+    step = fp16.make_step(model, specs.Optim("adam", 1e-3, 0.0, 0.9, 0.999, 1e-8), fp16.DEFAULT)
+    losses = [float(fp16.numpy(step(*fp16.put(x, y))[0])) for _ in range(20)]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]  # the same batch again: it learns it
+    assert step.scaler.get_scale() <= LOSS_SCALE  # halved by overflows only, never grown in 20 steps
+
+
 def test_data_stays_on_the_device_and_memory_peaks_grow_with_the_batch():
     g = backends.create("torch", 1, "cuda", 0, "fp32")
     x, y = batch(MNIST_CNN, 1024)

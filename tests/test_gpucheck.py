@@ -54,7 +54,7 @@ def test_without_a_gpu_it_says_so_in_one_line(prepared):
 @pytest.mark.parametrize("args, message", [
     (["--precisions", "fp32,tf32"], "gpu-check: --precisions tf32 runs only on a CUDA GPU"),
     (["--precisions", "fp32", "--variants", "xla"], "params.yaml: bench.variants: expected a list of distinct names"),
-    (["--precisions", "fp16"], "params.yaml: precision: expected one of fp32 | tf32 | bf16, got 'fp16'"),
+    (["--precisions", "fp8"], "params.yaml: precision: expected one of fp32 | tf32 | bf16 | fp16, got 'fp8'"),
     (["--batch-sizes", "128,big"], "gpu-check: --batch-sizes '128,big': expected integers"),
 ])
 def test_bad_settings_stop_it_before_anything_runs(prepared, monkeypatch, args, message):
@@ -78,8 +78,8 @@ def test_no_train_runs_the_sweep_alone(prepared, monkeypatch, capsys):
     assert "not run (--no-train)" in capsys.readouterr().out
 
 
-def test_a_gpu_older_than_ampere_is_surveyed_in_fp32_and_told_why_not_in_tf32_or_bf16(prepared, monkeypatch,
-                                                                                        caplog):
+def test_a_gpu_older_than_ampere_is_surveyed_in_fp32_and_fp16_and_told_why_not_in_tf32_or_bf16(
+        prepared, monkeypatch, caplog):
     from pipeline.records import Measurement
     ran = []
     monkeypatch.setattr(gpucheck, "_cuda", lambda: True)
@@ -89,8 +89,8 @@ def test_a_gpu_older_than_ampere_is_surveyed_in_fp32_and_told_why_not_in_tf32_or
     pp = write_params(prepared / "params.yaml", **TINY)
     with caplog.at_level("INFO", logger="gpu-check"):
         gpucheck.main(["--no-train", "--data", str(prepared / "prepared.npz"), "--params", str(pp),
-                       "--batch-sizes", "8"])  # the default precisions: fp32, tf32, bf16
-    assert ran == ["torch fp32 batch 8"]
+                       "--batch-sizes", "8"])  # the default precisions: fp32, tf32, bf16, fp16
+    assert ran == ["torch fp32 batch 8", "torch fp16 batch 8"]  # fp16: a T4's tensor cores
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]
     assert said == [f"skipped: precision: {p} needs an NVIDIA GPU of compute capability 8.0 or newer (Ampere and "
                     "later); this Tesla T4 is 7.5: use fp32" for p in ("tf32", "bf16")]

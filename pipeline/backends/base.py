@@ -44,6 +44,7 @@ class Step:
     run: Callable[[Any, Any], tuple[Any, Any]]
     optimizer: Any                    # the framework's optimizer object (tests inspect its state)
     set_lr: Callable[[float], None]   # the rate from the next call on (schedules; never retraces)
+    scaler: Any = None                # PyTorch's fp16 loss scaler (TensorFlow's is its optimizer), else None
 
     def __call__(self, x: Any, y: Any) -> tuple[Any, Any]:
         return self.run(x, y)
@@ -75,7 +76,7 @@ def check_threads(info: dict, threads: int) -> dict:
 
 def check_precision(info: dict, precision: str) -> dict:
     """The precision a backend really runs with (read back from the framework) must be the one asked for: fp32
-    with TF32 off, tf32 with it on, bf16 with bf16 compute (and TF32 off for what stays fp32)."""
+    with TF32 off, tf32 with it on, bf16 and fp16 with 16-bit compute (and TF32 off for what stays fp32)."""
     got = info["precision"]
     if got != precision:
         raise RuntimeError(f"{info['framework']} runs with precision {got}; asked for {precision}")
@@ -132,7 +133,7 @@ class Backend(ABC):
     @abstractmethod
     def __init__(self, threads: int, device: str, seed: int, precision: str):
         """Threads (intra-op, 0 = the framework's own default, which backends.create never passes: it gives every
-        framework cpu_threads' one count; inter-op 1), device, RNG and precision (fp32 | tf32 | bf16,
+        framework cpu_threads' one count; inter-op 1), device, RNG and precision (fp32 | tf32 | bf16 | fp16,
         params.PRECISIONS), before anything runs; a precision the device cannot do is a ParamsError."""
 
     @abstractmethod
@@ -145,7 +146,7 @@ class Backend(ABC):
 
     @abstractmethod
     def get_weights(self, model: Model, spec: ModelSpec) -> list[np.ndarray]:
-        """The model's weights in canonical layout."""
+        """The model's weights in canonical layout: a copy, which later updates leave as it is."""
 
     @abstractmethod
     def put(self, x: np.ndarray, y: np.ndarray) -> Data:

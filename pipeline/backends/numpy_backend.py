@@ -28,7 +28,7 @@ class NumpyBackend(Backend):
         if telemetry.run_device(device) == "cuda":  # beside frameworks on a GPU it would be no comparison
             refuse_no_gpu(device, "the numpy backend", "it runs on the CPU only")
         refuse_precision(precision, "cpu")
-        if precision != "fp32":  # NumPy has no bfloat16 type: its layers compute in float32 only
+        if precision != "fp32":  # its layers compute in float32 only (NumPy has no bfloat16 type)
             raise ParamsError(f"params.yaml: precision: {precision} is not available in the numpy backend (fp32 "
                               "only); use fp32 or drop numpy from frameworks")
         if threads:  # the BLAS pool is NumPy's only parallelism; limit it for the whole process

@@ -19,7 +19,8 @@ from pipeline.backends.base import (TENSOR_CORES_16, Backend, Feed, Step, Varian
                                     refuse_precision)
 from pipeline.measure import speedo, telemetry  # noqa: E402
 from pipeline.measure.timing import MAX_STEPS, lengthened  # noqa: E402
-from pipeline.spec import Act, Conv, Dense, Dropout, Flatten, ModelSpec, Optim, Pool  # noqa: E402
+from pipeline.backends.tensorflow_layers import keras_layer  # noqa: E402
+from pipeline.spec import LOSS_SCALE, LOSS_SCALE_GROWTH, ModelSpec, Optim  # noqa: E402
 
 
 def cuda_fix() -> str:
@@ -78,9 +79,9 @@ class TensorFlowBackend(Backend):
                          if use == "cuda" else None)
         # fp32 means fp32: TensorFlow runs float32 matmuls and convolutions in TF32 on Ampere and newer by default
         tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")
-        # bf16: each layer built with Keras' mixed_bfloat16 policy (bfloat16 compute, float32 weights); a policy per
-        # model, not Keras' process-wide global one
-        self.dtype = "mixed_bfloat16" if precision == "bf16" else "float32"
+        # bf16 / fp16: each layer built with Keras' mixed_bfloat16 / mixed_float16 policy (16-bit compute, float32
+        # weights); a policy per model, not Keras' process-wide global one
+        self.dtype = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}.get(precision, "float32")
         self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)  # batch mean, on logits
         # cuDNN's per-shape algorithm timing, TensorFlow's default, made explicit (the environment can turn it off):
         # the PyTorch backend turns its own on (cudnn.benchmark); read when the first convolution runs
@@ -92,14 +93,14 @@ class TensorFlowBackend(Backend):
                      "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
                      "conv_autotune": os.environ["TF_CUDNN_USE_AUTOTUNE"] == "1",
                      "precision": ("tf32" if tf.config.experimental.tensor_float_32_execution_enabled() else
-                                   "bf16" if self.dtype == "mixed_bfloat16" else "fp32")}
+                                   {"mixed_bfloat16": "bf16", "mixed_float16": "fp16"}.get(self.dtype, "fp32"))}
 
     def reseed(self, seed: int) -> None:
         keras.utils.set_random_seed(seed)  # Python, NumPy and TF seeds
 
     def build(self, spec: ModelSpec, weights: list[np.ndarray]) -> keras.Model:
         with tf.device(self.device):
-            model = keras.Sequential([keras.Input(spec.in_shape)] + [_layer(layer, self.dtype)
+            model = keras.Sequential([keras.Input(spec.in_shape)] + [keras_layer(layer, self.dtype)
                                                                      for layer in spec.layers], name=spec.name)
             model.set_weights(weights)  # canonical layout is Keras' own: HWIO kernels, (in, out), NHWC flatten
         return model
@@ -116,7 +117,7 @@ class TensorFlowBackend(Backend):
         return tf.gather(data[0], i), tf.gather(data[1], i)
 
     def make_step(self, model: keras.Model, optim: Optim, variant: str) -> Step:
-        opt, loss_fn = make_optimizer(optim), self.loss
+        opt, loss_fn = make_optimizer(optim, self.dtype == "mixed_float16"), self.loss
         opt.build(model.trainable_variables)
 
         @tf.function(jit_compile=variant == "xla", reduce_retracing=True)
@@ -124,7 +125,8 @@ class TensorFlowBackend(Backend):
             with tf.GradientTape() as tape:
                 logits = tf.cast(model(xb, training=True), tf.float32)  # the loss in float32 at any precision
                 loss = loss_fn(yb, logits)
-            opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+                scaled = scaled_loss(opt, loss)  # fp16: the optimizer unscales, and skips a non-finite update
+            opt.apply_gradients(zip(tape.gradient(scaled, model.trainable_variables), model.trainable_variables))
             n = tf.cast(tf.shape(yb)[0], tf.float32)
             correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1), yb), tf.int64))
             return loss * n, correct
@@ -146,7 +148,7 @@ class TensorFlowBackend(Backend):
         # Model.fit over the same in-memory batches in the same order, fed through tf.data (so its figure includes
         # tf.data's input handling). One epoch of 1 step is the first step, one of warmup-1 steps the rest of the
         # warmup, then one epoch of `steps` steps per timed repeat.
-        model.compile(optimizer=make_optimizer(optim), loss=self.loss)
+        model.compile(optimizer=make_optimizer(optim, self.dtype == "mixed_float16"), loss=self.loss)
         full = len(order) // batch_size * batch_size
         ds = tf.data.Dataset.from_tensor_slices(self.take(data, order[:full])).batch(batch_size, drop_remainder=True)
         ds = ds.repeat()
@@ -180,15 +182,15 @@ class TensorFlowBackend(Backend):
         return tf.config.experimental.get_memory_info(self.device.strip("/"))["peak"] / 2**20
 
     def calibrate(self, threads: int) -> float:
-        """On a GPU: a fixed matmul on the device at this backend's precision (bf16 in bfloat16, else float32 with
-        the TF32 setting in force), synchronised; on a CPU the shared NumPy GEMM."""
+        """On a GPU: a fixed matmul on the device at this backend's precision (bf16 and fp16 in their 16 bits, else
+        float32 with the TF32 setting in force), synchronised; on a CPU the shared NumPy GEMM."""
         if self.device == "/CPU:0":
             return super().calibrate(threads)
         n = speedo.DEVICE_SIZE
         with tf.device(self.device):
             gen = tf.random.Generator.from_seed(0)
-            a, b = (tf.cast(gen.normal((n, n)), tf.bfloat16 if self.dtype == "mixed_bfloat16" else tf.float32)
-                    for _ in "ab")
+            a, b = (tf.cast(gen.normal((n, n)), {"mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}.get(
+                self.dtype, tf.float32)) for _ in "ab")
             mm = tf.function(lambda: tf.matmul(a, b)[0, 0])  # one element read back waits for the whole product
             return speedo.burst_rate(mm, 2.0 * n**3, self.sync)
 
@@ -243,23 +245,6 @@ class TensorFlowBackend(Backend):
         return iter(ds.repeat())
 
 
-def _layer(layer: object, dtype: str) -> keras.layers.Layer:
-    match layer:
-        case Conv(k, _, c_out):
-            return keras.layers.Conv2D(c_out, k, padding="same", dtype=dtype)
-        case Pool(size):
-            return keras.layers.MaxPooling2D(size, dtype=dtype)
-        case Flatten():
-            return keras.layers.Flatten(dtype=dtype)
-        case Dense(_, n_out):
-            return keras.layers.Dense(n_out, dtype=dtype)
-        case Dropout(p):
-            return keras.layers.Dropout(p, dtype=dtype)
-        case Act(fn):
-            return keras.layers.ReLU(dtype=dtype) if fn == "relu" else keras.layers.Activation(fn, dtype=dtype)
-    raise TypeError(f"unknown layer {layer!r}")
-
-
 class TorchFormAdam(keras.optimizers.Adam):
     """Adam with epsilon added after bias correction, as torch.optim.Adam and the paper's Algorithm 1.
 
@@ -280,12 +265,22 @@ class TorchFormAdam(keras.optimizers.Adam):
         self.assign_sub(variable, ops.divide(ops.multiply(lr, m_hat), ops.add(ops.sqrt(v_hat), self.epsilon)))
 
 
-def make_optimizer(o: Optim) -> keras.optimizers.Optimizer:
+def make_optimizer(o: Optim, loss_scaled: bool = False) -> keras.optimizers.Optimizer:
+    """Every hyperparameter explicit; `loss_scaled` (fp16) wraps it in dynamic loss scaling with spec's settings,
+    as the PyTorch backend's GradScaler has them (Keras' own wrapping in compile() would use its defaults)."""
     if o.name == "adam":
-        return TorchFormAdam(learning_rate=o.lr, beta_1=o.beta1, beta_2=o.beta2, epsilon=o.eps, amsgrad=False,
-                              name="torch_form_adam")  # Keras derives scope names from the class name otherwise
-    return keras.optimizers.SGD(learning_rate=o.lr, momentum=o.momentum if o.name == "momentum" else 0.0,
-                                nesterov=False)
+        opt = TorchFormAdam(learning_rate=o.lr, beta_1=o.beta1, beta_2=o.beta2, epsilon=o.eps, amsgrad=False,
+                            name="torch_form_adam")  # Keras derives scope names from the class name otherwise
+    else:
+        opt = keras.optimizers.SGD(learning_rate=o.lr, momentum=o.momentum if o.name == "momentum" else 0.0,
+                                   nesterov=False)
+    return keras.optimizers.LossScaleOptimizer(opt, initial_scale=LOSS_SCALE, dynamic_growth_steps=LOSS_SCALE_GROWTH) \
+        if loss_scaled else opt
+
+
+def scaled_loss(opt: keras.optimizers.Optimizer, loss: Any) -> Any:
+    """The loss to differentiate: multiplied by the current scale under fp16's loss scaling, else itself."""
+    return opt.scale_loss(loss) if isinstance(opt, keras.optimizers.LossScaleOptimizer) else loss
 
 
 BACKEND = TensorFlowBackend

@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_no_gpu, refuse_precision
+from pipeline.backends.torch_layers import from_native, to_native, torch_module
 from pipeline.errors import Unavailable
 from pipeline.measure import speedo, telemetry
-from pipeline.spec import Act, Conv, Dense, Dropout, Flatten, ModelSpec, Optim, Pool, init_weights
+from pipeline.spec import LOSS_SCALE, LOSS_SCALE_GROWTH, ModelSpec, Optim, init_weights
 
 
 class TorchBackend(Backend):
@@ -53,9 +54,9 @@ class TorchBackend(Backend):
         # and from TensorFlow's); tf32 turns both on, as the TensorFlow backend does
         torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
         torch.backends.cudnn.allow_tf32 = precision == "tf32"
-        # bf16: autocast around the forward pass (matmuls and convolutions in bfloat16, the loss and the weights in
-        # float32), the same split as Keras' mixed_bfloat16 policy
-        self.amp = torch.bfloat16 if precision == "bf16" else None
+        # bf16 / fp16: autocast around the forward pass (matmuls and convolutions in 16 bits, the loss and the
+        # weights in float32), the same split as Keras' mixed_bfloat16 / mixed_float16 policies
+        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         # cuDNN times each convolution's candidate algorithms once per shape and keeps the fastest, as TensorFlow
         # does by default: off (PyTorch's default) a tuned TensorFlow CNN would meet PyTorch's heuristic picks
         torch.backends.cudnn.benchmark = True
@@ -64,7 +65,8 @@ class TorchBackend(Backend):
         self.info = {"framework": self.NAME, "framework_version": torch.__version__, "device": name,
                      "intra_op_threads": torch.get_num_threads(), "inter_op_threads": torch.get_num_interop_threads(),
                      "conv_autotune": torch.backends.cudnn.benchmark,
-                     "precision": "bf16" if self.amp is torch.bfloat16 and not tf32 else "tf32" if tf32 else "fp32"}
+                     "precision": "tf32" if tf32 else {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp,
+                                                                                                        "fp32")}
 
     def _forward(self, net: Any, xb: torch.Tensor) -> torch.Tensor:
         """Logits in float32, computed at the backend's precision."""
@@ -77,14 +79,15 @@ class TorchBackend(Backend):
         torch.manual_seed(seed)
 
     def build(self, spec: ModelSpec, weights: list[np.ndarray]) -> nn.Module:
-        model = nn.Sequential(*(_module(layer) for layer in spec.layers))
+        model = nn.Sequential(*(torch_module(layer) for layer in spec.layers))
         with torch.no_grad():
             for p, w in zip(model.parameters(), to_native(spec, weights), strict=True):
                 p.copy_(torch.from_numpy(w))
         return model.to(self.device)
 
     def get_weights(self, model: nn.Module, spec: ModelSpec) -> list[np.ndarray]:
-        return from_native(spec, [p.detach().cpu().numpy() for p in model.parameters()])
+        # a copy: on a CPU .numpy() shares the parameter's memory, which the next update would change
+        return from_native(spec, [p.detach().cpu().numpy().copy() for p in model.parameters()])
 
     def put(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """NHWC float32 images -> NCHW device tensors kept in memory for the whole run."""
@@ -124,13 +127,19 @@ class TorchBackend(Backend):
         """One update in `variant` (VARIANTS): the same maths, another layout or launch path."""
         layout = self._layout(model, variant)
         opt = make_optimizer(model, optim, capturable=variant == "cuda_graphs")
+        scaler = self._scaler(variant)
 
         def step(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             logits = self._forward(model, layout(xb))
             loss = F.cross_entropy(logits, yb)  # mean over the batch, on logits
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:  # fp16: backward on the scaled loss; on a non-finite gradient no update, and the scale halves
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             return loss.detach() * len(yb), (logits.argmax(1) == yb).sum()
         run = self._compiled(step, variant)
 
@@ -141,7 +150,18 @@ class TorchBackend(Backend):
         def set_lr(lr: float) -> None:
             for group in opt.param_groups:
                 group["lr"] = lr
-        return Step(train_step, opt, set_lr)
+        return Step(train_step, opt, set_lr, scaler)
+
+    def _scaler(self, variant: str) -> torch.amp.GradScaler | None:
+        """fp16's dynamic loss scaling with spec's settings, as the TensorFlow backend's LossScaleOptimizer has them;
+        None at any other precision."""
+        if self.amp is not torch.float16:
+            return None
+        if variant in ("compile", "cuda_graphs"):
+            raise Unavailable(f"{variant}: at fp16 the loss scaler reads its overflow check back to decide each "
+                              "update, which splits a compiled whole step")
+        return torch.amp.GradScaler(self.device.type, init_scale=LOSS_SCALE, growth_factor=2.0, backoff_factor=0.5,
+                                    growth_interval=LOSS_SCALE_GROWTH)
 
     def make_predict(self, model: nn.Module, variant: str) -> Callable[[Any], Any]:
         layout = self._layout(model, variant)
@@ -154,8 +174,8 @@ class TorchBackend(Backend):
         return predict
 
     def calibrate(self, threads: int) -> float:
-        """On CUDA: a fixed matmul on the device at this backend's precision (bf16 in bfloat16, else float32 with
-        the TF32 setting in force), synchronised; on a CPU the shared NumPy GEMM."""
+        """On CUDA: a fixed matmul on the device at this backend's precision (bf16 and fp16 in their 16 bits, else
+        float32 with the TF32 setting in force), synchronised; on a CPU the shared NumPy GEMM."""
         if self.device.type != "cuda":
             return super().calibrate(threads)
         n = speedo.DEVICE_SIZE
@@ -209,56 +229,6 @@ class TorchBackend(Backend):
         while True:
             for xb, yb in loader:
                 yield xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
-
-
-def _flatten_perm(spec: ModelSpec, i: int) -> np.ndarray | None:
-    """Row order of a dense kernel after a flatten: canonical flattens (h, w, c), torch flattens (c, h, w)."""
-    prev = spec.layers[i - 1] if i else None
-    if not isinstance(prev, Flatten):
-        return None
-    return np.arange(prev.h * prev.w * prev.c).reshape(prev.h, prev.w, prev.c).transpose(2, 0, 1).ravel()
-
-
-def to_native(spec: ModelSpec, weights: list[np.ndarray]) -> list[np.ndarray]:
-    """Canonical weights -> torch layouts (conv OIHW, dense (out, in) in torch's flatten order)."""
-    out, it = [], iter(weights)
-    for i, layer in enumerate(spec.layers):
-        if isinstance(layer, Conv):
-            out += [next(it).transpose(3, 2, 0, 1), next(it)]
-        elif isinstance(layer, Dense):
-            kernel, perm = next(it), _flatten_perm(spec, i)
-            out += [(kernel if perm is None else kernel[perm]).T, next(it)]
-    return [np.ascontiguousarray(a) for a in out]
-
-
-def from_native(spec: ModelSpec, native: list[np.ndarray]) -> list[np.ndarray]:
-    out, it = [], iter(native)
-    for i, layer in enumerate(spec.layers):
-        if isinstance(layer, Conv):
-            out += [next(it).transpose(2, 3, 1, 0), next(it)]
-        elif isinstance(layer, Dense):
-            kernel, perm = next(it).T, _flatten_perm(spec, i)
-            if perm is not None:
-                kernel = kernel[np.argsort(perm)]
-            out += [kernel, next(it)]
-    return [np.ascontiguousarray(a) for a in out]
-
-
-def _module(layer: object) -> nn.Module:
-    match layer:
-        case Conv(k, c_in, c_out):
-            return nn.Conv2d(c_in, c_out, k, padding=k // 2)
-        case Pool(size):
-            return nn.MaxPool2d(size)
-        case Flatten():
-            return nn.Flatten()
-        case Dense(n_in, n_out):
-            return nn.Linear(n_in, n_out)
-        case Dropout(p):
-            return nn.Dropout(p)
-        case Act(fn):
-            return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}[fn]()
-    raise TypeError(f"unknown layer {layer!r}")
 
 
 def make_optimizer(model: nn.Module, o: Optim, capturable: bool = False) -> torch.optim.Optimizer:

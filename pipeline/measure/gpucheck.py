@@ -1,7 +1,8 @@
 """`make gpu-check`: train stages and bench children on one GPU, by precision and batch size.
 
     python -m pipeline.measure.gpucheck [--data data/prepared.npz] [--params params.yaml] [--out FILE]
-        [--batch-sizes 128,512,2048] [--precisions fp32,tf32,bf16] [--variants channels_last] [--cpu] [--no-train]
+        [--batch-sizes 128,512,2048] [--precisions fp32,tf32,bf16,fp16] [--variants channels_last] [--cpu]
+        [--no-train]
 
 For a GPU owner, in a few minutes: it times the train stage of every cell on the GPU (the stage's own script with
 params.yaml's settings and device cuda), then starts one fresh bench child per framework, precision and training
@@ -10,7 +11,7 @@ times; training and inference samples/s; the device speedometer (a matmul at tha
 of it; and the device memory training peaked at. A framework that is not installed (TensorFlow is often absent on
 a GPU box) is skipped and said. No verdicts: one process per point is a survey; the interleaved bench
 (`dvc exp run -S device=cuda ...`) gives those. Nothing is written under reports/ (those are DVC's); --out keeps
-the rows as JSON. `--cpu` runs the same on the CPU (fp32 and bf16), as a dry run without a GPU; `--no-train` runs
+the rows as JSON. `--cpu` runs the same on the CPU (fp32, bf16, fp16), as a dry run without a GPU; `--no-train` runs
 the sweep alone (its children need only the params stack, not pandas' or scikit-learn's train-stage outputs).
 """
 from __future__ import annotations
@@ -143,7 +144,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--out", type=Path, help="also write every row here as JSON")
     ap.add_argument("--batch-sizes", default="128,512,2048", help="training batch sizes (comma-separated)")
-    ap.add_argument("--precisions", default="fp32,tf32,bf16", help="fp32, tf32, bf16 (comma-separated)")
+    ap.add_argument("--precisions", default="fp32,tf32,bf16,fp16", help="fp32, tf32, bf16, fp16 (comma-separated)")
     ap.add_argument("--variants", default="channels_last", help="bench.variants names beside each default")
     ap.add_argument("--cpu", action="store_true", help="a dry run on the CPU (tf32 is a GPU format: refused)")
     ap.add_argument("--no-train", action="store_true", help="the sweep only, without the train stages' times")

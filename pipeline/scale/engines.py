@@ -105,10 +105,10 @@ class TFMultiWorker:
 
     def make_step(self, model: Any, optim: Optim, global_batch: int) -> StepFn:
         import keras
-        from pipeline.backends.tensorflow_backend import make_optimizer
+        from pipeline.backends.tensorflow_backend import make_optimizer, scaled_loss
         tf, strategy = self.tf, self.strategy
         with strategy.scope():
-            opt = make_optimizer(optim)
+            opt = make_optimizer(optim, self.be.dtype == "mixed_float16")  # fp16: the backend's loss scaling
             opt.build(model.trainable_variables)
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
 
@@ -116,7 +116,8 @@ class TFMultiWorker:
             with tf.GradientTape() as tape:
                 logits = tf.cast(model(xb, training=True), tf.float32)  # the loss in float32 at any precision
                 loss = loss_fn(yb, logits) / global_batch  # the all-reduced (summed) gradients: the global mean's
-            opt.apply_gradients(zip(tape.gradient(loss, model.trainable_variables), model.trainable_variables))
+                scaled = scaled_loss(opt, loss)
+            opt.apply_gradients(zip(tape.gradient(scaled, model.trainable_variables), model.trainable_variables))
             return loss
 
         @tf.function(reduce_retracing=True)
