@@ -23,6 +23,9 @@ from pipeline.backends.tensorflow_layers import keras_layer  # noqa: E402
 from pipeline.spec import LOSS_SCALE, LOSS_SCALE_GROWTH, ModelSpec, Optim  # noqa: E402
 
 
+POLICIES = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}  # Keras' mixed precision: 16-bit compute, fp32 weights
+
+
 def cuda_fix() -> str:
     """How to give TensorFlow the GPU it does not see: its CUDA libraries are separate packages (requirements-cuda.txt,
     which `make` installs where nvidia-smi lists a GPU), and once installed they can still fail to load."""
@@ -81,7 +84,8 @@ class TensorFlowBackend(Backend):
         tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")
         # bf16 / fp16: each layer built with Keras' mixed_bfloat16 / mixed_float16 policy (16-bit compute, float32
         # weights); a policy per model, not Keras' process-wide global one
-        self.dtype = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}.get(precision, "float32")
+        self.dtype = POLICIES.get(precision, "float32")
+        self.loss_scaled = self.dtype == "mixed_float16"  # float16's range needs it; bfloat16's does not
         self.loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)  # batch mean, on logits
         # cuDNN's per-shape algorithm timing, TensorFlow's default, made explicit (the environment can turn it off):
         # the PyTorch backend turns its own on (cudnn.benchmark); read when the first convolution runs
@@ -93,7 +97,7 @@ class TensorFlowBackend(Backend):
                      "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
                      "conv_autotune": os.environ["TF_CUDNN_USE_AUTOTUNE"] == "1",
                      "precision": ("tf32" if tf.config.experimental.tensor_float_32_execution_enabled() else
-                                   {"mixed_bfloat16": "bf16", "mixed_float16": "fp16"}.get(self.dtype, "fp32"))}
+                                   next((p for p, d in POLICIES.items() if d == self.dtype), "fp32"))}
 
     def reseed(self, seed: int) -> None:
         keras.utils.set_random_seed(seed)  # Python, NumPy and TF seeds
@@ -117,7 +121,7 @@ class TensorFlowBackend(Backend):
         return tf.gather(data[0], i), tf.gather(data[1], i)
 
     def make_step(self, model: keras.Model, optim: Optim, variant: str) -> Step:
-        opt, loss_fn = make_optimizer(optim, self.dtype == "mixed_float16"), self.loss
+        opt, loss_fn = make_optimizer(optim, self.loss_scaled), self.loss
         opt.build(model.trainable_variables)
 
         @tf.function(jit_compile=variant == "xla", reduce_retracing=True)
@@ -148,7 +152,7 @@ class TensorFlowBackend(Backend):
         # Model.fit over the same in-memory batches in the same order, fed through tf.data (so its figure includes
         # tf.data's input handling). One epoch of 1 step is the first step, one of warmup-1 steps the rest of the
         # warmup, then one epoch of `steps` steps per timed repeat.
-        model.compile(optimizer=make_optimizer(optim, self.dtype == "mixed_float16"), loss=self.loss)
+        model.compile(optimizer=make_optimizer(optim, self.loss_scaled), loss=self.loss)
         full = len(order) // batch_size * batch_size
         ds = tf.data.Dataset.from_tensor_slices(self.take(data, order[:full])).batch(batch_size, drop_remainder=True)
         ds = ds.repeat()
@@ -189,8 +193,7 @@ class TensorFlowBackend(Backend):
         n = speedo.DEVICE_SIZE
         with tf.device(self.device):
             gen = tf.random.Generator.from_seed(0)
-            a, b = (tf.cast(gen.normal((n, n)), {"mixed_bfloat16": tf.bfloat16, "mixed_float16": tf.float16}.get(
-                self.dtype, tf.float32)) for _ in "ab")
+            a, b = (tf.cast(gen.normal((n, n)), keras.DTypePolicy(self.dtype).compute_dtype) for _ in "ab")
             mm = tf.function(lambda: tf.matmul(a, b)[0, 0])  # one element read back waits for the whole product
             return speedo.burst_rate(mm, 2.0 * n**3, self.sync)
 

@@ -18,6 +18,9 @@ from pipeline.measure import speedo, telemetry
 from pipeline.spec import LOSS_SCALE, LOSS_SCALE_GROWTH, ModelSpec, Optim, init_weights
 
 
+AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}  # autocast's compute dtype per 16-bit precision
+
+
 class TorchBackend(Backend):
     NAME = "torch"
     MODEL_SUFFIX = ".pt"
@@ -56,7 +59,7 @@ class TorchBackend(Backend):
         torch.backends.cudnn.allow_tf32 = precision == "tf32"
         # bf16 / fp16: autocast around the forward pass (matmuls and convolutions in 16 bits, the loss and the
         # weights in float32), the same split as Keras' mixed_bfloat16 / mixed_float16 policies
-        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.amp = AMP.get(precision)
         # cuDNN times each convolution's candidate algorithms once per shape and keeps the fastest, as TensorFlow
         # does by default: off (PyTorch's default) a tuned TensorFlow CNN would meet PyTorch's heuristic picks
         torch.backends.cudnn.benchmark = True
@@ -65,8 +68,7 @@ class TorchBackend(Backend):
         self.info = {"framework": self.NAME, "framework_version": torch.__version__, "device": name,
                      "intra_op_threads": torch.get_num_threads(), "inter_op_threads": torch.get_num_interop_threads(),
                      "conv_autotune": torch.backends.cudnn.benchmark,
-                     "precision": "tf32" if tf32 else {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp,
-                                                                                                        "fp32")}
+                     "precision": "tf32" if tf32 else next((p for p, t in AMP.items() if t is self.amp), "fp32")}
 
     def _forward(self, net: Any, xb: torch.Tensor) -> torch.Tensor:
         """Logits in float32, computed at the backend's precision."""

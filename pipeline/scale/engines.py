@@ -108,7 +108,7 @@ class TFMultiWorker:
         from pipeline.backends.tensorflow_backend import make_optimizer, scaled_loss
         tf, strategy = self.tf, self.strategy
         with strategy.scope():
-            opt = make_optimizer(optim, self.be.dtype == "mixed_float16")  # fp16: the backend's loss scaling
+            opt = make_optimizer(optim, self.be.loss_scaled)  # fp16: the backend's loss scaling
             opt.build(model.trainable_variables)
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
 
