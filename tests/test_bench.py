@@ -130,10 +130,10 @@ def test_rounds_alternate_order_and_flagged_rounds_are_measured_again():
     assert flags == {(1, "tensorflow"): "machine speed changed -45% during the measurement",
                      (3, "torch*"): "machine at 52% of the run's usual speed"}
     assert len(logged) == 2 and "its figures are left out" in logged[0]
-    r = rounds.ratios(rows, "torch", "tensorflow", "mlp", "train")
+    r = rounds.ratios(rows, "torch", "tensorflow", "mlp", "train", 0.1)
     # the flagged children's outliers (10 and 30 samples/s) are left out; round 4's flagged control does not
     # spoil that round's torch/tensorflow pair
-    assert r == [1.25] * 6 and rounds.ratios(rows, "torch", "torch*", "mlp", "train") == [1.0] * 6
+    assert r == [1.25] * 6 and rounds.ratios(rows, "torch", "torch*", "mlp", "train", 0.1) == [1.0] * 6
 
 
 def test_rounds_beyond_the_first_run_only_the_arms_still_short_of_usable_rounds():
@@ -146,10 +146,28 @@ def test_rounds_beyond_the_first_run_only_the_arms_still_short_of_usable_rounds(
     # the two extra rounds keep the alternating order, without TensorFlow: 20 s rounds fit the 220 s budget
     # twice where whole ones (30 s) would fit once, and the control gets its six usable rounds
     assert calls[18:] == [(6, "torch"), (6, "torch*"), (7, "torch*"), (7, "torch")]
-    assert rounds.ratios(rows, "torch", "torch*", "mlp", "train") == [1.0] * 6
-    assert rounds.ratios(rows, "torch", "tensorflow", "mlp", "train") == [1.25] * 6  # its six, untouched
+    assert rounds.ratios(rows, "torch", "torch*", "mlp", "train", 0.1) == [1.0] * 6
+    assert rounds.ratios(rows, "torch", "tensorflow", "mlp", "train", 0.1) == [1.25] * 6  # its six, untouched
     verdicts = bench.comparisons(rows, ["torch", "tensorflow"], ["mlp"], FAKE)
     assert all(v["ci_low"] is not None for v in verdicts)
+
+
+def test_a_slow_spell_that_holds_both_children_alike_still_gives_their_ratio():
+    # the machine often sits at ~70% for minutes: both children of a round flagged for it met the same machine, so
+    # their ratio stands (their own rates stay out of the medians); a pair at different speeds (flagged or not),
+    # or a child whose machine changed speed during it, gives none
+    series = {(2, "torch"): (120.0, 120.0, 60.0), (2, "tensorflow"): (120.0, 121.0, 48.0),  # both at 60%: paired
+              (3, "torch"): (120.0, 120.0, 60.0),                               # 60% against 100%: not paired
+              (4, "tensorflow"): (200.0, 150.0, 80.0),                          # changed speed: never paired
+              (5, "torch"): (240.0, 240.0, 100.0), (5, "tensorflow"): (185.0, 185.0, 80.0)}  # unflagged, 1.3x apart
+    rows = rounds.run_rounds(fake_child(series)[0], ["torch", "tensorflow"], rounds=6, max_drift=0.1)
+    assert {(r.round, r.arm) for r in rows if r.flag} == {(2, "torch"), (2, "tensorflow"), (3, "torch"),
+                                                          (4, "tensorflow")}
+    assert rounds.paired_rounds(rows, "torch", "tensorflow", 0.1) == [0, 1, 2, 6, 7, 8]  # six after 9 rounds
+    assert len({r.round for r in rows}) == 9
+    assert rounds.ratios(rows, "torch", "tensorflow", "mlp", "train", 0.1) == [1.25] * 6
+    (t,) = [c for c in bench.per_cell(rows, {"mlp": 1000}, 200.0) if c.framework == "torch"]
+    assert t.train.samples_per_s == 100.0  # the slow spell's 60 samples/s is not PyTorch's rate
 
 
 def ticking(run, seconds_per_child: float):

@@ -38,7 +38,7 @@ def comparisons(rows: list[Measurement], frameworks: list[str], models: list[str
         for phase in PHASES:
             for a, b in rounds.pairs(rounds.arms(frameworks, cfg.control) + settings):
                 control, setting = is_control(b), setting_of(a)
-                per_round = rounds.ratios(rows, a, b, model, phase)
+                per_round = rounds.ratios(rows, a, b, model, phase, cfg.max_drift)
                 # the report's names (PyTorch, not torch): the verdict's text and winner are read as written
                 name_a, name_b = shown(framework_of(a)), shown(framework_of(b)) + (" again" if control else "")
                 if setting:

@@ -2,8 +2,9 @@
 
 Rounds: every arm (framework, and the A/A control) runs once per round in its own fresh process, in alternating
 order (ABC, CBA, ...), so slow drift of the machine hits every arm alike; the drift monitor flags a child whose
-calibration moved, and rounds go on until every comparison has its usable rounds (a round beyond the first ones
-runs only the arms of the comparisons still short of them).
+calibration moved or sat at an unusual level, and rounds go on until every comparison has its usable rounds (a
+round beyond the first ones runs only the arms of the comparisons still short of them). A round's two children
+pair when both held steady and met the same machine speed (`paired_rounds`).
 
 A verdict rests on the per-round ratios of two arms measured back to back (`ratios`), never on one process's
 repeats.
@@ -36,6 +37,9 @@ def pairs(arm_names: list[str]) -> list[tuple[str, str]]:
     return out + [(a, framework_of(a)) for a in arm_names if setting_of(a) is not None]
 
 
+SLOW = "machine at "  # how flag() starts the reason of a child that ran steadily, at an unusual speed
+
+
 def flag(before: float, after: float, reference: float, max_drift: float) -> str:
     """Why one process's figures cannot be trusted ("" if they can), from the speedometer read `before` and
     `after` it: the machine changed speed during it, or it ran wholly at a speed unlike the run's usual one
@@ -43,24 +47,24 @@ def flag(before: float, after: float, reference: float, max_drift: float) -> str
     if speedo.drift(before, after) > max_drift:
         return f"machine speed changed {100 * (after / before - 1):+.0f}% during the measurement"
     if min(before, after) < (1 - max_drift) * reference:
-        return f"machine at {100 * min(before, after) / reference:.0f}% of the run's usual speed"
+        return f"{SLOW}{100 * min(before, after) / reference:.0f}% of the run's usual speed"
     return ""
 
 
 def run_rounds(run: Callable[[str, int], list[Measurement]], arm_names: list[str], rounds: int, max_drift: float,
                log: Callable[[str], None] = lambda _: None, max_s: float = math.inf,
                clock: Callable[[], float] = time.monotonic) -> list[Measurement]:
-    """Rounds of run(arm, round_index) in alternating order until every verdict has `rounds` usable rounds (the
-    first arm and the other usable in the same round). The first `rounds` rounds always run whole; a round after
+    """Rounds of run(arm, round_index) in alternating order until every verdict has `rounds` usable rounds (its two
+    arms' children paired in the same round: paired_rounds). The first `rounds` rounds always run whole; a round after
     them runs only the arms of the comparisons still short of usable rounds (in the same alternating order), and
     starts only while it can end within `max_s` seconds of the start (judged by the longest child so far), so a
     noisy machine costs a known time, not an open-ended one. A flagged child is kept in the records (with the
-    reason); its round counts for the pairs it is not part of. When to stop, and which arms run again, depend on
-    flags and time only, never on the ratios measured, so neither can bias a verdict."""
+    reason). When to stop, and which arms run again, depend on flags, calibrations and time only, never on the
+    ratios measured, so neither can bias a verdict."""
     rows: list[Measurement] = []
     seen: dict[int, list[float]] = {}  # calibrations per thread count: bench.vary's thread arms read their own speed
     start, longest, index = clock(), 0.0, 0
-    while (short := _short(rows, arm_names, rounds)):
+    while (short := _short(rows, arm_names, rounds, max_drift)):
         todo = arm_names if index < rounds else [a for a in arm_names if any(a in pair for pair in short)]
         if index >= rounds and clock() - start + longest * len(todo) > max_s:
             break
@@ -77,35 +81,60 @@ def run_rounds(run: Callable[[str, int], list[Measurement]], arm_names: list[str
                 r.kind, r.round, r.arm, r.flag = "round", index, arm, why
             round_rows += got
             if why:
-                log(f"round {index + 1}, {arm}: {why}; its figures are left out")
+                log(f"round {index + 1}, {arm}: {why}; its figures are left out")  # its ratio: paired_rounds
         rows += round_rows
         index += 1
-    if _short(rows, arm_names, rounds):
+    if _short(rows, arm_names, rounds, max_drift):
         log(f"bench.max_s ({max_s:g} s) spent after {index} rounds before every comparison had {rounds} usable "
             "rounds: those comparisons get no verdict (raise bench.max_s, or rerun when the machine is calmer)")
     return rows
 
 
-def _short(rows: list[Measurement], arm_names: list[str], rounds: int) -> list[tuple[str, str]]:
+def _short(rows: list[Measurement], arm_names: list[str], rounds: int, max_drift: float) -> list[tuple[str, str]]:
     """The pairs a verdict compares (pairs()) that have fewer than `rounds` usable rounds."""
-    ok = {(r.round, r.arm) for r in rows if not r.flag}
-    done = {rd for rd, _ in ok}
-    return [(a, b) for a, b in pairs(arm_names) if sum((rd, a) in ok and (rd, b) in ok for rd in done) < rounds]
+    return [(a, b) for a, b in pairs(arm_names) if len(paired_rounds(rows, a, b, max_drift)) < rounds]
 
 
 def usable(rows: list[Measurement]) -> list[Measurement]:
-    """The round rows that verdicts and medians use: those of children the drift monitor did not flag. A ratio
-    needs both of its children usable in the same round; a third arm flagged in that round does not spoil it (each
-    child measured in its own process, at its own time), which matters once a round holds three frameworks and
-    the control."""
+    """The round rows that medians and the machine's stability use: those of children the drift monitor did not
+    flag. Ratios pair children by paired_rounds()."""
     return [r for r in rows if r.kind == "round" and not r.flag]
 
 
-def ratios(rows: list[Measurement], arm_a: str, arm_b: str, model: str, phase: str) -> list[float]:
-    """Per round where both were usable, arm_a's rate over arm_b's, measured back to back in that round."""
-    by = {(r.round, r.arm): r.rate(phase) for r in usable(rows) if r.model == model and r.status == "ok"}
-    rounds = sorted({rd for rd, _ in by})
-    return [by[(rd, arm_a)] / by[(rd, arm_b)] for rd in rounds if (rd, arm_a) in by and (rd, arm_b) in by]
+def paired_rounds(rows: list[Measurement], arm_a: str, arm_b: str, max_drift: float) -> list[int]:
+    """The rounds whose arm_a and arm_b children can be compared: neither saw the machine change speed during its
+    measurement, and both met the same machine, their speedometer levels (each child's mean calibration over the
+    run's median at its thread count) within `max_drift` of each other. That is interleaving's premise, so a slow
+    spell that held both children alike still gives a ratio (their own rates stay out of the medians), while a
+    pair measured at different speeds gives none. A third arm flagged in that round does not spoil it."""
+    kids = {(r.round, r.arm): r for r in rows if r.kind == "round"}
+    level = _levels(list(kids.values()))
+    out = []
+    for rd in sorted({rd for rd, _ in kids}):
+        a, b = kids.get((rd, arm_a)), kids.get((rd, arm_b))
+        if a and b and all(not k.flag or k.flag.startswith(SLOW) for k in (a, b)) \
+                and abs(level[(rd, arm_a)] / level[(rd, arm_b)] - 1) <= max_drift:
+            out.append(rd)
+    return out
+
+
+def _levels(children: list[Measurement]) -> dict[tuple[int, str], float]:
+    """Each child's mean calibration over the median of every calibration at its thread count (the speedometer of
+    a bench.vary thread arm runs on that arm's threads)."""
+    at: dict[int, list[float]] = {}
+    for r in children:
+        at.setdefault(r.threads, []).extend((r.calib_before_gflops, r.calib_after_gflops))
+    median = {t: float(np.median(v)) for t, v in at.items()}
+    return {(r.round, r.arm): (r.calib_before_gflops + r.calib_after_gflops) / 2 / median[r.threads]
+            for r in children}
+
+
+def ratios(rows: list[Measurement], arm_a: str, arm_b: str, model: str, phase: str, max_drift: float) -> list[float]:
+    """Per round whose two children pair (paired_rounds), arm_a's rate over arm_b's, measured back to back."""
+    by = {(r.round, r.arm): r.rate(phase) for r in rows if r.kind == "round" and r.model == model
+          and r.status == "ok"}
+    return [by[(rd, arm_a)] / by[(rd, arm_b)] for rd in paired_rounds(rows, arm_a, arm_b, max_drift)
+            if (rd, arm_a) in by and (rd, arm_b) in by]
 
 
 def calibrations(rows: list[Measurement]) -> list[float]:

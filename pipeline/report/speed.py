@@ -50,7 +50,8 @@ def stability_text(r: Results) -> str:
     if flagged:
         where = ", ".join(f"{arm_label(f['arm'])} in round {f['round'] + 1}" for f in flagged)
         text += (f"{len(flagged)} round child(ren) saw the machine change speed during their measurement "
-                 f"({where}); those rounds are left out of the verdicts that involve them.")
+                 f"({where}); their own figures are left out, and a ratio they are part of counts only where both "
+                 "children of its round held steady at the same machine speed (a slow spell that held both).")
     else:
         text += "No child saw the machine change speed during its measurement."
     return text + children_text(r)
@@ -177,15 +178,15 @@ def speed_blocks(r: Results, figdir: Path) -> list:
         ("h2", "Speed"),
         ("p", f"How this is measured: {b.get('rounds', measured - again)} usable rounds wanted per comparison, "
               f"{measured} measured ({again} with a child the drift monitor flagged; a flagged child's figures are "
-              "left out, its round still counts for the pairs it is not part of); in each, every framework's "
-              "default variant runs once in its own fresh process, in alternating order (ABC, CBA, …), so the "
-              "machine's drift hits all alike (a round after the first ones runs only the arms of the comparisons "
-              "still short of usable rounds); the "
-              "first framework also runs a second time as an A/A control. Each process measures the calibration "
-              "GEMM before and after. A verdict uses the ratio of two frameworks' rates measured back to back in "
-              "each round: \"X is faster\" only when the exact confidence interval of the median ratio excludes "
-              "1 and the median is at least the minimum effect away from 1; otherwise \"no clear difference\". "
-              "The control must read \"no clear difference\"; when it tells identical runs apart, the framework verdict "
+              "left out; two children of a round pair when both held steady at the same machine speed); in each, "
+              "every framework's default variant runs once in its own fresh process, in alternating order (ABC, "
+              "CBA, …), so the machine's drift hits all alike (a round after the first ones runs only the arms of "
+              "the comparisons still short of usable rounds); the first framework also runs a second time as an A/A"
+              " control. Each process measures the calibration GEMM before and after. A verdict uses the ratio of "
+              "two frameworks' rates measured back to back in each round: \"X is faster\" only when the exact "
+              "confidence interval of the median ratio excludes 1 and the median is at least the minimum effect "
+              "away from 1; otherwise \"no clear difference\". The control must read \"no clear difference\"; when "
+              "it tells identical runs apart, the framework verdict "
               "of that model and phase is withheld."),
         ("p", stability_text(r)), ("table", table),
         ("p", "Inference against batch size (`bench.infer_batch_sizes`; the table above shows the largest), median "
