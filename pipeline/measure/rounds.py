@@ -37,9 +37,6 @@ def pairs(arm_names: list[str]) -> list[tuple[str, str]]:
     return out + [(a, framework_of(a)) for a in arm_names if setting_of(a) is not None]
 
 
-SLOW = "machine at "  # how flag() starts the reason of a child that ran steadily, at an unusual speed
-
-
 def flag(before: float, after: float, reference: float, max_drift: float) -> str:
     """Why one process's figures cannot be trusted ("" if they can), from the speedometer read `before` and
     `after` it: the machine changed speed during it, or it ran wholly at a speed unlike the run's usual one
@@ -47,7 +44,7 @@ def flag(before: float, after: float, reference: float, max_drift: float) -> str
     if speedo.drift(before, after) > max_drift:
         return f"machine speed changed {100 * (after / before - 1):+.0f}% during the measurement"
     if min(before, after) < (1 - max_drift) * reference:
-        return f"{SLOW}{100 * min(before, after) / reference:.0f}% of the run's usual speed"
+        return f"machine at {100 * min(before, after) / reference:.0f}% of the run's usual speed"
     return ""
 
 
@@ -112,7 +109,7 @@ def paired_rounds(rows: list[Measurement], arm_a: str, arm_b: str, max_drift: fl
     out = []
     for rd in sorted({rd for rd, _ in kids}):
         a, b = kids.get((rd, arm_a)), kids.get((rd, arm_b))
-        if a and b and all(not k.flag or k.flag.startswith(SLOW) for k in (a, b)) \
+        if a and b and all(speedo.drift(k.calib_before_gflops, k.calib_after_gflops) <= max_drift for k in (a, b)) \
                 and abs(level[(rd, arm_a)] / level[(rd, arm_b)] - 1) <= max_drift:
             out.append(rd)
     return out
