@@ -87,11 +87,12 @@ def scale_records(root, measured=True):
     1 worker and 600 at 2; TensorFlow 800 and 640; the CNNs never reach the target."""
     from pipeline.scale import run
     rows = [{"framework": fw, "model": m, "workers": n, "round": r, "samples_per_s": rate * (1 + 0.01 * (r % 3)) *
-             (0.3 if m == "cnn" else 1), "comm_share": 0.1 * (n - 1), "flag": "", "comm": comm, "device": "cpu"}
+             (0.3 if m == "cnn" else 1), "comm_share": 0.1 * (n - 1), "flag": "", "comm": comm, "device": "cpu",
+             "calib_before_gflops": 100.0, "calib_after_gflops": 100.0}
             for r in range(6) for fw, comm, rates in (("torch", "gloo", (1000.0, 600.0)),
                                                      ("tensorflow", "collective ring", (800.0, 640.0)))
             for m in ("mlp", "cnn") for n, rate in zip((1, 2), rates)]
-    table, verdicts = run.summary(rows, ["torch", "tensorflow"], ["mlp", "cnn"], [1, 2], 0.05)
+    table, verdicts = run.summary(rows, ["torch", "tensorflow"], ["mlp", "cnn"], [1, 2], 0.05, 0.25)
     (root / "scale").mkdir(parents=True, exist_ok=True)
     (root / "scale" / "records.json").write_text(json.dumps(
         {"measured": measured, "threads": 2, "workers": [1, 2], "rounds": 6, "global_batch": 128, "host": "localhost",

@@ -198,10 +198,12 @@ def test_efficiency_is_paired_within_rounds_and_flagged_launches_are_left_out():
         drift = 1.0 + 0.5 * (r % 2)  # the machine alternates speed between rounds: pairing removes it
         for fw, one, two in (("torch", 100.0, 150.0), ("tensorflow", 80.0, 160.0)):
             rows += [{"framework": fw, "model": "mlp", "workers": n, "round": r, "samples_per_s": rate * drift,
-                      "comm_share": 0.1 * n, "flag": ""} for n, rate in ((1, one), (2, two))]
+                      "comm_share": 0.1 * n, "flag": "", "calib_before_gflops": 100.0 * drift,
+                      "calib_after_gflops": 100.0 * drift} for n, rate in ((1, one), (2, two))]
     rows.append({"framework": "torch", "model": "mlp", "workers": 2, "round": 6, "samples_per_s": 1e9,
-                 "comm_share": 0.0, "flag": "machine speed changed +90% during the launch"})
-    table, verdicts = run.summary(rows, ["torch", "tensorflow"], ["mlp"], [1, 2], 0.05)
+                 "comm_share": 0.0, "flag": "machine speed changed +90% during the launch",
+                 "calib_before_gflops": 100.0, "calib_after_gflops": 190.0})
+    table, verdicts = run.summary(rows, ["torch", "tensorflow"], ["mlp"], [1, 2], 0.05, 0.25)
     t = {(x["framework"], x["workers"]): x for x in table}
     assert t["torch", 2]["efficiency"] == pytest.approx(0.75) and t["tensorflow", 2]["efficiency"] == 1.0
     assert t["torch", 2]["efficiency_ci_low"] == pytest.approx(0.75) and t["torch", 2]["rounds"] == 6
@@ -209,6 +211,29 @@ def test_efficiency_is_paired_within_rounds_and_flagged_launches_are_left_out():
     v = {x["workers"]: x for x in verdicts}
     assert v[1]["winner"] == "PyTorch" and v[1]["ratio"] == pytest.approx(1.25)
     assert v[2]["winner"] == "TensorFlow" and v[2]["ratio"] == pytest.approx(150 / 160)
+
+
+def test_a_slow_spell_that_held_both_launches_still_pairs_them_and_launches_at_different_speeds_do_not():
+    """The bench's pairing rule (rounds.alike) in scaling: rounds 0-5 at full speed; in rounds 6 and 7 the machine
+    sat at 65% for both launches of torch (flagged, so out of the medians, but a fair pair); in round 8 torch's
+    2-worker launch ran at 100% and its 1-worker one at 65% (no pair); round 9's 2-worker launch changed speed."""
+    speeds = {(r, n): 1.0 for r in range(6) for n in (1, 2)} | {
+        (6, 1): 0.65, (6, 2): 0.65, (7, 1): 0.65, (7, 2): 0.65, (8, 1): 0.65, (8, 2): 1.0, (9, 1): 1.0, (9, 2): 1.0}
+    odd, rows = {(8, 1), (9, 2)}, []  # the two launches that break their rounds' pairs read 3x
+    for (r, n), v in speeds.items():
+        after = 200.0 * v * (1.5 if (r, n) == (9, 2) else 1.0)
+        rows.append({"framework": "torch", "model": "mlp", "workers": n, "round": r, "comm_share": 0.1,
+                     "samples_per_s": (100.0 if n == 1 else 160.0) * v * (1 + 0.01 * r) * (3 if (r, n) in odd else 1),
+                     "calib_before_gflops": 200.0 * v, "calib_after_gflops": after,
+                     "flag": run.flag(200.0 * v, after, 200.0, 0.25)})
+    assert run.paired(rows, ("torch", 2), ("torch", 1), 0.25) == [0, 1, 2, 3, 4, 5, 6, 7]
+    table, _ = run.summary(rows, ["torch"], ["mlp"], [1, 2], 0.05, 0.25)
+    t = {x["workers"]: x for x in table}
+    assert t[2]["efficiency"] == pytest.approx(0.8)  # the 3x launches of rounds 8 and 9 stay out of every figure
+    assert t[2]["rounds"] == 7 and t[2]["samples_per_s"] == pytest.approx(160 * 1.03)  # 0-5 and 8: 65% out too
+    assert run.comparisons(["torch"], [1, 2]) == [(("torch", 2), ("torch", 1))]
+    assert run.comparisons(["torch", "tensorflow"], [2]) == [(("torch", 2), ("tensorflow", 2))]
+    assert run.comparisons(["torch"], [2]) == [(("torch", 2), ("torch", 2))]  # alone: held steady
 
 
 def test_worker_counts_must_split_the_batch_and_leave_each_worker_a_thread():
@@ -242,3 +267,29 @@ def test_each_tensorflow_worker_gets_its_place_in_the_cluster_and_one_gpu(monkey
     (torchrun, env), = launch.commands("torch", 2, "node0", 29400, ["--x"])
     assert env == {} and torchrun[torchrun.index("--rdzv-endpoint") + 1] == "node0:29400"
     assert torchrun[torchrun.index("--nproc-per-node") + 1] == "2" and torchrun[-1] == "--x"
+
+
+@pytest.mark.parametrize("slow, extra", [((0.65, 0.65), 0), ((1.0, 0.65), 1)])
+def test_a_round_is_launched_again_only_for_launches_that_met_different_machines(monkeypatch, slow, extra):
+    """Round 2's two launches read the speedometer at `slow` of the run's usual speed. A slow spell that held both
+    still gives that round's pair, so no round runs again (the old rule relaunched every flagged launch's round);
+    a pair that met different speeds costs one more round. The rates never decide."""
+    p = params.parse(raw_params(**{"frameworks": ["torch"], "scale.workers": [1, 2]}))
+
+    def launch_at(fw, n, threads, models, data, params_path, scale):
+        return [{"framework": fw, "model": m, "workers": n, "samples_per_s": 100.0 * n, "comm_share": 0.1}
+                for m in models]
+
+    readings = []
+
+    def gemm(threads):
+        rd, k = divmod(len(readings), 4)  # a round: two launches, each read before and after
+        readings.append(200.0 * (slow[k // 2] if rd == 2 else 1.0))
+        return readings[-1]
+
+    monkeypatch.setattr(run, "launch", launch_at)
+    monkeypatch.setattr(run, "check_ports", lambda *a: None)
+    monkeypatch.setattr(run.speedo, "gemm_gflops", gemm)
+    rows = run.rounds(p, ["torch"], Path("unused.npz"), Path("unused.yaml"), 2)
+    assert 1 + max(r["round"] for r in rows) == p.scale.rounds + extra
+    assert sum(bool(r["flag"]) for r in rows if r["round"] == 2) == 2 * (2 if slow[0] < 1 else 1)

@@ -99,31 +99,28 @@ def usable(rows: list[Measurement]) -> list[Measurement]:
 
 
 def paired_rounds(rows: list[Measurement], arm_a: str, arm_b: str, max_drift: float) -> list[int]:
-    """The rounds whose arm_a and arm_b children can be compared: neither saw the machine change speed during its
-    measurement, and both met the same machine, their speedometer levels (each child's mean calibration over the
-    run's median at its thread count) within `max_drift` of each other. That is interleaving's premise, so a slow
-    spell that held both children alike still gives a ratio (their own rates stay out of the medians), while a
-    pair measured at different speeds gives none. A third arm flagged in that round does not spoil it."""
+    """The rounds whose arm_a and arm_b children can be compared (alike(), on each child's calibrations over the
+    run's median at its thread count: a bench.vary thread arm's speedometer runs on that arm's threads). A third
+    arm flagged in that round does not spoil it."""
     kids = {(r.round, r.arm): r for r in rows if r.kind == "round"}
-    level = _levels(list(kids.values()))
-    out = []
-    for rd in sorted({rd for rd, _ in kids}):
-        a, b = kids.get((rd, arm_a)), kids.get((rd, arm_b))
-        if a and b and all(speedo.drift(k.calib_before_gflops, k.calib_after_gflops) <= max_drift for k in (a, b)) \
-                and abs(level[(rd, arm_a)] / level[(rd, arm_b)] - 1) <= max_drift:
-            out.append(rd)
-    return out
-
-
-def _levels(children: list[Measurement]) -> dict[tuple[int, str], float]:
-    """Each child's mean calibration over the median of every calibration at its thread count (the speedometer of
-    a bench.vary thread arm runs on that arm's threads)."""
     at: dict[int, list[float]] = {}
-    for r in children:
-        at.setdefault(r.threads, []).extend((r.calib_before_gflops, r.calib_after_gflops))
+    for k in kids.values():
+        at.setdefault(k.threads, []).extend((k.calib_before_gflops, k.calib_after_gflops))
     median = {t: float(np.median(v)) for t, v in at.items()}
-    return {(r.round, r.arm): (r.calib_before_gflops + r.calib_after_gflops) / 2 / median[r.threads]
-            for r in children}
+
+    def level(k: Measurement) -> tuple[float, float]:
+        return k.calib_before_gflops / median[k.threads], k.calib_after_gflops / median[k.threads]
+
+    return [rd for rd in sorted({rd for rd, _ in kids}) if (a := kids.get((rd, arm_a))) and (b := kids.get((rd, arm_b)))
+            and alike(level(a), level(b), max_drift)]
+
+
+def alike(a: tuple[float, float], b: tuple[float, float], max_drift: float) -> bool:
+    """Whether two processes of one round, each read by the speedometer (before, after), met the same machine:
+    neither saw its speed change by more than `max_drift`, and their mean readings are within `max_drift` of each
+    other. That is interleaving's premise, so a slow spell that held both alike still gives a ratio (their own rates
+    stay out of the medians), while a pair measured at different speeds gives none. The bench and scaling share it."""
+    return all(speedo.drift(*k) <= max_drift for k in (a, b)) and abs(sum(a) / sum(b) - 1) <= max_drift
 
 
 def ratios(rows: list[Measurement], arm_a: str, arm_b: str, model: str, phase: str, max_drift: float) -> list[float]:

@@ -2,11 +2,12 @@
 
 A round launches every framework at every worker count in `scale.workers` (alternating order, fresh processes),
 with the machine's GEMM read before and after each launch (speedo; a launch whose speed moved by more than
-`bench.max_drift`, or that ran wholly at an unusual speed, is flagged and left out: the bench's rule). From the
-usable rounds: samples/s per framework, model and worker count; scaling efficiency rate(N) / (N x rate(1)), paired
-within a round; the communication share (one step's gradient all-reduce timed alone, over the step time: an upper
-bound, as DDP overlaps it with the backward pass); and at each N a speed verdict between the frameworks
-(verdict.speed on per-round ratios).
+`bench.max_drift`, or that ran wholly at an unusual speed, is flagged and left out of the medians: the bench's
+rule). Samples/s per framework, model and worker count from the usable launches; scaling efficiency
+rate(N) / (N x rate(1)) paired within a round, in the rounds whose two launches met the same machine (rounds.alike,
+the bench's pairing rule: a slow spell that held both still counts); the communication share (one step's gradient
+all-reduce timed alone, over the step time: an upper bound, as DDP overlaps it with the backward pass); and at each
+N a speed verdict between the frameworks (verdict.speed on the paired rounds' ratios).
 """
 from __future__ import annotations
 
@@ -18,13 +19,14 @@ import numpy as np
 from pipeline.backends import shown
 from pipeline.errors import ParamsError
 from pipeline.measure import speedo, telemetry, verdict
-from pipeline.measure.rounds import flag
+from pipeline.measure.rounds import alike, flag
 from pipeline.measure.stats import spread
 from pipeline.params import Params
 from pipeline.scale.engines import ENGINES
 from pipeline.scale.launch import check_ports, launch
 
 log = logging.getLogger("scale")
+Config = tuple[str, int]  # (framework, workers)
 
 
 def plan(p: Params, threads: int, gpus: int) -> list[str]:
@@ -46,12 +48,14 @@ def rounds(p: Params, frameworks: list[str], data: Path, params_path: Path, thre
     """Every launch's rows, each with its round, calibration and flag (the bench's rule: rounds.flag)."""
     check_ports(p.scale.host, p.scale.port, max(p.scale.workers))
     configs = [(f, n) for f in frameworks for n in p.scale.workers]
+    wanted = comparisons(frameworks, p.scale.workers)
     rows: list[dict] = []
     calibrations: list[float] = []
     r = 0
-    # Rounds go on past scale.rounds (up to twice as many) while a configuration lacks scale.rounds usable
-    # launches: the flags decide, never the rates, so stopping cannot bias a verdict.
-    while r < p.scale.rounds or (r < 2 * p.scale.rounds and _short(rows, configs, p.scale.rounds)):
+    # Rounds go on past scale.rounds (up to twice as many) while a comparison lacks scale.rounds paired rounds:
+    # the calibrations decide, never the rates, so stopping cannot bias a verdict.
+    while r < p.scale.rounds or (r < 2 * p.scale.rounds and any(
+            len(paired(rows, x, y, p.bench.max_drift)) < p.scale.rounds for x, y in wanted)):
         for fw, n in configs if r % 2 == 0 else reversed(configs):
             before = speedo.gemm_gflops(threads)
             got = launch(fw, n, max(threads // n, 1), p.models, data, params_path, p.scale)
@@ -60,7 +64,7 @@ def rounds(p: Params, frameworks: list[str], data: Path, params_path: Path, thre
             why = flag(before, after, float(np.median(calibrations)), p.bench.max_drift)
             rows += [row | {"round": r, "calib_before_gflops": before, "calib_after_gflops": after, "flag": why}
                      for row in got]
-            label = f"{r + 1}/{p.scale.rounds}" if r < p.scale.rounds else f"{r + 1} (again: launches flagged)"
+            label = f"{r + 1}/{p.scale.rounds}" if r < p.scale.rounds else f"{r + 1} (again: comparisons short)"
             log.info("round %s, %s at %d worker%s: %s%s", label, fw, n, "s" * (n > 1),
                      ", ".join(f"{x['model']} {x['samples_per_s']:,.0f} samples/s" for x in got),
                      f" (flagged: {why})" if why else "")
@@ -68,28 +72,41 @@ def rounds(p: Params, frameworks: list[str], data: Path, params_path: Path, thre
     return rows
 
 
-def _short(rows: list[dict], configs: list[tuple[str, int]], rounds: int) -> bool:
-    """Whether some configuration has fewer than `rounds` usable launches."""
-    usable = {(x["framework"], x["workers"], x["round"]) for x in rows if not x["flag"]}
-    return any(sum((fw, n) == u[:2] for u in usable) < rounds for fw, n in configs)
+
+def comparisons(frameworks: list[str], workers: list[int]) -> list[tuple[Config, Config]]:
+    """The launches each figure compares within a round: every worker count against 1 worker (efficiency), each
+    framework against the next at every count (verdicts); a lone configuration against itself (held steady)."""
+    eff = [((fw, n), (fw, 1)) for fw in frameworks for n in workers if n != 1 and 1 in workers]
+    fws = [((a, n), (b, n)) for a, b in zip(frameworks, frameworks[1:]) for n in workers]
+    return eff + fws or [((fw, n), (fw, n)) for fw in frameworks for n in workers]
 
 
-def _rate(rows: list[dict], fw: str, model: str, n: int) -> dict[int, float]:
-    """round -> samples/s of the usable launches of one configuration."""
+def paired(rows: list[dict], x: Config, y: Config, max_drift: float) -> list[int]:
+    """The rounds in which configurations x and y were both launched and met the same machine (rounds.alike)."""
+    calib = {(r["framework"], r["workers"], r["round"]): (r["calib_before_gflops"], r["calib_after_gflops"])
+             for r in rows}
+    return sorted(rd for (fw, n, rd) in calib if (fw, n) == x and (*y, rd) in calib
+                  and alike(calib[(*x, rd)], calib[(*y, rd)], max_drift))
+
+
+def _rate(rows: list[dict], fw: str, model: str, n: int, usable: bool = True) -> dict[int, float]:
+    """round -> samples/s of one configuration's launches: the unflagged ones (medians), or all (paired ratios)."""
     return {r["round"]: r["samples_per_s"] for r in rows
-            if (r["framework"], r["model"], r["workers"]) == (fw, model, n) and not r["flag"]}
+            if (r["framework"], r["model"], r["workers"]) == (fw, model, n) and not (usable and r["flag"])}
 
 
 def summary(rows: list[dict], frameworks: list[str], models: list[str], workers: list[int],
-            min_effect: float) -> tuple[list[dict], list[dict]]:
-    """(one row per framework, model and worker count; the frameworks' verdicts at each worker count)."""
+            min_effect: float, max_drift: float) -> tuple[list[dict], list[dict]]:
+    """(one row per framework, model and worker count; the frameworks' verdicts at each worker count). Medians use
+    the unflagged launches; efficiency and verdicts the rounds whose two launches pair (paired())."""
     table, verdicts = [], []
     for model in models:
         for fw in frameworks:
-            one = _rate(rows, fw, model, 1) if 1 in workers else {}
+            one = _rate(rows, fw, model, 1, usable=False)
             for n in workers:
-                rate = _rate(rows, fw, model, n)
-                eff = [rate[r] / (n * one[r]) for r in rate if r in one]
+                rate, every = _rate(rows, fw, model, n), _rate(rows, fw, model, n, usable=False)
+                eff = [every[r] / (n * one[r]) for r in paired(rows, (fw, n), (fw, 1), max_drift)
+                       if r in every and r in one]
                 comm = [x["comm_share"] for x in rows
                         if (x["framework"], x["model"], x["workers"]) == (fw, model, n) and not x["flag"]]
                 s, ci = spread(list(rate.values())), verdict.median_ci(eff) if eff else None
@@ -101,8 +118,8 @@ def summary(rows: list[dict], frameworks: list[str], models: list[str], workers:
                               "comm_share": float(np.median(comm)) if comm else float("nan")})
         for a, b in zip(frameworks, frameworks[1:]):
             for n in workers:
-                ra, rb = _rate(rows, a, model, n), _rate(rows, b, model, n)
-                ratios = [ra[r] / rb[r] for r in ra if r in rb]
+                ra, rb = _rate(rows, a, model, n, usable=False), _rate(rows, b, model, n, usable=False)
+                ratios = [ra[r] / rb[r] for r in paired(rows, (a, n), (b, n), max_drift) if r in ra and r in rb]
                 verdicts.append({"model": model, "workers": n, "a": a, "b": b,
                                  **verdict.speed(shown(a), shown(b), ratios, min_effect)})
     return table, verdicts
@@ -114,7 +131,8 @@ def run(p: Params, data: Path, params_path: Path, threads: int) -> tuple[dict, d
         return {"measured": False, "rows": [], "table": [], "verdicts": []}, {}
     frameworks = plan(p, threads, telemetry.gpu_count())
     rows = rounds(p, frameworks, data, params_path, threads)
-    table, verdicts = summary(rows, frameworks, p.models, p.scale.workers, p.bench.min_effect)
+    table, verdicts = summary(rows, frameworks, p.models, p.scale.workers, p.bench.min_effect,
+                              p.bench.max_drift)
     calib = speedo.stability([x for r in rows for x in (r["calib_before_gflops"], r["calib_after_gflops"])])
     metrics = {f"{t['framework']}-{t['model']}-w{t['workers']}": {
         k: t[k] for k in ("samples_per_s", "efficiency", "comm_share")} for t in table}
