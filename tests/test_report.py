@@ -96,6 +96,7 @@ def scale_records(root, measured=True):
     (root / "scale").mkdir(parents=True, exist_ok=True)
     (root / "scale" / "records.json").write_text(json.dumps(
         {"measured": measured, "threads": 2, "workers": [1, 2], "rounds": 6, "global_batch": 128, "host": "localhost",
+         "speedometer": "NumPy fp32 GEMM 512x512 on the CPU",
          "flagged": 0, "rows": rows, "table": table, "verdicts": verdicts} if measured else
         {"measured": False, "rows": [], "table": [], "verdicts": []}))
 

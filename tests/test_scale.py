@@ -293,3 +293,41 @@ def test_a_round_is_launched_again_only_for_launches_that_met_different_machines
     rows = run.rounds(p, ["torch"], Path("unused.npz"), Path("unused.yaml"), 2)
     assert 1 + max(r["round"] for r in rows) == p.scale.rounds + extra
     assert sum(bool(r["flag"]) for r in rows if r["round"] == 2) == 2 * (2 if slow[0] < 1 else 1)
+
+
+def test_on_a_gpu_rank_0_reads_the_device_speedometer_around_its_models_and_the_launcher_flags_by_it(monkeypatch):
+    """A launch's speedometer on a GPU is its rank 0's device matmul (worker.calibrated), read before its first
+    model and after its last; the launcher's host GEMM is recorded beside it, not used: here the host reads a 35%
+    swing in every launch, which would flag them all, while the device holds steady until round 3 drifts 30%."""
+    from pipeline.scale import worker
+
+    class Be:  # a fake GPU backend: its own matmul, one reading per call
+        def __init__(self, readings): self.readings, self.calls = iter(readings), []
+        def speedometer(self): return "torch matmul 4096x4096 fp32 on a fake GPU"
+        def calibrate(self, threads): self.calls.append("calibrate"); return next(self.readings)
+
+    be = Be([50_000.0, 51_000.0])
+    work = lambda: be.calls.append("models") or [{"model": "mlp"}, {"model": "cnn"}]  # noqa: E731
+    rows = worker.calibrated(be, 0, 2, work)
+    assert be.calls == ["calibrate", "models", "calibrate"]
+    assert [(r["calib_before_gflops"], r["calib_after_gflops"]) for r in rows] == [(50_000.0, 51_000.0)] * 2
+    assert worker.calibrated(be, 1, 2, work) == [{"model": "mlp"}, {"model": "cnn"}] and be.calls[-1] == "models"
+    be.speedometer = lambda: run.speedo.DESCRIPTION  # a CPU worker: the launcher's GEMM is the speedometer
+    assert worker.calibrated(be, 0, 2, work) == [{"model": "mlp"}, {"model": "cnn"}]
+
+    p = params.parse(raw_params(**{"frameworks": ["torch"], "scale.workers": [1], "device": "cuda"}))
+    launches = iter(range(100))
+
+    def launch_on_gpu(fw, n, threads, models, data, params_path, scale):
+        k = next(launches)
+        dev = Be([50_000.0, 50_000.0 * (1.3 if k == 3 else 1.0)])
+        return worker.calibrated(dev, 0, threads, lambda: [{"framework": fw, "model": m, "workers": n,
+                                                            "samples_per_s": 1e5, "comm_share": 0.0} for m in models])
+    host = iter([200.0, 130.0] * 100)
+    monkeypatch.setattr(run, "launch", launch_on_gpu)
+    monkeypatch.setattr(run, "check_ports", lambda *a: None)
+    monkeypatch.setattr(run.speedo, "gemm_gflops", lambda threads: next(host))
+    rows = run.rounds(p, ["torch"], Path("unused.npz"), Path("unused.yaml"), 2)
+    assert [bool(r["flag"]) for r in rows if r["model"] == "mlp"] == [False] * 3 + [True] + [False] * 3
+    assert {(r["host_calib_before_gflops"], r["host_calib_after_gflops"]) for r in rows} == {(200.0, 130.0)}
+    assert {r["speedometer"] for r in rows} == {"torch matmul 4096x4096 fp32 on a fake GPU"}

@@ -68,8 +68,9 @@ def blocks(r: Results, figdir: Path) -> list[render.Block]:
                 f"batch order, so N workers do one worker's maths (tests/test_scale.py). Device: "
                 f"{', '.join(devices)}; communication: {', '.join(comm)} between processes on {s['host']} "
                 f"({'loopback TCP on one machine' if s['host'] in ('localhost', '127.0.0.1') else 'TCP'}). "
-                f"{s['rounds']} rounds of fresh launches, calibrated; {s['flagged']} launch(es) flagged for drift "
-                "and left out."),
+                f"{s['rounds']} rounds of fresh launches, calibrated by the {s['speedometer']}; {s['flagged']} "
+                "launch(es) flagged for drift and left out of the medians (a round's two launches still pair when "
+                "they met the same machine speed)."),
           ("table", table(r))]
     if "cpu" in devices:
         B.append(("p", f"On a CPU the workers share the machine's {s['threads']} threads (each gets threads / N), "

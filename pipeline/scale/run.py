@@ -57,13 +57,14 @@ def rounds(p: Params, frameworks: list[str], data: Path, params_path: Path, thre
     while r < p.scale.rounds or (r < 2 * p.scale.rounds and any(
             len(paired(rows, x, y, p.bench.max_drift)) < p.scale.rounds for x, y in wanted)):
         for fw, n in configs if r % 2 == 0 else reversed(configs):
-            before = speedo.gemm_gflops(threads)
+            host0 = speedo.gemm_gflops(threads)
             got = launch(fw, n, max(threads // n, 1), p.models, data, params_path, p.scale)
-            after = speedo.gemm_gflops(threads)
-            calibrations += [before, after]
-            why = flag(before, after, float(np.median(calibrations)), p.bench.max_drift)
-            rows += [row | {"round": r, "calib_before_gflops": before, "calib_after_gflops": after, "flag": why}
-                     for row in got]
+            host1 = speedo.gemm_gflops(threads)
+            read = _readings(got, host0, host1)
+            calibrations += [read["calib_before_gflops"], read["calib_after_gflops"]]
+            why = flag(read["calib_before_gflops"], read["calib_after_gflops"], float(np.median(calibrations)),
+                       p.bench.max_drift)
+            rows += [row | read | {"round": r, "flag": why} for row in got]
             label = f"{r + 1}/{p.scale.rounds}" if r < p.scale.rounds else f"{r + 1} (again: comparisons short)"
             log.info("round %s, %s at %d worker%s: %s%s", label, fw, n, "s" * (n > 1),
                      ", ".join(f"{x['model']} {x['samples_per_s']:,.0f} samples/s" for x in got),
@@ -71,6 +72,15 @@ def rounds(p: Params, frameworks: list[str], data: Path, params_path: Path, thre
         r += 1
     return rows
 
+
+
+def _readings(got: list[dict], host0: float, host1: float) -> dict:
+    """A launch's speedometer: its rank 0's device readings where its workers ran on a GPU (worker.calibrated),
+    with the host's GEMM beside them, recorded (the bench's rule); on a CPU the GEMM read around the launch."""
+    if "speedometer" not in got[0]:
+        return {"calib_before_gflops": host0, "calib_after_gflops": host1, "speedometer": speedo.DESCRIPTION}
+    return {"calib_before_gflops": got[0]["calib_before_gflops"], "calib_after_gflops": got[0]["calib_after_gflops"],
+            "speedometer": got[0]["speedometer"], "host_calib_before_gflops": host0, "host_calib_after_gflops": host1}
 
 
 def comparisons(frameworks: list[str], workers: list[int]) -> list[tuple[Config, Config]]:
@@ -139,6 +149,7 @@ def run(p: Params, data: Path, params_path: Path, threads: int) -> tuple[dict, d
     records = {"measured": True, "threads": threads, "workers": p.scale.workers, "rounds": p.scale.rounds,
                "rounds_run": 1 + max(r["round"] for r in rows),
                "global_batch": p.train.batch_size, "host": p.scale.host,
-               "calibration": calib, "flagged": sum(bool(r["flag"]) for r in rows) // max(len(p.models), 1),
+               "calibration": calib, "speedometer": rows[0]["speedometer"],
+               "flagged": sum(bool(r["flag"]) for r in rows) // max(len(p.models), 1),
                "rows": rows, "table": table, "verdicts": verdicts}
     return records, metrics | {"calib_gflops": calib["gflops_median"]}

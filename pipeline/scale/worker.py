@@ -8,8 +8,10 @@
 Every worker starts from the same initial weights (spec.init_weights, the seed) and walks the same global batch
 order (the train stage's first epoch, cycled); worker r of N takes rows [r*B/N, (r+1)*B/N) of every global batch of
 B = train.batch_size, so 1 and N workers do the same maths. Each worker writes its phase to `<out>/rank<r>.phase`
-(how the launcher names a worker that hangs); rank 0 writes `<out>/result.json` last. With --dump, every worker
-also writes its weights after the last step (the equivalence test compares 1 and N workers with them).
+(how the launcher names a worker that hangs); rank 0 writes `<out>/result.json` last. On a GPU rank 0 also reads
+the device's speedometer before its first model and after its last (calibrated()), as a bench child does; on a CPU
+the launcher's GEMM around the launch is the speedometer. With --dump, every worker also writes its weights after
+the last step (the equivalence test compares 1 and N workers with them).
 """
 from __future__ import annotations
 
@@ -17,12 +19,14 @@ import argparse
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from pipeline import files, params
 from pipeline.backends.base import check_precision, check_threads
 from pipeline.data.prepare import load_prepared, normalise, prepared_meta
+from pipeline.measure import speedo
 from pipeline.scale.engines import ENGINES
 from pipeline.spec import batch_order, init_weights
 
@@ -76,6 +80,19 @@ def measure(eng: object, net: object, optim: object, x: object, y: object, p: pa
             "allreduce_ms": 1e3 * reduce_s, "comm_share": reduce_s / step_s}
 
 
+def calibrated(be: object, rank: int, threads: int, work: Callable[[], list[dict]]) -> list[dict]:
+    """`work`'s rows, on a GPU with rank 0's device speedometer read before and after it (its matmul at the run's
+    precision: a host GEMM on the GPU box misreads the device and flagged 5 of 9 launches on an H200). On a CPU,
+    and on other ranks, the rows as they are: the launcher reads the GEMM around the launch."""
+    if rank != 0 or be.speedometer() == speedo.DESCRIPTION:
+        return work()
+    before = be.calibrate(threads)
+    rows = work()
+    after = be.calibrate(threads)
+    return [r | {"calib_before_gflops": before, "calib_after_gflops": after, "speedometer": be.speedometer()}
+            for r in rows]
+
+
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--framework", required=True, choices=sorted(ENGINES))
@@ -100,11 +117,15 @@ def main(argv: list[str]) -> None:
     shape, classes = tuple(prepared_meta(raw)["image_shape"]), len(raw["classes"])
     idx = shard_order(len(raw["y_train"]), p.seed, p.train.batch_size, eng.world, eng.rank)
     x, y = eng.be.take(eng.be.put(normalise(raw["x_train"], raw["mean"], raw["std"]), raw["y_train"]), idx)
-    rows = []
-    for model in a.models:
-        phase(f"measuring {model}")
-        rows.append(measure(eng, params.model_spec(p, model, shape, classes), params.optim(p, model), x, y, p,
-                            warmup, steps, repeats, a.out, a.dump))
+
+    def models() -> list[dict]:
+        rows = []
+        for model in a.models:
+            phase(f"measuring {model}")
+            rows.append(measure(eng, params.model_spec(p, model, shape, classes), params.optim(p, model), x, y, p,
+                                warmup, steps, repeats, a.out, a.dump))
+        return rows
+    rows = calibrated(eng.be, eng.rank, a.threads, models)
     phase("done")
     if eng.rank == 0:
         files.write_json(a.out / "result.json", [{
