@@ -206,7 +206,7 @@ def test_an_unstable_machine_gets_no_verdict_and_says_why():
     series |= {(rd, "b"): (200.0, 400.0, 50.0) for rd in range(12)}  # every b child drifted: none usable
     rows = rounds.run_rounds(fake_child(series)[0], ["a", "b"], rounds=6, max_drift=0.9, max_s=0)
     v = bench.comparisons(rows, ["a", "b"], ["mlp"], FAKE.model_copy(update={"control": False}))[0]
-    assert v["text"] == "no verdict (0 usable rounds; at least 6 are needed for a 95% interval)"
+    assert v["text"] == "no verdict: 0 usable rounds; at least 6 are needed for a 95% interval"
 
 
 def test_control_arm_is_the_first_framework_again():

@@ -44,7 +44,7 @@ def test_change_calls_a_regression_and_not_noise():
     # times: lower is faster
     assert verdict.change("B/A", base, slower, 0.05, higher_is_faster=False)["change"] == "faster"
     few = verdict.change("B/A", base[:2], slower[:2], 0.05)
-    assert few["change"] is None and few["text"].startswith("no verdict (2 and 2 rounds")
+    assert few["change"] is None and few["text"].startswith("no verdict: 2 and 2 rounds")
 
 
 def test_false_alarms_stay_below_alpha_on_identical_experiments():
@@ -142,7 +142,7 @@ def test_experiments_from_two_machines_meet_through_git_and_a_dvc_remote(tmp_pat
     # verdict is never "slower"
     assert float(re.search(r"\| (\d+\.\d+)x \[", rate).group(1)) > 1.5 and "slower" not in rate, rate
     # tiny settings never reach the target: said, not hidden
-    assert any("time to target" in line and "| no verdict " in line and "(0 and 0 seeds" in line for line in lines)
+    assert any("time to target" in line and "| no verdict: 0 and 0 seeds" in line for line in lines)
     assert "not reached" in md[md.index("**time to target"):]
     assert sum(line.startswith(("| alpha-bs64 ", "| beta-bs64 ")) for line in
                verdicts.splitlines()) == 2 * 3  # 2 experiments x 3 measures (1 framework, 1 model)

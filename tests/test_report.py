@@ -276,7 +276,6 @@ def test_several_seeds_use_a_paired_test_over_seeds():
 
 
 @pytest.mark.parametrize("breakage, message", [
-    (lambda r: (r / "bench" / "records.json").unlink(), r"bench/records.json: missing; run `dvc repro bench` first"),
     (lambda r: (r / "bench" / "records.json").write_text("{}"), r"bench/records.json: malformed \(missing records"),
     (lambda r: (r / "runs" / "tensorflow-mlp" / "metrics.json").write_text("{oops"), r"runs/tensorflow-mlp/metrics.json: malformed JSON"),
     (lambda r: (r / "runs" / "torch-mlp" / "history.tsv").write_text("step\tepoch\tval_acc\n1\t1\t0.5\n"), r"runs/torch-mlp/history.tsv: malformed \(missing columns train_loss"),
@@ -291,6 +290,20 @@ def test_missing_or_malformed_result_file_is_named(results, breakage, message):
     with pytest.raises(DataError, match=message):
         run_report(results)
     assert not (results / "summary.md").exists() and not (results / "index.html").exists()
+
+
+def test_a_stage_that_left_nothing_is_named_first_and_in_its_sections_with_the_command_that_makes_it(results):
+    (results / "bench" / "records.json").unlink()
+    (results / "runs" / "tensorflow-cnn" / "metrics.json").unlink()  # written last: the cell did not finish
+    md = run_report(results)
+    bench = f"`bench` left no results ({results / 'bench' / 'records.json'} is missing: run `dvc repro bench`)"
+    cell = (f"`train@tensorflow-cnn` left no results ({results / 'runs' / 'tensorflow-cnn' / 'metrics.json'} is "
+            "missing: run `dvc repro train@tensorflow-cnn`)")
+    assert md.split("\n\n")[1] == f"**Not in this report**: {cell}; {bench}."
+    assert f"## Speed\n\nNot measured: {bench}." in md
+    assert f"**cnn**, PyTorch vs TensorFlow, time to target: no verdict: {cell}" in md
+    assert f"**mlp**, PyTorch vs TensorFlow, time to target: no verdict: PyTorch and TensorFlow" not in md
+    assert f"per step no verdict: {bench}" in md  # the mlp's steps agree, but there is no per-step speed
 
 
 def test_a_diverged_cell_is_called_diverged_not_unreached(results):
@@ -355,21 +368,21 @@ def test_a_noisy_bench_says_so_in_the_first_lines_with_what_to_do(results):
     assert "**mlp** (PyTorch 10.0 s to 0.8, TensorFlow 12.5 s to 0.8): no verdict: 30 vs 30 steps" in head
     # only the controls short of rounds: the line names them, so a reader sees the framework verdicts stand
     for v in rec["verdicts"]:
-        v |= {"winner": None if v["control"] else "PyTorch", "text": "no verdict (4 usable rounds; at least 6 are "
-              "needed for a 95% interval)" if v["control"] else "PyTorch is faster (PyTorch/TensorFlow = 1.20x)"}
+        v |= {"winner": None if v["control"] else "PyTorch", "text": "no verdict: 4 usable rounds; at least 6 are "
+              "needed for a 95% interval" if v["control"] else "PyTorch is faster (PyTorch/TensorFlow = 1.20x)"}
     path.write_text(json.dumps(rec))
     md = run_report(results)
     head = md[:md.index("## Time to target accuracy")]
     assert ("**4 of 8 speed comparisons got no verdict**: mlp train (A/A control), mlp infer (A/A control), cnn "
-            "train (A/A control), cnn infer (A/A control) (the first: no verdict (4 usable rounds;") in head
+            "train (A/A control), cnn infer (A/A control) (the first: no verdict: 4 usable rounds;") in head
 
 
 def test_one_framework_still_puts_each_models_time_to_target_first(results):
     from pipeline.report import headline, results as res
     lines = [text for _, text in headline.headline(res.collect(results, ["torch"], ["mlp", "cnn"]))]
-    assert lines[:2] == ["**mlp** (PyTorch 10.0 s to 0.8): one framework in this run, so no verdict (list another in "
+    assert lines[:2] == ["**mlp** (PyTorch 10.0 s to 0.8): no verdict: one framework in this run (list another in "
                          "`frameworks` to compare)",
-                         "**cnn** (PyTorch not reached (best 0.7500)): one framework in this run, so no verdict (list "
+                         "**cnn** (PyTorch not reached (best 0.7500)): no verdict: one framework in this run (list "
                          "another in `frameworks` to compare)"]
     assert lines[2].startswith("Speed evidence: ")
     both = [text for _, text in headline.headline(res.collect(results, ["torch", "tensorflow"], ["mlp", "cnn"]))]
@@ -486,7 +499,7 @@ def test_a_gpu_batch_size_sweep_shows_memory_and_the_thread_sweep_says_it_was_sk
     rec = json.loads(path.read_text())
     for v in rec["verdicts"]:
         if v["setting"]:
-            v |= {"winner": None, "text": "no verdict (5 usable rounds; at least 6 are needed for a 95% interval)"}
+            v |= {"winner": None, "text": "no verdict: 5 usable rounds; at least 6 are needed for a 95% interval"}
     path.write_text(json.dumps(rec))
     head = run_report(results).split("## Time to target accuracy")[0]
     assert ("got no verdict**: mlp train (PyTorch at train.batch_size=512), mlp train (TensorFlow at "

@@ -56,7 +56,7 @@ def comparisons(rows: list[Measurement], frameworks: list[str], models: list[str
     tripped = {(v["model"], v["phase"]): v for v in out if v["control"] and v["winner"]}
     for v in out:
         c = tripped.get((v["model"], v["phase"]))
-        if c and not v["control"]:
+        if c and not v["control"] and v["rounds"] >= verdict.min_rounds():  # else: too few rounds, said already
             v |= {"winner": None, "text": (f"no verdict: the A/A control told identical runs apart "
                                            f"({c['ratio']:.2f}x), so this run's noise is beyond what the rule can "
                                            f"separate; measured ratio {v['ratio']:.2f}x")}
@@ -136,23 +136,30 @@ def measure_all(p: Params, data: Path, params_path: Path, threads: int, via: Zyg
 def run(p: Params, data: Path, params_path: Path, threads: int, shape: tuple[int, int, int],
         classes: int) -> tuple[dict, dict]:
     """The whole bench on `threads` threads: (records.json, metrics.json), each ready to write."""
-    cfg = p.bench
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    with Zygotes(cfg.fork, telemetry.gpu_used(p.device)) as via:
+    with Zygotes(p.bench.fork, telemetry.gpu_used(p.device)) as via:
         arms, own, rows = measure_all(p, data, params_path, threads, via)
-    on_gpu = gpus(rows)
     flops = {m: net.flops_per_sample() for m, (net, _) in params.networks(p, shape, classes).items()}
+    records, metrics = summary(rows, p, threads, flops, arms, own)
+    for v in records["verdicts"]:
+        log.info("%s %s%s: %s", v["model"], v["phase"], " (A/A control)" if v["control"] else "", v["text"])
+    return records | {"started_utc": started}, metrics
+
+
+def summary(rows: list[Measurement], p: Params, threads: int, flops: dict[str, int], arms: list[str],
+            own: dict) -> tuple[dict, dict]:
+    """What the bench writes from whatever rows its children left (any of them flagged, or none usable): the
+    per-cell figures, the verdicts with their gates, the flags (records.json) and the numbers (metrics.json)."""
+    cfg = p.bench
+    on_gpu = gpus(rows)
     stab = speedo.stability(rounds.calibrations(rows))  # the whole run's machine; verdicts use their rounds' own
     cells = per_cell(rows, flops, stab["gflops_median"])
     verdicts = comparisons(rows, p.frameworks, p.models, cfg, own)
-    flagged = sorted({(r.round, r.arm, r.flag) for r in rows if r.flag})
-    for v in verdicts:
-        log.info("%s %s%s: %s", v["model"], v["phase"], " (A/A control)" if v["control"] else "", v["text"])
+    flagged = sorted({(r.round, r.arm, r.flag) for r in rows if r.flag and r.kind == "round"})  # the drift monitor's
     records = {
-        "format": FORMAT, "started_utc": started,
-        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "format": FORMAT, "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "frameworks": p.frameworks, "models": p.models, "threads": threads, "arms": arms, "rounds": cfg.rounds,
-        "rounds_run": 1 + max(r.round for r in rows if r.kind == "round"), "max_s": cfg.max_s,
+        "rounds_run": 1 + max((r.round for r in rows if r.kind == "round"), default=-1), "max_s": cfg.max_s,
         "min_effect": cfg.min_effect, "flops_per_sample": flops, "calibration": stab,
         "devices": sorted({r.device for r in rows}), "threads_skipped": bool(on_gpu and cfg.thread_counts),
         "vary": cfg.vary, "vary_own": own.get(cfg.vary),  # the setting varied and the params' own value of it

@@ -17,7 +17,10 @@ class Spread:
 
 
 def spread(values: list[float] | np.ndarray) -> Spread:
+    """The spread of `values`; NaN figures with n = 0 for none (every measurement of it was left out)."""
     v = np.asarray(values, dtype=np.float64)
+    if not len(v):
+        return Spread(*[float("nan")] * 5, 0)
     q1, med, q3 = np.percentile(v, [25, 50, 75])
     mean = v.mean()
     cv = float(100.0 * v.std(ddof=1) / mean) if len(v) > 1 and mean > 0 else 0.0

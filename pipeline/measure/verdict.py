@@ -42,8 +42,8 @@ def speed(name_a: str, name_b: str, ratios: list[float], min_effect: float, alph
     out = {"ratio": med, "ci_low": ci[1] if ci else float("nan"), "ci_high": ci[2] if ci else float("nan"),
            "coverage": ci[0] if ci else float("nan"), "rounds": len(ratios), "winner": None}
     if ci is None:
-        out["text"] = (f"no verdict ({len(ratios)} usable {unit}; at least {min_rounds(alpha)} are needed "
-                       f"for a {100 * (1 - alpha):.0f}% interval)")
+        out["text"] = (f"no verdict: {len(ratios)} usable {unit}; at least {min_rounds(alpha)} are needed "
+                       f"for a {100 * (1 - alpha):.0f}% interval")
         return out
     detail = (f"{name_a}/{name_b} = {med:.2f}x, {100 * ci[0]:.1f}% CI {ci[1]:.2f}–{ci[2]:.2f}, "
               f"{len(ratios)} {unit}")
@@ -173,8 +173,8 @@ def change(name: str, before: list[float], after: list[float], min_effect: float
     out = {"ratio": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "coverage": float("nan"),
            "n_before": len(before), "n_after": len(after), "change": None}
     if got is None:
-        out["text"] = (f"no verdict ({len(before)} and {len(after)} {unit}; too few for a "
-                       f"{100 * (1 - alpha):.0f}% interval)")
+        out["text"] = (f"no verdict: {len(before)} and {len(after)} {unit}; too few for a "
+                       f"{100 * (1 - alpha):.0f}% interval")
         return out
     est, cov, low, high = got
     out |= {"ratio": est, "ci_low": low, "ci_high": high, "coverage": cov}

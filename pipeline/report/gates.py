@@ -89,6 +89,6 @@ def apply(v: pd.DataFrame, changed_by: dict[str, list[str]], repeats: list[str])
 
 
 def _withhold(v: pd.DataFrame, rows: pd.Series, why: str) -> pd.DataFrame:
-    v.loc[rows, "verdict"] = [f"no verdict ({why}); measured: {t}" for t in v.loc[rows, "verdict"]]
+    v.loc[rows, "verdict"] = [f"no verdict: {why}; measured: {t}" for t in v.loc[rows, "verdict"]]
     v.loc[rows, "change"] = "no verdict"
     return v

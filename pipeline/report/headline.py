@@ -37,8 +37,13 @@ def time_to_target_blocks(r: Results, figdir: Path) -> list:
     for model, ca, cb in pairs(r):
         v = time_to_target_verdict(r, ca, cb)
         lines.append(f"**{model}**, {pair_label(ca, cb)}, time to target: {v['text']}")
-    hist = history_rows(r).assign(framework=lambda d: d["framework"].map(LABEL))
+    hist = history_rows(r).assign(framework=lambda d: d["framework"].map(LABEL)).dropna(subset=["val_acc"])
     targets = {c.model: m.target_val_acc for c, m in r.train.items()}
+    figure = ("img", figures.time_to_target(hist, targets, figdir / "time_to_target.png"),
+              "Validation accuracy against training time (first seed), both frameworks; dashed: the target") \
+        if len(hist) else ("p", "No figure of validation accuracy against training time: no cell left an evaluation "
+                                "with a finite loss" + (f" ({r.lacks(*map(_stage, r.cells()))})"
+                                                        if r.lacks(*map(_stage, r.cells())) else "") + ".")
     return [("h2", "Time to target accuracy"),
             ("p", "What a user choosing a framework pays: training seconds (evaluation excluded) until validation "
                   "accuracy first reaches the target, as MLPerf and DAWNBench measure it; training stops there "
@@ -49,14 +54,18 @@ def time_to_target_blocks(r: Results, figdir: Path) -> list:
                   "evaluation) with the bench's interleaved per-step verdict, because the train cells run as "
                   "separate stages, minutes apart, and the machine's drift enters their own times. `at bench "
                   "speed`: steps to target x batch size / the bench's median training rate."),
-            ("table", pd.DataFrame(rows)), *[("p", line) for line in lines],
-            ("img", figures.time_to_target(hist, targets, figdir / "time_to_target.png"),
-             "Validation accuracy against training time (first seed), both frameworks; dashed: the target")]
+            ("table", pd.DataFrame(rows)), *[("p", line) for line in lines], figure]
+
+
+def _stage(cell: Cell) -> str:
+    return f"train@{cell}"
 
 
 def time_to_target_verdict(r: Results, ca: Cell, cb: Cell) -> dict:
     """With enough seeds, the paired verdict over seeds on the train stage's own times; with fewer (one, by
     default), steps to target (train) x time per step (the bench's interleaved verdict), verdict.time_to_target."""
+    if ca not in r.train or cb not in r.train:
+        return {"text": f"no verdict: {r.lacks(_stage(ca), _stage(cb))}", "winner": None, "how": "missing"}
     a, b = r.seeds[ca].set_index("seed"), r.seeds[cb].set_index("seed")
     paired = [s for s in a.index if s in b.index]
     if len(paired) >= verdict.min_rounds():
@@ -67,7 +76,8 @@ def time_to_target_verdict(r: Results, ca: Cell, cb: Cell) -> dict:
                              unit="seeds") | {"how": "seeds"}  # the same rule and minimum effect as the bench's
     per_step = next((v for v in r.bench["verdicts"] if v["model"] == ca.model and v["phase"] == "train"
                      and (v["a"], v["b"]) == (ca.framework, cb.framework)),
-                    {"text": "no verdict (the bench did not compare them)", "winner": None})
+                    {"text": "no verdict: " + (r.lacks("bench") or "the bench did not compare them"),
+                     "winner": None})
     per_step = per_step | {"winner": shown(per_step["winner"])}  # an older bench's records say "torch"
     return verdict.time_to_target(LABEL[ca.framework], LABEL[cb.framework], _window(r, ca), _window(r, cb),
                                   per_step) | {"how": "steps x bench"}
@@ -116,11 +126,12 @@ def headline(r: Results) -> list:
     lines = []
     for model, ca, cb in pairs(r):
         v = time_to_target_verdict(r, ca, cb)
-        times = ", ".join(f"{LABEL[c.framework]} {_ttt(r.train[c])}" for c in (ca, cb))
+        times = ", ".join(f"{LABEL[c.framework]} {_ttt(r.train[c]) if c in r.train else 'no results'}"
+                          for c in (ca, cb))
         lines.append(f"**{model}** ({times}): {v['text']}")
     if len(r.frameworks) == 1:  # nothing to compare, but what was measured still comes first
         fw = r.frameworks[0]
-        lines += [f"**{m}** ({LABEL[fw]} {_ttt(r.train[Cell(fw, m)])}): one framework in this run, so no verdict "
+        lines += [f"**{m}** ({LABEL[fw]} {_ttt(r.train[Cell(fw, m)])}): no verdict: one framework in this run "
                   "(list another in `frameworks` to compare)" for m in r.models if Cell(fw, m) in r.train]
     b, cal = r.bench, r.bench["calibration"]
     children = len(r.of_kind("round")) // max(len(r.models), 1)
@@ -128,7 +139,8 @@ def headline(r: Results) -> list:
     noise = (f"Speed evidence: {b['rounds_run']} interleaved rounds, {children} fresh processes, "
              f"{len(b['flagged'])} flagged by the drift monitor; "
              f"{'device speedometer (a matmul on the GPU)' if gpus(r) else 'calibration GEMM'} "
-             f"{cal['gflops_median']:,.0f} GFLOP/s median, CV {cal['cv_pct']:.1f}%.")
+             f"{cal['gflops_median']:,.0f} GFLOP/s median, CV {cal['cv_pct']:.1f}%." if cal["n"] else
+             f"Speed evidence: none ({r.lacks('bench') or 'the bench left no child'}).")
     if withheld:
         names = ", ".join(f"{v['model']} {v['phase']}" + (" (A/A control)" if v.get("control") else "")
                           + (f" ({arm_label(v['setting'])})" if v.get("setting") else "") for v in withheld)
@@ -138,7 +150,8 @@ def headline(r: Results) -> list:
     # what the env stage warned of comes first: a GPU machine measured on its CPU; speed figures that are the
     # cores' contention
     alerts = {"Measured on the CPU, not the GPU": r.env.get("gpu_unseen"),
-              "More threads than cores": r.env.get("oversubscribed")}
+              "More threads than cores": r.env.get("oversubscribed"),
+              "Not in this report": "; ".join(r.missing.values())}  # a stage that left nothing: what to run
     first = [("p", f"**{title}**: {text}.") for title, text in alerts.items() if text]
     return first + [("p", line) for line in lines] + [("p", noise)]
 
@@ -161,8 +174,9 @@ def metrics(r: Results) -> dict:
     for model, ca, cb in pairs(r):
         m = out.setdefault(model, {})
         for c in (ca, cb):
-            t, b = r.train[c], bench.get(c)
-            m |= {f"{c.framework}_time_to_target_s": t.time_to_target_s, f"{c.framework}_test_acc": t.test_acc,
+            t, b = r.train.get(c), bench.get(c)
+            m |= {f"{c.framework}_time_to_target_s": t.time_to_target_s if t else None,
+                  f"{c.framework}_test_acc": t.test_acc if t else None,
                   f"{c.framework}_train_samples_per_s": b.train.samples_per_s if b else None,
                   f"{c.framework}_infer_samples_per_s": b.infer.samples_per_s if b else None}
         pair = f"{ca.framework}_vs_{cb.framework}"

@@ -18,6 +18,11 @@ border:1px solid #eee}pre{background:#f7f7f7;padding:.8em;overflow:auto;font-siz
 font-size:13px}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}"""
 
 
+def table_or(df: pd.DataFrame, why: str) -> Block:
+    """A table block, or the line saying why there is none (a stage left no rows for it)."""
+    return ("table", df) if len(df) else ("p", why)
+
+
 def num(v: float) -> str:
     # Thousands as grouped integers (24,520 samples/s), small values to 4 significant digits (5.007e-06).
     return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"

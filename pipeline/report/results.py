@@ -1,7 +1,9 @@
 """Every result file read back into typed records, and flattened into results.csv's rows.
 
-`collect` reads them (a missing or malformed file is a one-line error naming it and the stage to rerun);
-`bench_rows`, `loader_rows`, `history_rows` give DataFrames; `tidy` gives results.csv's rows.
+`collect` reads what the stages left: a stage whose output is missing (not run, failed, stopped) is named in
+`Results.missing` with the command that makes it, and its sections say so; a malformed file is a one-line error
+naming it and the stage to rerun. `bench_rows`, `loader_rows`, `history_rows` give DataFrames; `tidy` gives
+results.csv's rows.
 """
 from __future__ import annotations
 
@@ -37,10 +39,19 @@ class Results:
     def of_kind(self, kind: str) -> list[Measurement]:
         return [m for m in self.measured if m.kind == kind]
     loaders: dict[str, dict] = field(default_factory=dict)         # framework -> records.json
-    scale: dict = field(default_factory=dict)                      # scale/records.json ("measured": false: opt-in)
+    scale: dict = field(default_factory=lambda: dict(NOT_MEASURED))  # scale/records.json ("measured": false: opt-in)
+    missing: dict[str, str] = field(default_factory=dict)          # stage -> why its results are not here
 
     def cells(self) -> list[Cell]:
         return [Cell(f, m) for m in self.models for f in self.frameworks]
+
+    def trained(self) -> list[Cell]:
+        """The cells whose train stage left its results, in the run's order."""
+        return [c for c in self.cells() if c in self.train]
+
+    def lacks(self, *stages: str) -> str:
+        """Why any of `stages` left nothing ("" when all did), for a line in place of what they would show."""
+        return "; ".join(self.missing[s] for s in stages if s in self.missing)
 
 
 def read_tsv(path: Path, stage: str, columns: list[str], index: bool = False) -> pd.DataFrame:
@@ -69,10 +80,30 @@ def _need(d: dict, keys: list[str], path: Path, stage: str) -> dict:
 RUN_SETTINGS = {"device": "device", "precision": "precision", "threads": "intra_op_threads"}
 
 
+# What the bench would have written with no usable child at all: nothing measured, so every verdict is absent
+NO_BENCH = {"records": [], "cells": [], "verdicts": [], "flagged": [], "rounds_run": 0, "max_s": float("nan"),
+            "min_effect": float("nan"), "calibration": {"gflops_median": float("nan"), "gflops_q1": float("nan"),
+                                                       "gflops_q3": float("nan"), "cv_pct": float("nan"), "n": 0}}
+NOT_MEASURED = {"measured": False, "rows": [], "table": [], "verdicts": []}
+
+
+def _absent(r: Results, path: Path, stage: str) -> bool:
+    """Whether `path` (a stage's last-written file: its presence means the rest is there) is missing; if so the
+    stage is named in r.missing with what makes it."""
+    if path.exists():
+        return False
+    r.missing[stage] = f"`{stage}` left no results ({path} is missing: run `dvc repro {stage}`)"
+    return True
+
+
 def collect(root: Path, frameworks: list[str], models: list[str]) -> Results:
-    r = Results(frameworks, models, read_json(root / "env.json", "env"))
+    r = Results(frameworks, models, {})
+    if not _absent(r, root / "env.json", "env"):
+        r.env = read_json(root / "env.json", "env")
     for cell in r.cells():
         d, stage = root / "runs" / str(cell), f"train@{cell}"
+        if _absent(r, d / "metrics.json", stage):  # written last: without it the cell did not finish
+            continue
         r.train[cell] = read(CellMetrics, read_json(d / "metrics.json", stage), d / "metrics.json", stage)
         r.run[cell] = _need(read_json(d / "run.json", stage), ["init_weights_sha256", "batch_order_sha256",
                                                              "layer_param_counts", "readback_weights_sha256",
@@ -89,16 +120,17 @@ def collect(root: Path, frameworks: list[str], models: list[str]) -> Results:
         except (OSError, KeyError, ValueError) as e:
             raise DataError(f"{d / 'predictions.npz'}: unreadable ({e}); rerun `dvc repro {stage}`") from None
     path = root / "bench" / "records.json"
-    r.bench = _need(read_json(path, "bench"), ["records", "cells", "verdicts", "calibration", "flagged",
-                                                            "rounds_run", "max_s"], path,
-                    "bench")
+    r.bench = dict(NO_BENCH) if _absent(r, path, "bench") else _need(read_json(path, "bench"), [
+        "records", "cells", "verdicts", "calibration", "flagged", "rounds_run", "max_s"], path, "bench")
     r.bench_cells = [BenchCell.from_flat(c, path) for c in r.bench["cells"]]
     r.measured = [Measurement.from_flat(m) for m in r.bench["records"]]
     for fw in frameworks:
         p = root / "loaders" / fw / "records.json"
-        r.loaders[fw] = _need(read_json(p, f"loaders@{fw}"), ["records"], p, f"loaders@{fw}")
+        if not _absent(r, p, f"loaders@{fw}"):
+            r.loaders[fw] = _need(read_json(p, f"loaders@{fw}"), ["records"], p, f"loaders@{fw}")
     path = root / "scale" / "records.json"
-    r.scale = _need(read_json(path, "scale"), ["measured", "table", "verdicts", "rows"], path, "scale")
+    if not _absent(r, path, "scale"):
+        r.scale = _need(read_json(path, "scale"), ["measured", "table", "verdicts", "rows"], path, "scale")
     return r
 
 
@@ -108,16 +140,28 @@ def gpus(r: Results) -> list[str]:
 
 
 def bench_rows(r: Results) -> pd.DataFrame:
-    """Every benchmark child's row: kind (round | variants | threads), round, arm, framework, model, variant, ..."""
-    return pd.DataFrame(r.bench["records"])
+    """Every benchmark child's row: kind (round | variants | threads), round, arm, framework, model, variant, ...
+    (the same columns, and no rows, when the bench left none)."""
+    rows = r.bench["records"]
+    return pd.DataFrame(rows, columns=None if rows else list(Measurement("", "").flat()) + ["train_samples_per_s"])
+
+
+LOADER = ["framework", "workers", "what", "samples_per_s", "samples_per_s_q1", "samples_per_s_q3",
+          "samples_per_s_iqr", "repeats"]
 
 
 def loader_rows(r: Results) -> pd.DataFrame:
-    return pd.DataFrame([{"framework": fw, **rec} for fw, d in r.loaders.items() for rec in d["records"]])
+    return pd.DataFrame([{"framework": fw, **rec} for fw, d in r.loaders.items() for rec in d["records"]],
+                        columns=None if any(d["records"] for d in r.loaders.values()) else LOADER)
+
+
+HISTORY = ["framework", "model", "step", "epoch", "train_loss", "train_acc", "train_s", "val_loss", "val_acc"]
 
 
 def history_rows(r: Results) -> pd.DataFrame:
-    return pd.concat([h.assign(framework=c.framework, model=c.model) for c, h in r.history.items()])
+    """Every cell's evaluations, one row each (no rows, and the same columns, when no cell trained)."""
+    return pd.concat([pd.DataFrame(columns=HISTORY)] + [h.assign(framework=c.framework, model=c.model)
+                                                       for c, h in r.history.items()], ignore_index=True)
 
 
 def tidy(r: Results) -> pd.DataFrame:
@@ -158,9 +202,10 @@ def tidy(r: Results) -> pd.DataFrame:
                     "high": v["ci_high"], "spread_kind": f"{100 * v['coverage']:.1f}% CI of the median ratio" if v["coverage"] else "",
                     "n": v["rounds"], "note": v["text"]})
     cal = r.bench["calibration"]
-    out.append({"source": "bench", "metric": "calib_gflops", "value": cal["gflops_median"], "unit": "GFLOP/s",
-                "low": cal["gflops_q1"], "high": cal["gflops_q3"], "spread_kind": "IQR over every calibration",
-                "n": cal["n"], "note": f"CV {cal['cv_pct']:.1f}%"})
+    if cal["n"]:  # a bench that left no calibration (it did not run) has no figure for it
+        out.append({"source": "bench", "metric": "calib_gflops", "value": cal["gflops_median"], "unit": "GFLOP/s",
+                    "low": cal["gflops_q1"], "high": cal["gflops_q3"], "spread_kind": "IQR over every calibration",
+                    "n": cal["n"], "note": f"CV {cal['cv_pct']:.1f}%"})
     for m in r.of_kind("variants"):
         ctx = {"framework": m.framework, "model": m.model, "variant": m.variant, "threads": m.threads,
                "source": "bench-variants"}

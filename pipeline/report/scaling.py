@@ -57,6 +57,8 @@ def table(r: Results) -> pd.DataFrame:
 def blocks(r: Results, figdir: Path) -> list[render.Block]:
     s = r.scale
     B: list[render.Block] = [("h2", "Data-parallel scaling")]
+    if r.lacks("scale"):
+        return B + [("p", f"Not measured: {r.lacks('scale')}.")]
     if not s.get("measured"):
         return B + [("p", HOW)]
     rows = s["rows"]
@@ -71,7 +73,7 @@ def blocks(r: Results, figdir: Path) -> list[render.Block]:
                 f"{s['rounds']} rounds of fresh launches, calibrated by the {s['speedometer']}; {s['flagged']} "
                 "launch(es) flagged for drift and left out of the medians (a round's two launches still pair when "
                 "they met the same machine speed)."),
-          ("table", table(r))]
+          render.table_or(table(r), "No scaling table: every launch was flagged for drift, so no median is left.")]
     if "cpu" in devices:
         B.append(("p", f"On a CPU the workers share the machine's {s['threads']} threads (each gets threads / N), "
                        "so N workers cannot compute faster than one: the best speed-up is 1x, an efficiency of "
@@ -82,7 +84,13 @@ def blocks(r: Results, figdir: Path) -> list[render.Block]:
                    "backward pass). Time to target (est.): the train stage's steps to target x the step time at N."))
     B += [("p", f"**{v['model']}, {v['workers']} worker{'s' * (v['workers'] > 1)}**: {v['text']}")
           for v in s["verdicts"]]
-    B.append(("img", figures.scaling(pd.DataFrame(s["table"]).replace({"framework": LABEL}), figdir / "scaling.png",
+    drawn = pd.DataFrame([t for t in s["table"] if _num(t["samples_per_s"]) is not None])
+    if drawn.empty:
+        return B + [("p", "No scaling figure: every launch was flagged for drift; rerun the stage when the machine is "
+                          "calmer (`dvc repro -f -s scale`).")]
+    numbers = ["samples_per_s", "samples_per_s_q1", "samples_per_s_q3", "efficiency"]
+    drawn[numbers] = drawn[numbers].astype(float)  # JSON null (too few rounds for a figure) as NaN: not drawn
+    B.append(("img", figures.scaling(drawn.replace({"framework": LABEL}), figdir / "scaling.png",
                                      shared="cpu" in devices),
               "Training samples/s and efficiency against worker processes"))
     return B

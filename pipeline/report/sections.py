@@ -23,6 +23,9 @@ from pipeline.report.results import RUN_SETTINGS, Results, history_rows, loader_
 def accuracy_verdicts(r: Results) -> list[str]:
     out = []
     for model, ca, cb in pairs(r):
+        if ca not in r.train or cb not in r.train:
+            out.append(f"**{model}**, {pair_label(ca, cb)}: no verdict: {r.lacks(f'train@{ca}', f'train@{cb}')}")
+            continue
         y = r.preds[ca]["y_true"]
         right_a, right_b = r.preds[ca]["y_pred"] == y, r.preds[cb]["y_pred"] == y
         p = verdict.mcnemar_p(right_a, right_b)
@@ -35,6 +38,8 @@ def accuracy_verdicts(r: Results) -> list[str]:
 def equivalence(r: Results) -> pd.DataFrame:
     rows = []
     for model, ca, cb in pairs(r):
+        if ca not in r.train or cb not in r.train:  # said by accuracy_verdicts and the first lines
+            continue
         ra, rb = r.run[ca], r.run[cb]
         diff = float(np.abs(r.preds[ca]["init_logits"] - r.preds[cb]["init_logits"]).max())
         rows.append({"model": model,
@@ -76,6 +81,8 @@ def _iqr_text(rec: dict) -> str:
 
 def loaders_section(r: Results) -> tuple[pd.DataFrame, list[str]]:
     df = loader_rows(r)
+    if df.empty:
+        return df, []
     df["cell"] = [_iqr_text(x) for x in df.to_dict("records")]
     table = df.pivot_table(index=["framework", "workers"], columns="what", values="cell", aggfunc="first",
                            sort=False).reset_index()
@@ -112,27 +119,34 @@ def build(r: Results, params_text: str, prepared: dict, figdir: Path) -> list[re
                          "epochs trained (cap)": f"{m.epochs_trained:.2f} ({m.epochs})",
                          "train time s": m.train_time_s, "train samples/s": m.train_samples_per_s}
                         for c, m in r.train.items()])
+    untrained = r.lacks(*(f"train@{c}" for c in r.cells()))
     B += [("h2", "Accuracy"), ("p", f"Test set: {meta['sizes']['test']} images; mean ± std over seeds. "
                                     + class_balance(prepared)),
-          ("table", acc)] + [("p", v) for v in accuracy_verdicts(r)]
-    B.append(("img", figures.learning_curves(history_rows(r), figdir / "learning_curves.png"),
-              "Learning curves (first seed), both frameworks overlaid"))
-    B.append(("img", figures.confusions(r.confusion, figdir / "confusion.png"), "Confusion matrices (first seed)"))
+          render.table_or(acc, f"No cell left its results: {untrained}.")] + [("p", v) for v in accuracy_verdicts(r)]
+    curves = history_rows(r)
+    B.append(("img", figures.learning_curves(curves, figdir / "learning_curves.png"),
+              "Learning curves (first seed), both frameworks overlaid") if curves["val_acc"].notna().any() else
+             ("p", "No learning curves: no cell left an evaluation with a finite loss."))
+    B.append(("img", figures.confusions(r.confusion, figdir / "confusion.png"), "Confusion matrices (first seed)")
+             if r.confusion else ("p", "No confusion matrices: no cell left its results."))
     cnn_or_first = [m for m in r.models if m == "cnn"] or r.models
     model = cnn_or_first[0]
-    preds = {SHORT[f]: r.preds[Cell(f, model)]["y_pred"] for f in r.frameworks}
+    preds = {SHORT[c.framework]: r.preds[c]["y_pred"] for c in r.trained() if c.model == model}
     B.append(("img", figures.samples(prepared["x_test"], prepared["y_test"], preds, list(prepared["classes"]),
                                      figdir / "samples.png"),
-              f"Test images with true label and each framework's {model} prediction; red: a framework is wrong"))
+              f"Test images with true label and each framework's {model} prediction; red: a framework is wrong")
+             if preds else ("p", f"No test images with predictions: no {model} cell left its results."))
     B += speed.speed_blocks(r, figdir) + speed.variant_blocks(r)
     B += speed.thread_blocks(r, figdir)
     table, verdicts = loaders_section(r)
+    unloaded = r.lacks(*(f"loaders@{fw}" for fw in r.frameworks))
     B += [("h2", "Data loading: num_workers / num_parallel_calls"),
           ("p", "Per-sample pipeline (uint8 → float, normalise, random shift) through torch DataLoader, "
                 "tf.data or (numpy) a thread pool; samples/s median [IQR]. `loader`: the loader alone; "
-                "`train-*`: training fed by it."),
-          ("table", table)] + [("p", v) for v in verdicts]
-    B.append(("img", figures.loaders(loader_rows(r), figdir / "loaders.png"), "samples/s against workers"))
+                "`train-*`: training fed by it." + (f" Missing here: {unloaded}." if unloaded and len(table) else "")),
+          render.table_or(table, f"Not measured: {unloaded}.")] + [("p", v) for v in verdicts]
+    if len(table):
+        B.append(("img", figures.loaders(loader_rows(r), figdir / "loaders.png"), "samples/s against workers"))
     B += scaling.blocks(r, figdir)
     eq = equivalence(r)
     if len(eq):

@@ -48,7 +48,7 @@ def stability_text(r: Results) -> str:
                  f"median, CV {h['cv_pct']:.1f}% over {h['n']} readings. ")
     text += gpu_state_text(r)
     if flagged:
-        where = ", ".join(f"{arm_label(f['arm'])} in round {f['round'] + 1}" for f in flagged)
+        where = ", ".join(f"{arm_label(f['arm'])} in round {f['round'] + 1}" for f in flagged)  # round children only
         text += (f"{len(flagged)} round child(ren) saw the machine change speed during their measurement "
                  f"({where}); their own figures are left out, and a ratio they are part of counts only where both "
                  "children of its round held steady at the same machine speed (a slow spell that held both).")
@@ -112,13 +112,13 @@ def gap_text(r: Results, c: BenchCell, bench_rate: float) -> str | None:
 
 
 def setting_rows(r: Results) -> pd.DataFrame:
-    """Usable round rows of each framework's own arm and its bench.vary arms, with the setting's value."""
+    """Usable round rows of each framework's own arm and its bench.vary arms, with the setting's value (no rows,
+    the same columns, when no round child was usable)."""
     rows = bench_rows(r)
-    rows = rows[(rows["kind"] == "round") & (rows["flag"] == "") & (rows["status"] == "ok")
-                & ~rows["arm"].map(is_control)].copy()
-    rows["value"] = [s[1] if (s := setting_of(a)) else r.bench["vary_own"] for a in rows["arm"]]
-    rows["framework"] = rows["arm"].map(framework_of)
-    return rows
+    rows = rows[(rows["kind"] == "round") & (rows["flag"].fillna("") == "") & (rows["status"] == "ok")
+                & ~rows["arm"].map(is_control, na_action="ignore").fillna(False).astype(bool)].copy()
+    return rows.assign(value=[s[1] if (s := setting_of(a)) else r.bench.get("vary_own") for a in rows["arm"]],
+                       framework=[framework_of(a) for a in rows["arm"]])
 
 
 def setting_table(rows: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -139,14 +139,23 @@ def infer_table(r: Results) -> pd.DataFrame:
     """Inference samples/s per framework and model at each bench.infer_batch_sizes value: the median over the
     usable rounds of each framework's own arm (every child measures every inference batch size)."""
     rows = setting_rows(r)
-    rows = rows[~rows["arm"].map(lambda a: bool(setting_of(a)))]
+    rows = rows[[not setting_of(a) for a in rows["arm"]]]
     cols = {f"infer{bs}_samples_per_s": f"batch {bs}, samples/s" for bs in infer_sizes(rows.columns)}
+    if rows.empty:
+        return pd.DataFrame(columns=["framework", "model", *cols.values()])
     out = rows.assign(framework=rows["framework"].map(LABEL)).groupby(["framework", "model"], sort=False)[list(cols)]
     return out.median().rename(columns=cols).reset_index()
 
 
+NO_ROUND = ("no usable round: every round child of {what} was flagged by the drift monitor (see Machine stability), "
+            "so its figures are left out; rerun the bench when the machine is calmer (`dvc repro -f -s bench`) or "
+            "give it more rounds (`bench.max_s`)")
+
+
 def speed_blocks(r: Results, figdir: Path) -> list:
     b = r.bench
+    if r.lacks("bench"):
+        return [("h2", "Speed"), ("p", f"Not measured: {r.lacks('bench')}.")]
     cells = r.bench_cells
     measured = len({r["round"] for r in b["records"] if r["kind"] == "round"})
     again = len({f["round"] for f in b["flagged"]})
@@ -169,10 +178,21 @@ def speed_blocks(r: Results, figdir: Path) -> list:
         lines += ["**Settings, interleaved** (`bench.vary`): each framework at another value of one setting ran "
                   "as an extra arm of the same rounds, so these ratios are paired round by round like the "
                   "framework verdicts above (ratio = the setting's rate over the params' own value's)."] + settings
-    figs = [("table", setting_table(setting_rows(r), b["vary"])),
-            ("img", figures.settings(setting_rows(r), b["vary"], figdir / "settings.png"),
-             f"Training samples/s against {b['vary']}, interleaved arms (median over usable rounds, IQR)")] \
+    arms = setting_rows(r)
+    figs = ([("table", setting_table(arms, b["vary"])),
+             ("img", figures.settings(arms, b["vary"], figdir / "settings.png"),
+              f"Training samples/s against {b['vary']}, interleaved arms (median over usable rounds, IQR)")]
+            if len(arms) else [("p", f"No settings table: {NO_ROUND.format(what='any arm')}.")]) \
         if settings and b.get("vary", "none") != "none" else []
+    lost = [arm_label(a) for a in b.get("arms", []) if not setting_of(a) and not is_control(a)
+            and framework_of(a) not in {c.framework for c in cells}]  # a framework with no usable round at all
+    said = f"{NO_ROUND.format(what=', '.join(lost))}." if lost else ""
+    plotted = r.of_kind("round")  # the right panel shows every child's speedometer, flagged ones too
+    rounds_fig = ("img", figures.rounds([v | {"a": arm_label(v["a"]), "b": arm_label(v["b"])} for v in b["verdicts"]],
+                                        bench_rows(r), b.get("flagged", []), figdir / "rounds.png"),
+                  "Left: each round's ratio (dots), its median and interval (bar). Right: the calibration GEMM "
+                  "before and after every child, in run order (red: flagged)") if plotted else \
+        ("p", "No figure of the rounds: the bench left no round child.")
     gaps = [g for c in cells if (g := gap_text(r, c, c.train.samples_per_s))]
     return [
         ("h2", "Speed"),
@@ -188,19 +208,18 @@ def speed_blocks(r: Results, figdir: Path) -> list:
               "away from 1; otherwise \"no clear difference\". The control must read \"no clear difference\"; when "
               "it tells identical runs apart, the framework verdict "
               "of that model and phase is withheld."),
-        ("p", stability_text(r)), ("table", table),
-        ("p", "Inference against batch size (`bench.infer_batch_sizes`; the table above shows the largest), median "
-              "over usable rounds:"), ("table", infer_table(r)), *[("p", line) for line in lines], *figs,
+        ("p", stability_text(r)),
+        *([("table", table)] + [("p", said)] * bool(said) if len(table) else
+          [("p", f"No speed table: {NO_ROUND.format(what='any framework')}.")]),
+        *([("p", "Inference against batch size (`bench.infer_batch_sizes`; the table above shows the largest), "
+                 "median over usable rounds:"), ("table", infer)] if len(infer := infer_table(r)) else []),
+        *[("p", line) for line in lines], *figs,
         ("p", "Training counts 3× forward FLOPs. % peak: share of the run's median speedometer rate (the "
               f"{'matmul on the GPU, at the run precision' if gpus(r) else 'host GEMM'}); % own calib: share of "
               "each process's own calibration (a rough figure across runs: the GEMM does not follow every slowdown). "
               "Both can pass 100% where convolution kernels beat the matmul. First step: tracing/compilation, timed "
               "apart."),
-        *[("p", g) for g in gaps],
-        ("img", figures.rounds([v | {"a": arm_label(v["a"]), "b": arm_label(v["b"])} for v in b["verdicts"]],  # as the text
-                               bench_rows(r), b.get("flagged", []), figdir / "rounds.png"),
-         "Left: each round's ratio (dots), its median and interval (bar). Right: the calibration GEMM before and "
-         "after every child, in run order (red: flagged)"),
+        *[("p", g) for g in gaps], rounds_fig,
     ]
 
 
@@ -209,6 +228,8 @@ NOTE = {"wrong": "WRONG", "unsupported": "unsupported here", "absent": "not in t
 
 def variant_blocks(r: Results) -> list:
     var = r.of_kind("variants")
+    if r.lacks("bench"):
+        return [("h2", "Variants"), ("p", f"Not measured: {r.lacks('bench')}.")]
     if not var:
         return [("h2", "Variants"), ("p", "Not measured in this run: the variants child is opt-in, to keep the "
                  "default run within its budget (torch.compile's first step alone took 14-24 s a process on 2 "
@@ -242,6 +263,8 @@ def variant_blocks(r: Results) -> list:
 
 def thread_blocks(r: Results, figdir: Path) -> list:
     th = r.of_kind("threads")
+    if r.lacks("bench"):
+        return [("h2", "Thread scaling"), ("p", f"Not measured: {r.lacks('bench')}.")]
     if r.bench.get("threads_skipped"):
         return [("h2", "Thread scaling"), ("p", f"Skipped: the children ran on {', '.join(gpus(r))}, where CPU "
                  "intra-op threads only issue the GPU's kernel launches; batch size, precision and the variants "
