@@ -58,7 +58,7 @@ def test_disk_full_is_one_line_naming_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "write_text", full)
     with pytest.raises(files.DataError) as e:
         files.write_json(tmp_path / "metrics.json", {"a": 1})
-    assert str(e.value) == f"{tmp_path / 'metrics.json'}: cannot write (No space left on device)"
+    assert str(e.value) == f"{tmp_path / 'metrics.json'}: cannot write (no space left on device)"
     assert list(tmp_path.iterdir()) == []  # no temp file left behind
 
 

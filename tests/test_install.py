@@ -3,6 +3,7 @@ by one Make variable."""
 import os
 import re
 import subprocess
+import sys
 
 from tests.conftest import ROOT
 
@@ -72,3 +73,18 @@ def test_make_adds_tensorflows_cuda_libraries_where_the_driver_lists_a_gpu(tmp_p
     both, cpu = (True, True), (False, False)
     assert installs == {("gpu", ()): both, ("gpu", ("CUDA=0",)): cpu, ("gpu", ("CUDA=1",)): both,
                         ("none", ()): cpu, ("none", ("CUDA=0",)): cpu, ("none", ("CUDA=1",)): both}
+
+
+def test_a_stage_run_by_a_python_without_the_projects_packages_says_which_and_how_to_fix_it_in_one_line(tmp_path):
+    # `.venv/bin/dvc repro` from a shell that has not activated the venv runs `python`, the system's
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    py = bare / "bin" / "python"
+    r = subprocess.run([str(py), "-m", "pipeline.stages.env", "--out", str(tmp_path / "env.json")], cwd=ROOT,
+                       capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    version = subprocess.run([str(py), "-c", "import sys; print(sys.version.split()[0])"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"error: {py} (Python {version}) runs this stage, and it lacks the project's packages "
+                               "(no module named 'numpy'): ")
+    assert ("run `make repro`" in r.stderr) and not (tmp_path / "env.json").exists()

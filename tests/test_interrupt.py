@@ -5,6 +5,7 @@ stage's previous outputs whole."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -73,7 +74,9 @@ def test_an_interrupted_bench_is_one_line_no_orphan_and_the_old_results_stay(pre
     lines = [line for line in err.splitlines() if line.strip()]
     how = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}[sig]
     assert code == 128 + sig, err[-3000:]
-    assert lines[-1].startswith(f"interrupted: stage bench stopped by {how}; nothing half-written")
+    # it returns once every process it had has ended, and says so
+    assert re.match(rf"interrupted: stage bench stopped by {how}; its [1-9]\d* child process(es have| has) ended; "
+                    "nothing half-written", lines[-1]), lines[-1]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err and "Terminated" not in err
     # the children too, though a SIGTERM reached the bench alone (Ctrl-C reaches the whole process group)
     assert children and gone(children)
@@ -146,3 +149,33 @@ def test_an_interrupted_bench_gives_a_child_started_anew_sigterm_and_waits_for_i
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, before)
     assert cleaned.read_text() == "clean-up ran"  # SIGTERM and a wait, not SIGKILL: its finally blocks ran
+
+
+# A stage whose child takes a second and a half to stop when told to (it traps the signals, then exits)
+SLOW_CHILD = ("import subprocess, sys, time\nsys.argv = ['slow']\nfrom pipeline import files\n"
+              "CHILD = ('import signal, sys, time\\n'\n"
+              "         'def late(s, f):\\n    time.sleep(1.5)\\n    sys.exit(0)\\n'\n"
+              "         'signal.signal(signal.SIGINT, late)\\nsignal.signal(signal.SIGTERM, late)\\n'\n"
+              "         'print(\"up\", flush=True)\\ntime.sleep(60)')\n"
+              "def main(argv):\n"
+              "    p = subprocess.Popen([sys.executable, '-c', CHILD], stdout=subprocess.PIPE, text=True)\n"
+              "    p.stdout.readline()\n"
+              "    print(p.pid, flush=True)\n"
+              "    time.sleep(60)\n"
+              "files.run(main)")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_stage_returns_only_once_every_child_has_ended_and_says_so(sig):
+    p = subprocess.Popen(with_signals([sys.executable, "-c", SLOW_CHILD]), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    kid = int(p.stdout.readline())
+    if sig == signal.SIGINT:
+        os.killpg(p.pid, sig)  # Ctrl-C: the child hears it too
+    else:
+        p.send_signal(sig)  # `kill`: the stage alone, which ends its child itself
+    p.wait(timeout=60)
+    assert not psutil.pid_exists(kid) or psutil.Process(kid).status() == psutil.STATUS_ZOMBIE  # gone before we were
+    how = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}[sig]
+    assert p.stderr.read().strip() == (f"interrupted: stage slow stopped by {how}; its 1 child process has ended; "
+                                       "nothing half-written, its previous outputs are kept (run it again to finish)")

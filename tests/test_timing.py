@@ -8,43 +8,57 @@ from pipeline.backends.numpy_backend import NumpyBackend
 from pipeline.measure import stats, timing
 
 
+class Clock:
+    """A scripted clock: work 'takes' what the test says it does, whatever the machine is doing meanwhile."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.now += s
+
+
 def test_warmup_calls_are_not_timed():
-    calls = []
+    calls, clock = [], Clock()
 
     def run(k):
         for _ in range(k):
-            time.sleep(0.3 if not calls else 0.002)  # the first call is slow, as tracing/compilation is
+            clock.sleep(0.3 if not calls else 0.002)  # the first call is slow, as tracing/compilation is
             calls.append(1)
-    per_step = timing.repeat(run, warmup=1, steps=3, repeats=3)
+    per_step = timing.repeat(run, warmup=1, steps=3, repeats=3, clock=clock)
     assert len(calls) == 1 + 3 * 3
-    assert len(per_step) == 3 and max(per_step) < 0.05
-
+    assert per_step == pytest.approx([0.002] * 3)
 
 
 def test_a_repeat_shorter_than_min_s_is_discarded_and_run_again_with_more_steps():
-    """GPU-like steps (about 1 ms): 3 of them cannot be timed against a 50 ms floor, so the first repeat is thrown
-    away and every timed one runs long enough; steps that already last the floor (CPU-like) run as asked."""
-    sizes = []
+    """GPU-like steps (1 ms): 3 of them cannot be timed against a 50 ms floor, so the first repeat is thrown away
+    and every timed one runs long enough; steps that already last the floor (CPU-like) run as asked."""
+    sizes, clock = [], Clock()
 
     def run(k):
         sizes.append(k)
-        time.sleep(0.001 * k)
-    per_step = timing.repeat(run, warmup=1, steps=3, repeats=2, min_s=0.05)
-    assert sizes[:2] == [1, 3] and len(sizes) == 4  # warmup, the discarded short repeat, two timed ones
-    assert sizes[2] == sizes[3] >= 50  # each timed repeat >= 50 ms of 1 ms steps
-    assert len(per_step) == 2 and all(0.001 <= t < 0.003 for t in per_step)
+        clock.sleep(0.001 * k)
+    per_step = timing.repeat(run, warmup=1, steps=3, repeats=2, min_s=0.05, clock=clock)
+    # warmup, the discarded short repeat, then two timed ones of 3 x 1.2 x 50 / 3 = 60 steps (>= 50 ms each)
+    assert sizes == [1, 3, 60, 60]
+    assert per_step == pytest.approx([0.001, 0.001])
     sizes.clear()
-    timing.repeat(lambda k: (sizes.append(k), time.sleep(0.03 * k)), warmup=0, steps=2, repeats=2, min_s=0.05)
+    timing.repeat(lambda k: (sizes.append(k), clock.sleep(0.03 * k)), warmup=0, steps=2, repeats=2, min_s=0.05,
+                  clock=clock)
     assert sizes == [2, 2]
 
+
 def test_latencies_skip_warmup_and_time_each_call():
-    n = [0]
+    n, clock = [0], Clock()
 
     def call():
         n[0] += 1
-        time.sleep(0.2 if n[0] == 1 else 0.001)
-    lat = timing.latencies(call, warmup=1, calls=20)
-    assert len(lat) == 20 and lat.max() < 0.1 and lat.min() >= 0.001
+        clock.sleep(0.2 if n[0] == 1 else 0.001 * n[0])
+    lat = timing.latencies(call, warmup=1, calls=20, clock=clock)
+    assert n[0] == 21 and lat == pytest.approx([0.001 * k for k in range(2, 22)])  # each call's own time, in order
 
 
 def test_spread_statistics():
@@ -66,16 +80,16 @@ class Scripted(NumpyBackend):
 
 
 def test_step_timings_follow_the_order_in_full_batches_and_time_the_first_step_apart():
-    seen = []
+    seen, clock = [], Clock()
     data = (np.arange(10), np.arange(10))
     order = np.array([3, 1, 4, 0, 5, 9, 2, 6, 8, 7])
 
     def step(x, y):
         seen.append(list(x))
-        time.sleep(0.2 if len(seen) == 1 else 0.001)  # the first step compiles
+        clock.sleep(0.2 if len(seen) == 1 else 0.001)  # the first step compiles
     first, per_step = Scripted(step).train_timings(None, None, data, order, "numpy", batch_size=4, warmup=2, steps=3,
-                                                   repeats=3)
-    assert first >= 0.2 and len(per_step) == 3 and max(per_step) < 0.05
+                                                   repeats=3, clock=clock)
+    assert first == pytest.approx(0.2) and per_step == pytest.approx([0.001] * 3)
     assert len(seen) == 2 + 3 * 3
     # full batches only (the last 2 samples would make a partial batch), in the given order, cycling
     assert seen[:3] == [[3, 1, 4, 0], [5, 9, 2, 6], [3, 1, 4, 0]]

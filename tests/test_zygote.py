@@ -119,3 +119,38 @@ def test_a_forked_child_leaves_no_temporary_file_behind(prepared, tmp_path, monk
         got = child.spawn(via, prepared / "prepared.npz", pp, "tensorflow", "round", 1, "round 1 tensorflow")
         assert got[0].child_forked and got[0].status == "ok"
         assert list(tmp.iterdir()) == []  # nor the child's own directory
+
+
+def test_a_stop_while_a_child_runs_is_passed_on_and_waits_for_its_clean_up(monkeypatch):
+    """SIGTERM reaches the zygote at any moment of its loop: between requests it stops at once; while a child runs or
+    its directory is being removed, the child is sent SIGTERM and the zygote stops only after its clean-up (a signal
+    raised inside rmtree left half of a child's temporary directory behind)."""
+    import signal as sig
+
+    from pipeline.errors import Terminated
+    sent = []
+    monkeypatch.setattr(zygote.os, "kill", lambda pid, s: sent.append((pid, s)))
+    monkeypatch.setattr(zygote.os, "waitpid", lambda pid, flags: (stop._handle(sig.SIGTERM, None), (pid, 0))[1])
+    stop = zygote.Stop()
+    lines = stop.reading(iter(["a\n", "b\n"]))
+    assert next(lines) == "a\n"
+    assert stop.wait(41) == 0 and sent == [(41, sig.SIGTERM)]  # passed on to the running child, not raised
+    with pytest.raises(Terminated):  # once its clean-up is done
+        stop.check()
+    idle = zygote.Stop()
+    with pytest.raises(Terminated):  # between children nothing is left to finish
+        idle._handle(sig.SIGTERM, None)
+    early = zygote.Stop()
+    next(early.reading(iter(["a\n"])))
+    early._handle(sig.SIGTERM, None)  # after the request, before the fork gave a pid
+    sent.clear()
+    monkeypatch.setattr(zygote.os, "waitpid", lambda pid, flags: (pid, 0))
+    early.wait(42)
+    assert sent == [(42, sig.SIGTERM)]  # passed on as soon as the pid is known
+    for s in files_stops():
+        sig.signal(s, sig.SIG_DFL)
+
+
+def files_stops():
+    from pipeline import files
+    return files.STOPS

@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.errors import ParamsError
 from pipeline.measure import telemetry
 from pipeline.measure import speedo
-from pipeline.measure.timing import repeat
+from pipeline.measure.timing import Clock, repeat
 from pipeline.spec import ModelSpec, Optim
 
 Data = Any   # (images, labels) on the backend's device, from put()
@@ -229,8 +229,8 @@ class Backend(ABC):
             yield x[i:i + batch_size], y[i:i + batch_size]
 
     def train_timings(self, model: Model, optim: Optim, data: Data, order: np.ndarray, variant: str,
-                      batch_size: int, warmup: int, steps: int, repeats: int,
-                      min_s: float = 0.0) -> tuple[float, list[float]]:
+                      batch_size: int, warmup: int, steps: int, repeats: int, min_s: float = 0.0,
+                      clock: Clock = time.perf_counter) -> tuple[float, list[float]]:
         """(seconds of the first step, incl. compilation; seconds per step of each timed repeat, warmup
         excluded), stepping through `order` in full batches (cycling) as the train stage does. The epoch's batches
         are gathered and sliced on the device before the first step, so no timed step holds a host-to-device copy,
@@ -243,7 +243,7 @@ class Backend(ABC):
             for _ in range(k):
                 out = step(*next(it))
             return out
-        t0 = time.perf_counter()
+        t0 = clock()
         self.sync(run(1))  # the first step: tracing, compilation, allocator growth
-        first = time.perf_counter() - t0
-        return first, repeat(run, warmup - 1, steps, repeats, self.sync, min_s)
+        first = clock() - t0
+        return first, repeat(run, warmup - 1, steps, repeats, self.sync, min_s, clock)

@@ -144,21 +144,22 @@ class TensorFlowBackend(Backend):
                            reduce_retracing=True)
 
     def train_timings(self, model: keras.Model, optim: Optim, data: Any, order: np.ndarray, variant: str,
-                      batch_size: int, warmup: int, steps: int, repeats: int,
-                      min_s: float = 0.0) -> tuple[float, list[float]]:
+                      batch_size: int, warmup: int, steps: int, repeats: int, min_s: float = 0.0,
+                      clock: Callable[[], float] = time.perf_counter) -> tuple[float, list[float]]:
         if variant != "fit":
             return super().train_timings(model, optim, data, order, variant, batch_size, warmup, steps, repeats,
-                                         min_s)
+                                         min_s, clock)
         # Model.fit over the same in-memory batches in the same order, fed through tf.data (so its figure includes
         # tf.data's input handling). One epoch of 1 step is the first step, one of warmup-1 steps the rest of the
         # warmup, then one epoch of `steps` steps per timed repeat.
+        now = clock
         model.compile(optimizer=make_optimizer(optim, self.loss_scaled), loss=self.loss)
         full = len(order) // batch_size * batch_size
         ds = tf.data.Dataset.from_tensor_slices(self.take(data, order[:full])).batch(batch_size, drop_remainder=True)
         ds = ds.repeat()
         marks: list[float] = []
-        clock = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: marks.append(time.perf_counter()),
-                                               on_epoch_end=lambda e, logs: marks.append(time.perf_counter()))
+        clock = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, logs: marks.append(now()),
+                                               on_epoch_end=lambda e, logs: marks.append(now()))
         # Each fit() call starts a new iterator: skip() continues the batch sequence where the last one ended.
         model.fit(ds, epochs=1, steps_per_epoch=1, verbose=0, shuffle=False, callbacks=[clock])
         first = marks[1] - marks[0]

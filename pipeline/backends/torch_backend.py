@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-import errno
+import io
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -207,10 +207,11 @@ class TorchBackend(Backend):
             torch.cuda.synchronize()
 
     def save(self, model: nn.Module, path: Path) -> None:
-        try:
-            torch.save(model.state_dict(), path)
-        except RuntimeError as e:  # torch's C++ writer reports a full disk as RuntimeError, not OSError
-            raise OSError(errno.EIO, f"torch.save failed: {str(e).strip().splitlines()[0]}") from None
+        # serialised in memory, then written by Python: torch's C++ writer reports a full disk as "unexpected pos"
+        # (a RuntimeError with no errno), Python's write as the OSError it is (no space left, permission denied)
+        buf = io.BytesIO()
+        torch.save(model.state_dict(), buf)
+        path.write_bytes(buf.getbuffer())
 
     def load(self, spec: ModelSpec, path: Path) -> nn.Module:
         model = self.build(spec, init_weights(spec, 0))

@@ -26,17 +26,21 @@ def lengthened(steps: int, took_s: float, min_s: float) -> int:
     return min(MAX_STEPS, max(steps + 1, math.ceil(steps * 1.2 * min_s / max(took_s, 1e-9))))
 
 
+Clock = Callable[[], float]  # seconds, monotonic: time.perf_counter, or a test's scripted clock
+
+
 def repeat(run: Callable[[int], Any], warmup: int, steps: int, repeats: int,
-           sync: Callable[[Any], None] = lambda _: None, min_s: float = 0.0) -> list[float]:
+           sync: Callable[[Any], None] = lambda _: None, min_s: float = 0.0,
+           clock: Clock = time.perf_counter) -> list[float]:
     """Seconds per step for each repeat: `run(n)` does n steps; `sync(result)` waits for async devices. A repeat
     shorter than `min_s` is discarded and the steps per repeat raised to last about 1.2 x min_s."""
     if warmup:
         sync(run(warmup))
     per_step: list[float] = []
     while len(per_step) < repeats:
-        t0 = time.perf_counter()
+        t0 = clock()
         sync(run(steps))
-        took = time.perf_counter() - t0
+        took = clock() - t0
         if took < min_s and steps < MAX_STEPS:
             steps = lengthened(steps, took, min_s)
             continue
@@ -44,16 +48,16 @@ def repeat(run: Callable[[int], Any], warmup: int, steps: int, repeats: int,
     return per_step
 
 
-def latencies(call: Callable[[], Any], warmup: int, calls: int,
-              sync: Callable[[Any], None] = lambda _: None) -> np.ndarray:
+def latencies(call: Callable[[], Any], warmup: int, calls: int, sync: Callable[[Any], None] = lambda _: None,
+              clock: Clock = time.perf_counter) -> np.ndarray:
     """Seconds of each of `calls` single calls, after `warmup` untimed ones."""
     for _ in range(warmup):
         sync(call())
     out = np.empty(calls)
     for i in range(calls):
-        t0 = time.perf_counter()
+        t0 = clock()
         sync(call())
-        out[i] = time.perf_counter() - t0
+        out[i] = clock() - t0
     return out
 
 

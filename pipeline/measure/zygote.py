@@ -32,10 +32,10 @@ import tempfile
 import warnings
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from pipeline import backends, files
-from pipeline.errors import ChildError
+from pipeline.errors import ChildError, Terminated
 
 READY = "ready"
 
@@ -62,12 +62,13 @@ def serve(framework: str) -> None:
     with os.fdopen(os.dup(1), "w", buffering=1) as answers:  # the replies' own descriptor: whatever an
         os.dup2(2, 1)                                          # import or warning prints goes to stderr instead
         # Ctrl-C reaches the children through the process group; the zygote waits for its child and is ended by
-        # its bench (stdin closed, or SIGTERM, which it passes on to the child: `_wait`)
+        # its bench (stdin closed, or SIGTERM, which it passes on to the child: `Stop`)
         inherited = signal.signal(signal.SIGINT, signal.SIG_IGN)
         preload(framework)
         from pipeline.measure import child
         print(READY, file=answers)
-        for line in sys.stdin:
+        stop = Stop()
+        for line in stop.reading(sys.stdin):
             req = json.loads(line)
             sys.stdout.flush()
             sys.stderr.flush()
@@ -78,25 +79,57 @@ def serve(framework: str) -> None:
                 warnings.simplefilter("ignore", DeprecationWarning)  # the imports started; the child makes its own
                 pid = os.fork()
             if pid == 0:
+                for s in files.STOPS:  # the child's own stage wrapper handles its stops, not the zygote's
+                    signal.signal(s, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, inherited)  # the child stops at Ctrl-C (unless the bench ignores it)
                 tempfile.tempdir = os.environ["TMPDIR"] = tmp
                 _child(child.main, req, answers.fileno())
-            try:
-                status = _wait(pid)
-            finally:  # the child has ended, whatever ended it: its directory goes
-                shutil.rmtree(tmp, ignore_errors=True)
+            status = stop.wait(pid)
+            shutil.rmtree(tmp, ignore_errors=True)  # the child has ended, whatever ended it: its directory goes
+            stop.check()
             print(os.waitstatus_to_exitcode(status), file=answers)
 
 
-def _wait(pid: int) -> int:
-    """The child's wait status. SIGTERM to the zygote (files.run raises Terminated) is passed on to the child, and
-    the child is waited for before the zygote goes: no child outlives it."""
-    try:
-        return os.waitpid(pid, 0)[1]
-    except KeyboardInterrupt:
-        os.kill(pid, signal.SIGTERM)
-        os.waitpid(pid, 0)
-        raise
+class Stop:
+    """The zygote's SIGTERM and SIGHUP (its bench was stopped): between children it stops at once; while a child
+    runs the signal is passed on to it, the zygote waits for it and removes its files, and stops after that. So no
+    child outlives its zygote, and no clean-up is cut short halfway (a signal raised inside rmtree would leave half
+    a directory behind)."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.busy = False
+        self.signum = 0
+        for s in files.STOPS:
+            signal.signal(s, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signum = signum
+        if not self.busy:
+            raise Terminated(signum)
+        if self.pid:
+            os.kill(self.pid, signal.SIGTERM)
+
+    def reading(self, lines: Iterator[str]) -> Iterator[str]:
+        """The requests; a stop while waiting for one ends the zygote there."""
+        for line in lines:
+            self.busy = True  # from here until the child is gone and its files removed
+            yield line
+            self.busy = False
+            self.check()
+
+    def wait(self, pid: int) -> int:
+        """The child's wait status; a stop that came before the child's pid was known is passed on now."""
+        self.pid = pid
+        if self.signum:
+            os.kill(pid, signal.SIGTERM)
+        status = os.waitpid(pid, 0)[1]  # retried after a signal's handler has run (PEP 475)
+        self.pid = None
+        return status
+
+    def check(self) -> None:
+        if self.signum:
+            raise Terminated(self.signum)
 
 
 def _child(main: Callable[[list[str]], None], req: dict, answers: int) -> None:

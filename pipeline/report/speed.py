@@ -152,6 +152,22 @@ NO_ROUND = ("no usable round: every round child of {what} was flagged by the dri
             "give it more rounds (`bench.max_s`)")
 
 
+def how_measured(wanted: int, measured: int, again: int) -> str:
+    """The Speed section's first paragraph: how its verdicts are reached."""
+    return (f"How this is measured: {wanted} usable rounds wanted per comparison, "
+              f"{measured} measured ({again} with a child the drift monitor flagged; a flagged child's figures are "
+              "left out; two children of a round pair when both held steady at the same machine speed); in each, "
+              "every framework's default variant runs once in its own fresh process, in alternating order (ABC, "
+              "CBA, …), so the machine's drift hits all alike (a round after the first ones runs only the arms of "
+              "the comparisons still short of usable rounds); the first framework also runs a second time as an A/A"
+              " control. Each process measures the calibration GEMM before and after. A verdict uses the ratio of "
+              "two frameworks' rates measured back to back in each round: \"X is faster\" only when the exact "
+              "confidence interval of the median ratio excludes 1 and the median is at least the minimum effect "
+              "away from 1; otherwise \"no clear difference\". The control must read \"no clear difference\"; when "
+              "it tells identical runs apart, the framework verdict "
+              "of that model and phase is withheld.")
+
+
 def speed_blocks(r: Results, figdir: Path) -> list:
     b = r.bench
     if r.lacks("bench"):
@@ -196,18 +212,7 @@ def speed_blocks(r: Results, figdir: Path) -> list:
     gaps = [g for c in cells if (g := gap_text(r, c, c.train.samples_per_s))]
     return [
         ("h2", "Speed"),
-        ("p", f"How this is measured: {b.get('rounds', measured - again)} usable rounds wanted per comparison, "
-              f"{measured} measured ({again} with a child the drift monitor flagged; a flagged child's figures are "
-              "left out; two children of a round pair when both held steady at the same machine speed); in each, "
-              "every framework's default variant runs once in its own fresh process, in alternating order (ABC, "
-              "CBA, …), so the machine's drift hits all alike (a round after the first ones runs only the arms of "
-              "the comparisons still short of usable rounds); the first framework also runs a second time as an A/A"
-              " control. Each process measures the calibration GEMM before and after. A verdict uses the ratio of "
-              "two frameworks' rates measured back to back in each round: \"X is faster\" only when the exact "
-              "confidence interval of the median ratio excludes 1 and the median is at least the minimum effect "
-              "away from 1; otherwise \"no clear difference\". The control must read \"no clear difference\"; when "
-              "it tells identical runs apart, the framework verdict "
-              "of that model and phase is withheld."),
+        ("p", how_measured(b.get("rounds", measured - again), measured, again)),
         ("p", stability_text(r)),
         *([("table", table)] + [("p", said)] * bool(said) if len(table) else
           [("p", f"No speed table: {NO_ROUND.format(what='any framework')}.")]),
