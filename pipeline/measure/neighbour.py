@@ -1,4 +1,4 @@
-"""A busy neighbour: processes that busy-loop cores in a square wave, as other work loads a laptop.
+"""A busy neighbour: processes busy-looping cores in a square wave, as a laptop's other work does.
 
     python -m pipeline.measure.neighbour --cores 1 --on 4 --off 4 [--seconds 600] [--phase 0]
 
