@@ -1,4 +1,4 @@
-"""A busy neighbour: processes busy-looping cores in a square wave, as a laptop's other work does.
+"""A busy neighbour: processes that busy-loop cores in a square wave, as other programs do.
 
     python -m pipeline.measure.neighbour --cores 1 --on 4 --off 4 [--seconds 600] [--phase 0]
 
