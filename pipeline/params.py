@@ -18,7 +18,7 @@ from pipeline import spec
 from pipeline.backends import FRAMEWORKS, cpu_threads
 from pipeline.data.datasets import DATASETS
 from pipeline.errors import ParamsError
-from pipeline.measure import telemetry
+from pipeline.probe import telemetry
 from pipeline.validate import Distinct, Odd, cross, message
 
 DATASET_NAMES = tuple(DATASETS)

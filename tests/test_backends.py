@@ -17,7 +17,7 @@ CONSTANTS = {"NAME", "MODEL_SUFFIX", "DEFAULT", "VARIANTS", "ABSENT", "LAZY_IMPO
 
 
 def module_of(framework: str):
-    return importlib.import_module(f"pipeline.backends.{framework}_backend")
+    return importlib.import_module(f"pipeline.backends.{framework}.backend")
 
 
 def own_public(cls: type) -> set[str]:
@@ -106,7 +106,7 @@ def frameworks_see_no_gpu(monkeypatch):
     (where `make test` runs these as well): no GPU, whatever NVML says."""
     import tensorflow as tf
     import torch
-    from pipeline.measure import telemetry
+    from pipeline.probe import telemetry
     real = tf.config.list_physical_devices
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.version, "cuda", None)
@@ -120,7 +120,7 @@ def test_device_auto_is_one_device_for_the_whole_run_not_what_each_framework_fin
     # NVML sees a GPU, so auto means cuda for every framework: one that sees none (TensorFlow's CPU build beside
     # PyTorch's CUDA one, the default install on a GPU machine) is refused in one line saying how to give it the
     # GPU, never left on the CPU to be compared with the others on the GPU (each used to pick its own device)
-    from pipeline.measure import telemetry
+    from pipeline.probe import telemetry
     monkeypatch.setattr(telemetry, "gpu_count", lambda: 1)
     refused = (r"^params\.yaml: device: auto is cuda on this machine \(NVML sees a GPU\), but .+ sees no GPU: "
                rf"{FIX[framework]}.*; or set device: cpu$")
@@ -138,8 +138,8 @@ def test_tensorflow_refused_a_gpu_says_whether_its_cuda_libraries_are_missing_or
     # the same refusal has two causes on a GPU machine with two fixes: libraries never installed (install them),
     # or installed and not loaded (TensorFlow's own log names the library and why)
     import importlib.metadata
-    from pipeline.backends import tensorflow_backend as tfb
-    from pipeline.measure import telemetry
+    from pipeline.backends.tensorflow import backend as tfb
+    from pipeline.probe import telemetry
     monkeypatch.setattr(telemetry, "gpu_count", lambda: 1)
     real = importlib.metadata.version
     for installed, said in ((False, r"are not installed: make venv CUDA=1"),
@@ -161,8 +161,8 @@ def test_a_framework_built_for_a_newer_cuda_than_the_driver_runs_is_told_so(monk
     # PyPI's PyTorch 2.13.0 is built for CUDA 13; on a driver for CUDA 12 it finds no GPU, which is not a CPU build
     # nor a missing GPU. A driver runs its own major version's every minor (minor-version compatibility).
     import torch
-    from pipeline.backends import tensorflow_backend as tfb
-    from pipeline.measure import telemetry
+    from pipeline.backends.tensorflow import backend as tfb
+    from pipeline.probe import telemetry
     monkeypatch.setattr(telemetry, "gpu_count", lambda: 1)
     newer = (r"sees no GPU: its build for CUDA {} needs a driver for CUDA {}, and this one runs CUDA 12\.4 at most "
              r"\(nvidia-smi\): update the driver, or install a build for CUDA 12 \(README \"Install\"\); or set "
@@ -184,8 +184,8 @@ def test_tensorflow_on_a_gpu_machine_starts_only_the_gpu_pytorch_uses_and_grows_
     # TensorFlow's defaults start every visible GPU and reserve nearly all of their memory; PyTorch starts cuda:0
     # and takes what it allocates. On an 8-GPU machine that is 7 GPUs (and other jobs' memory) taken for nothing.
     import tensorflow as tf
-    from pipeline.backends import tensorflow_backend as tfb
-    from pipeline.measure import telemetry
+    from pipeline.backends.tensorflow import backend as tfb
+    from pipeline.probe import telemetry
     gpus = [tf.config.PhysicalDevice(f"/physical_device:GPU:{i}", "GPU") for i in range(8)]
     done = []
     monkeypatch.setattr(telemetry, "gpu_count", lambda: 8)

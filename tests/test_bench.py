@@ -7,7 +7,7 @@ import pytest
 from pipeline import backends, params, spec as specs
 from pipeline.backends import base
 from pipeline.errors import ChildError
-from pipeline.measure import bench, child, rounds, verdict
+from pipeline.measure import bench, child, rounds, verdict, zygote
 from pipeline.measure.zygote import Zygotes
 from pipeline.records import Measurement, Rates, control_arm, framework_of
 from tests.conftest import no_cuda, raw_params
@@ -255,7 +255,7 @@ def test_a_record_read_back_from_records_json_keeps_its_unset_figures_nan(tmp_pa
 
 
 def test_on_a_gpu_drift_follows_the_device_matmul_and_the_host_gemm_is_read_beside_it(monkeypatch):
-    from pipeline.measure import speedo, telemetry
+    from pipeline.probe import speedo, telemetry
     x = np.random.default_rng(0).normal(size=(40, 8, 8, 1)).astype(np.float32)
     data, run = tb.put(x, np.arange(40) % 10), lambda: child.child(tb, {"mlp": (SPEC, OPTIM)}, data, 40, P.bench,
                                                                     8, 0, 1, ["eager"])[0]
@@ -340,7 +340,7 @@ def test_a_failing_child_fails_the_stage_in_one_line(tmp_path, capsys):
 
     with pytest.raises(SystemExit) as e:
         with Zygotes(fork=True, gpu_visible=False) as via:
-            files.run(lambda argv: child.spawn(via, tmp_path / "missing.npz", tmp_path / "params.yaml", "torch",
+            files.run(lambda argv: zygote.spawn(via, tmp_path / "missing.npz", tmp_path / "params.yaml", "torch",
                                                "round", 1, "round 1 torch"))
     assert e.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -422,7 +422,7 @@ def test_a_setting_arm_spawns_its_child_with_that_setting(monkeypatch):
         return 1, "", "boom"
     monkeypatch.setattr(zygote, "_fresh", fake_fresh)
     with pytest.raises(ChildError):
-        child.spawn(Zygotes(fork=False, gpu_visible=False), "d.npz", "p.yaml", "torch", "round", 2,
+        zygote.spawn(Zygotes(fork=False, gpu_visible=False), "d.npz", "p.yaml", "torch", "round", 2,
                     "round 1 torch@train.batch_size=256", 256)
     argv = seen[0]
     assert argv[argv.index("--batch-size") + 1] == "256" and argv.count("--batch-size") == 1

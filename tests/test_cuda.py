@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline import backends, spec as specs
-from pipeline.measure import speedo, telemetry
+from pipeline.probe import speedo, telemetry
 from tests.conftest import cuda
 
 pytestmark = cuda
@@ -100,13 +100,13 @@ def test_gpu_variants_train_as_eager_does(variant):
 
 def test_a_forked_child_starts_cuda_itself_and_measures_on_the_gpu(prepared):
     # its zygote imported torch and touched no device, so CUDA starts in each child, as PyTorch requires of a fork
-    from pipeline.measure import child
+    from pipeline.measure import zygote
     from pipeline.measure.zygote import Zygotes
     from tests.conftest import write_params
     from tests.test_zygote import TINY
     pp = write_params(prepared / "params.yaml", **TINY, device="cuda")
     with Zygotes(fork=True, gpu_visible=True) as via:
-        got = [child.spawn(via, prepared / "prepared.npz", pp, "torch", "round", 1, f"round {i} torch")[0]
+        got = [zygote.spawn(via, prepared / "prepared.npz", pp, "torch", "round", 1, f"round {i} torch")[0]
                for i in (1, 2)]
     assert all(r.child_forked and r.status == "ok" and r.device not in ("cpu", "") for r in got)
     assert all(r.speedometer.startswith("torch matmul 4096x4096 fp32 on ") for r in got)

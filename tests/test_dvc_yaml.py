@@ -1,4 +1,8 @@
-"""dvc.yaml tells the truth: every pipeline module a stage imports is among its deps, and nothing else is."""
+"""dvc.yaml tells the truth: every pipeline module a stage imports is among its deps, and nothing else is.
+
+A framework is a folder (pipeline/backends/<name>/), and a folder is the unit a stage depends on: a stage of one
+framework (`train@torch-mlp`) lists that framework's folder; a stage that may run every framework lists
+pipeline/backends, which holds them all."""
 from __future__ import annotations
 
 import ast
@@ -27,11 +31,19 @@ def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
     return [n for n in ast.walk(tree) if id(n) not in skip]
 
 
-def _creates_backend(tree: ast.AST) -> bool:
-    """Whether a module calls backends.create (or imports create from pipeline.backends)."""
-    return any((isinstance(n, ast.Attribute) and n.attr == "create" and getattr(n.value, "id", "") == "backends")
-               or (isinstance(n, ast.ImportFrom) and n.module == "pipeline.backends"
-                   and any(a.name == "create" for a in n.names)) for n in ast.walk(tree))
+# The registry's functions that import a framework's folder by name (its record, backend or engine)
+LOADS = {"about": "__init__.py", "shown": "__init__.py", "short": "__init__.py", "scalable": "__init__.py",
+         "create": "backend.py", "backend_class": "backend.py", "engine_class": "scale.py"}
+
+
+def _loads_frameworks(tree: ast.AST) -> set[str]:
+    """The files of a framework's folder that a module loads through the registry (`backends.create(...)`,
+    `from pipeline.backends import shown`), by file name."""
+    used = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and getattr(n.value, "id", "") ==
+            "backends"}
+    used |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "pipeline.backends"
+             for a in n.names}
+    return {LOADS[u] for u in used if u in LOADS}
 
 
 def _files(module: str) -> list[str]:
@@ -63,8 +75,10 @@ def imports(path: str) -> set[str]:
                 names = [a.name for a in node.names if a.name.startswith("pipeline")]
             for n in names:
                 todo += _files(n)
-        if _creates_backend(tree):  # backends.create() imports pipeline/backends/<framework>_backend.py by name
-            todo += [f"pipeline/backends/{fw}_backend.py" for fw in (CURRENT_FRAMEWORK or backends.FRAMEWORKS)]
+        for name in _loads_frameworks(tree):  # imported by name, for the frameworks the stage runs
+            todo += [f for fw in (CURRENT_FRAMEWORK or backends.FRAMEWORKS)
+                     for f in _files(f"pipeline.backends.{fw}.{name[:-3]}" if name != "__init__.py"
+                                     else f"pipeline.backends.{fw}")]
     return {f for f in seen if not f.endswith("__init__.py") or _code(f)}
 
 
@@ -90,13 +104,23 @@ def fill(text: str, item: dict) -> str:
     return re.sub(r"\$\{item\.(\w+)\}", lambda m: str(item[m.group(1)]), text)
 
 
+FOLDER = re.compile(r"^pipeline/backends/[^/]+/")  # a file inside a framework's folder
+
+
+def expected(needed: set[str]) -> set[str]:
+    """The deps that list `needed` (files), a framework's folder as one dep, every framework's as pipeline/backends."""
+    folders = {FOLDER.match(f).group(0).rstrip("/") for f in needed if FOLDER.match(f)}
+    out = {f for f in needed if not FOLDER.match(f)} | folders
+    if folders == {f"pipeline/backends/{fw}" for fw in backends.FRAMEWORKS}:
+        out = {f for f in out if not f.startswith("pipeline/backends/")} | {"pipeline/backends"}
+    return out
+
+
 @pytest.mark.parametrize("name, stage, item", cells(), ids=[c[0] for c in cells()])
 def test_stage_deps_are_exactly_the_modules_it_imports(name, stage, item):
     module = re.search(r"python -m (pipeline\.stages\.\w+)", stage["cmd"]).group(1)
     CURRENT_FRAMEWORK[:] = [item["framework"]] if "framework" in item else []
-    needed = imports(module.replace(".", "/") + ".py")
-    if "framework" not in item and "pipeline/backends/__init__.py" not in needed:  # no backend: none listed
-        assert not any(n.endswith("_backend.py") for n in needed), name
+    needed = expected(imports(module.replace(".", "/") + ".py"))
     listed = {fill(d, item) for d in stage.get("deps", []) if str(d).startswith("pipeline/")}
     assert listed == needed, f"{name}: missing {sorted(needed - listed)}, extra {sorted(listed - needed)}"
 
@@ -104,10 +128,11 @@ def test_stage_deps_are_exactly_the_modules_it_imports(name, stage, item):
 def test_the_import_walk_finds_indirect_imports():
     CURRENT_FRAMEWORK[:] = ["torch"]
     found = imports("pipeline/stages/train.py")
-    # train -> cell -> loop -> backends -> torch_backend and measure/timing -> stats: each only reachable through
-    # the one before
+    # train -> backends.create -> torch/backend -> torch/layers, and -> base -> probe/timing -> stats: each only
+    # reachable through the one before
     assert {"pipeline/train/cell.py", "pipeline/train/loop.py", "pipeline/backends/__init__.py",
-            "pipeline/backends/torch_backend.py", "pipeline/measure/timing.py", "pipeline/measure/stats.py",
-            "pipeline/errors.py"} <= found
-    assert "pipeline/backends/tensorflow_backend.py" not in found
+            "pipeline/backends/torch/backend.py", "pipeline/backends/torch/layers.py", "pipeline/probe/timing.py",
+            "pipeline/probe/stats.py", "pipeline/errors.py"} <= found
+    assert not any(f.startswith("pipeline/backends/tensorflow") for f in found)
+    assert "pipeline/backends/torch" in expected(found) and "pipeline/backends" not in expected(found)
     assert "pipeline/train/__init__.py" not in found  # a docstring only

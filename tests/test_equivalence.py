@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline import backends, spec as specs
-from pipeline.backends import torch_backend
+from pipeline.backends.torch import backend as torch_backend
 from pipeline.train import loop
 
 tb = backends.create("torch", 2, "cpu", 0, "fp32")

@@ -43,13 +43,9 @@ pytestmark = pytest.mark.skipif(NS is None, reason="mount namespaces are not all
 INSIDE = r"""
 import json, os, shutil, subprocess, sys
 spec = json.loads(sys.argv[1])
-if spec.get("bind"):  # the test's own directory, seen at /mnt too: still there once /tmp is covered below
-    subprocess.run(["mount", "--bind", spec["bind"], "/mnt"], check=True)
 d = spec["dir"]
 os.makedirs(d, exist_ok=True)
 subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={spec['size_kb']}k", "tmpfs", d], check=True)
-for m in spec.get("also", []):  # more small mounts, filled below (temporary directories)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", m], check=True)
 if spec.get("old"):
     shutil.copytree(spec["old"], d, dirs_exist_ok=True)
 if spec.get("ro"):
@@ -58,12 +54,6 @@ else:
     free = os.statvfs(d).f_bavail * os.statvfs(d).f_frsize
     with open(os.path.join(d, ".fill"), "wb") as f:
         f.write(b"\0" * max(0, free - spec["free"]))
-for m in spec.get("also", []):
-    try:
-        with open(os.path.join(m, "fill"), "wb") as f:
-            f.write(b"\0" * 10**6)
-    except OSError:
-        pass
 r = subprocess.run(spec["cmd"], cwd=spec.get("cwd"), capture_output=True, text=True, env=spec["env"])
 files = {}
 for root, _, names in os.walk(d):
@@ -76,14 +66,12 @@ json.dump({"rc": r.returncode, "stderr": r.stderr, "stdout": r.stdout, "files": 
 
 
 def on_small_fs(tmp_path: Path, cmd: list[str], dir_: Path, free: int, size_kb: int = 2048, old: Path | None = None,
-                ro: bool = False, env: dict | None = None, also: list[str] = (), cwd: Path | None = None,
-                bind: bool = False) -> dict:
+                ro: bool = False, env: dict | None = None, cwd: Path | None = None) -> dict:
     """Run `cmd` with `dir_` a fresh tmpfs of `size_kb` holding `old`'s files and then only `free` bytes (or made
-    read-only); `also`: more directories covered by a full tmpfs; `bind`: tmp_path is seen at /mnt too. Returns the
-    command's exit code and output, and what `dir_` holds afterwards (its files' first bytes)."""
+    read-only). Returns the command's exit code and output, and what `dir_` holds afterwards (its files' first
+    bytes)."""
     spec = {"dir": str(dir_), "size_kb": size_kb, "free": free, "old": str(old) if old else None, "ro": ro,
-            "cmd": cmd, "env": env or ENV, "report": "/mnt/report.json" if bind else str(tmp_path / "report.json"),
-            "also": list(also), "cwd": str(cwd) if cwd else None, "bind": str(tmp_path) if bind else None}
+            "cmd": cmd, "env": env or ENV, "report": str(tmp_path / "report.json"), "cwd": str(cwd) if cwd else None}
     subprocess.run(NS + [sys.executable, "-c", INSIDE, json.dumps(spec)], check=True, timeout=300)
     return json.loads((tmp_path / "report.json").read_text())
 
@@ -157,16 +145,22 @@ def test_a_full_disk_while_the_bench_writes_its_records_is_one_line_and_keeps_th
     assert got["files"] == {"records.json": '{"old": true}'}
 
 
+# The stage with tempfile's fallbacks (/tmp, /var/tmp, /usr/tmp, the working directory) gone, as on a machine
+# where they are all full: only $TMPDIR is tried, and it is full (covering /tmp itself would hide a checkout there)
+ONLY_TMPDIR = ("import os, runpy, sys, tempfile\n"
+               "tempfile._candidate_tempdir_list = lambda: [os.environ['TMPDIR']]\n"
+               "sys.argv = ['bench', *sys.argv[1:]]\n"
+               "runpy.run_module('pipeline.stages.bench', run_name='__main__', alter_sys=True)")
+
+
 def test_no_usable_temporary_directory_is_one_line_saying_what_to_free(tmp_path):
-    write_params(tmp_path / "params.yaml", **{"data.name": "digits", "frameworks": ["torch"], "models": ["mlp"],
-                                              "bench.control": False})
-    mnt = Path("/mnt")  # tmp_path as seen once /tmp is covered
-    # $TMPDIR, /tmp and /var/tmp full, and the working directory too: Python's tempfile has nowhere left to go
-    got = on_small_fs(tmp_path, stage("bench", "--data", str(FIXTURE / "data/prepared.npz"), "--env",
-                                      str(FIXTURE / "reports/env.json"), "--out", str(mnt / "out"), "--params",
-                                      str(mnt / "params.yaml")),
-                      mnt / "fs", free=0, size_kb=4, also=["/tmp", "/var/tmp"], cwd=mnt / "fs", bind=True,
-                      env=ENV | {"TMPDIR": str(mnt / "fs"), "PYTHONPATH": str(ROOT)})
+    params = write_params(tmp_path / "params.yaml", **{"data.name": "digits", "frameworks": ["torch"],
+                                                       "models": ["mlp"], "bench.control": False})
+    full = tmp_path / "fs"
+    got = on_small_fs(tmp_path, [sys.executable, "-c", ONLY_TMPDIR, "--data", str(FIXTURE / "data/prepared.npz"),
+                                 "--env", str(FIXTURE / "reports/env.json"), "--out", str(tmp_path / "out"),
+                                 "--params", str(params)],
+                      full, free=0, size_kb=4, cwd=ROOT, env=ENV | {"TMPDIR": str(full)})
     assert one_line(got) == ("error: no usable temporary directory: $TMPDIR, /tmp and the others are full or "
                              "read-only; free space there or set TMPDIR to a writable directory")
 

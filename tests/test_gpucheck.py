@@ -47,7 +47,7 @@ def test_a_dry_run_times_the_stages_and_sweeps_batch_sizes_in_fresh_children(pre
 
 @no_cuda
 def test_without_a_gpu_it_says_so_in_one_line(prepared):
-    with pytest.raises(ParamsError, match="gpu-check: PyTorch sees no CUDA device here; run it on a GPU machine"):
+    with pytest.raises(ParamsError, match="gpu-check: NVML sees no NVIDIA GPU here"):
         gpucheck.main(["--data", str(prepared / "prepared.npz")])
 
 
@@ -68,7 +68,7 @@ def test_no_train_runs_the_sweep_alone(prepared, monkeypatch, capsys):
     from pipeline.records import Measurement
     ran = []
     monkeypatch.setattr(gpucheck.subprocess, "run", lambda *a, **k: pytest.fail("a train stage ran"))
-    monkeypatch.setattr(gpucheck.child, "spawn", lambda via, data, path, fw, kind, threads, label, bs: ran.append(
+    monkeypatch.setattr(gpucheck.zygote, "spawn", lambda via, data, path, fw, kind, threads, label, bs: ran.append(
         (fw, kind, bs)) or [Measurement("cnn", "cuda_graphs", status="absent", reason="stub", framework=fw,
                                         device="cpu")])
     pp = write_params(prepared / "params.yaml", **TINY)
@@ -84,7 +84,7 @@ def test_a_gpu_older_than_ampere_is_surveyed_in_fp32_and_fp16_and_told_why_not_i
     ran = []
     monkeypatch.setattr(gpucheck, "_cuda", lambda: True)
     monkeypatch.setattr(gpucheck, "_gpu", lambda: ("Tesla T4", (7, 5)))
-    monkeypatch.setattr(gpucheck.child, "spawn", lambda via, data, path, fw, kind, threads, label, bs: ran.append(
+    monkeypatch.setattr(gpucheck.zygote, "spawn", lambda via, data, path, fw, kind, threads, label, bs: ran.append(
         label) or [Measurement("cnn", "eager", status="absent", reason="stub", framework=fw, device="Tesla T4")])
     pp = write_params(prepared / "params.yaml", **TINY)
     with caplog.at_level("INFO", logger="gpu-check"):

@@ -9,9 +9,9 @@ import threadpoolctl
 import torch
 
 from pipeline import backends, params, spec as specs
-from pipeline.backends import numpy_layers as nl
+from pipeline.backends.numpy import layers as nl
 from pipeline.backends.base import Feed
-from pipeline.backends.torch_backend import from_native
+from pipeline.backends.torch.backend import from_native
 from tests.conftest import ROOT
 
 nb = backends.create("numpy", 2, "cpu", 0, "fp32")
@@ -157,7 +157,7 @@ def test_setup_sets_the_blas_threads_it_reports():
 
 
 def test_cuda_is_refused_in_one_line(monkeypatch):
-    from pipeline.measure import telemetry
+    from pipeline.probe import telemetry
     monkeypatch.setattr(telemetry, "gpu_count", lambda: 1)  # a GPU the numpy backend cannot use
     with pytest.raises(params.ParamsError, match=r"^params\.yaml: device: cuda, but the numpy backend sees no GPU: "
                                                  r"it runs on the CPU only; or set device: cpu$"):

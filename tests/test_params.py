@@ -188,7 +188,8 @@ def test_loader_workers_auto_sweeps_up_to_this_machines_cores(monkeypatch, cores
                                                            ("auto", 1, 512, 6), ("cuda", 0, 512, 6)])
 def test_auto_batch_and_seeds_are_one_number_each_for_the_run_by_whether_it_uses_a_gpu(monkeypatch, device, gpus,
                                                                                        expected, seeds):
-    from pipeline.measure import telemetry, verdict
+    from pipeline.measure import verdict
+    from pipeline.probe import telemetry
     monkeypatch.setattr(telemetry, "gpu_count", lambda: gpus)
     p = params.parse(raw_params(**{"train.batch_size": "auto", "train.repeats": "auto", "device": device}))
     assert (p.train.batch_size, p.train.repeats) == (expected, seeds)

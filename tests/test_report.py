@@ -26,7 +26,8 @@ def bench_records(root, vary=(), gpu=False):
     inference is 25x slower than batch 512. `gpu`: the
     children report a GPU, whose allocator peaked at 100 MiB + 1 MiB per sample of the batch."""
     from pipeline import params
-    from pipeline.measure import bench, rounds, speedo
+    from pipeline.measure import bench, rounds
+    from pipeline.probe import speedo
     from pipeline.records import Measurement, Rates, framework_of, setting_of
     from tests.conftest import raw_params
 

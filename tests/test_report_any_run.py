@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline import params
-from pipeline.measure import bench, rounds, speedo
+from pipeline.measure import bench, rounds
+from pipeline.probe import speedo
 from pipeline.records import Measurement
 from pipeline.scale import run
 from pipeline.stages import report as stage

@@ -8,7 +8,8 @@ import types
 import pytest
 
 from pipeline import backends
-from pipeline.measure import env, speedo, telemetry
+from pipeline.measure import env
+from pipeline.probe import speedo, telemetry
 from tests.conftest import write_params
 
 
@@ -80,8 +81,10 @@ def fake_nvml(uuids: list[str]) -> types.ModuleType:
     fake.nvmlDeviceGetClockInfo = lambda h, kind: 1000 + h if isinstance(h, int) else fake_unsupported()
     fake.nvmlDeviceGetTemperature = lambda h, kind: 50
     fake.nvmlDeviceGetPowerUsage = lambda h: fake_unsupported()
-    fake.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=2**30)
+    fake.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=2**30, total=80 * 2**30)
     fake.nvmlDeviceGetComputeRunningProcesses = lambda h: [h]
+    fake.nvmlSystemGetDriverVersion = lambda: b"580.159.04"
+    fake.nvmlDeviceGetCudaComputeCapability = lambda h: (9, 0)
 
     def fake_unsupported():
         raise NVMLError("Not Supported")
@@ -107,9 +110,11 @@ def test_telemetry_reads_the_gpu_the_process_computes_on_not_nvmls_first(monkeyp
     assert got["sm_clock_mhz"] == clock and got["temperature_c"] == 50 and math.isnan(got["power_w"])
     uuid = ["GPU-aa1", "GPU-bb2", "GPU-cc3", "GPU-dd9f"][clock - 1000]
     assert telemetry.used_name() == f"GPU model {clock - 1000} ({uuid})"
-    # the env stage records it beside the machine's list of GPUs, for a run on the GPU only
+    # the env stage records it beside the machine's list of GPUs (NVML's, no nvidia-smi), for a run on the GPU only
     assert env.fingerprint(1, "cuda")["gpu_used"] == telemetry.used_name()
     assert env.fingerprint(1, "cpu")["gpu_used"] is None
+    assert env.fingerprint(1, "cpu")["gpus"] == [f"GPU model {i}, 81920 MiB, driver 580.159.04" for i in range(4)]
+    assert telemetry.used_device() == (f"GPU model {clock - 1000}", (9, 0))  # what gpu-check surveys
 
 
 def test_telemetry_of_a_mig_slice_reads_what_the_slice_reports(monkeypatch):

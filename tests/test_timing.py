@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from pipeline.backends.base import Step
-from pipeline.backends.numpy_backend import NumpyBackend
-from pipeline.measure import stats, timing
+from pipeline.backends.numpy.backend import NumpyBackend
+from pipeline.probe import stats, timing
 
 
 class Clock:

@@ -112,7 +112,7 @@ def test_a_diverging_run_stops_and_is_marked_diverged_not_slow(prepared, caplog)
 def test_seeds_share_the_placed_data_and_each_trains_as_it_would_alone(prepared, monkeypatch):
     # the data is put on the device once per cell, and no seed's training changes what the next one reads:
     # seed 1 of a 3-seed cell gives seed 1's results of a cell that starts at seed 1
-    from pipeline.backends import torch_backend
+    from pipeline.backends.torch import backend as torch_backend
     cls = torch_backend.BACKEND
     real, calls = cls.put, []
     monkeypatch.setattr(cls, "put", lambda self, x, y: calls.append(len(y)) or real(self, x, y))
@@ -133,7 +133,7 @@ def test_the_first_seed_does_not_pay_the_process_one_off_costs(prepared, monkeyp
     # warm-up, not in seed 0's training clock, so seed 0's time to target is comparable with later seeds'
     import time
 
-    from pipeline.backends import torch_backend
+    from pipeline.backends.torch import backend as torch_backend
     cls = torch_backend.BACKEND
     real, slowed = cls.make_step, []
 

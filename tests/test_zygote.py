@@ -26,9 +26,9 @@ def test_forked_children_are_separate_fresh_processes_each_on_the_threads_it_ask
     with Zygotes(fork=True, gpu_visible=False) as via:
         got = []
         for i, threads in enumerate((1, 2, 1)):
-            got.append(child.spawn(via, data, pp, "torch", "round", threads, f"round {i + 1} torch"))
-            zygote = psutil.Process(via._procs["torch"].pid)
-            assert zygote.children() == []  # the child ended and was reaped; it never came back into the loop
+            got.append(zygote.spawn(via, data, pp, "torch", "round", threads, f"round {i + 1} torch"))
+            proc = psutil.Process(via._procs["torch"].pid)
+            assert proc.children() == []  # the child ended and was reaped; it never came back into the loop
         # a thread count set in one child is not inherited by the next: each starts from the zygote, which set none
         assert [(r[0].threads, r[0].intra_op_threads) for r in got] == [(1, 1), (2, 2), (1, 1)]
         assert all(r[0].child_forked and r[0].status == "ok" and r[0].train.samples_per_s > 0 for r in got)
@@ -36,10 +36,10 @@ def test_forked_children_are_separate_fresh_processes_each_on_the_threads_it_ask
         # where its time went: start, the two speedometer readings (~0.3 s each on a CPU), the model; parts of a whole
         assert m.child_wall_s > m.child_setup_s + m.child_calib_s + m.measure_s and m.child_setup_s > 0
         assert 0.5 < m.child_calib_s < m.child_wall_s and m.measure_s > 0
-        pid = zygote.pid
+        pid = proc.pid
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # ended with the run
     with Zygotes(fork=False, gpu_visible=False) as via:
-        plain = child.spawn(via, data, pp, "torch", "round", 1, "round 1 torch")
+        plain = zygote.spawn(via, data, pp, "torch", "round", 1, "round 1 torch")
     # the same record as a child started from nothing: the same fields, and the same what/where/how of it
     who = ("model", "variant", "status", "framework", "framework_version", "device", "description", "threads",
            "intra_op_threads", "inter_op_threads", "precision", "speedometer")
@@ -50,9 +50,9 @@ def test_a_failing_forked_child_is_one_line_and_the_zygote_serves_the_next(prepa
     pp = write_params(prepared / "params.yaml", **TINY)
     with Zygotes(fork=True, gpu_visible=False) as via:
         with pytest.raises(ChildError, match=r"^bench child round 1 torch failed \(exit 2\); its error is printed "):
-            child.spawn(via, prepared / "missing.npz", pp, "torch", "round", 1, "round 1 torch")
+            zygote.spawn(via, prepared / "missing.npz", pp, "torch", "round", 1, "round 1 torch")
         assert "missing.npz" in capsys.readouterr().err  # the child's own one-line error, passed on
-        ok = child.spawn(via, prepared / "prepared.npz", pp, "torch", "round", 1, "round 2 torch")
+        ok = zygote.spawn(via, prepared / "prepared.npz", pp, "torch", "round", 1, "round 2 torch")
     assert ok[0].status == "ok" and ok[0].child_forked
 
 
@@ -101,7 +101,7 @@ def test_a_forked_child_imports_nothing_of_its_framework_that_the_zygote_could_h
 def test_a_lazy_import_this_framework_version_lacks_is_skipped(monkeypatch):
     # PyTorch's lazily imported modules differ between versions (the CUPTI monitor is new in 2.13); a zygote on a
     # GPU host's own PyTorch must still start
-    from pipeline.backends import numpy_backend
+    from pipeline.backends.numpy import backend as numpy_backend
     monkeypatch.delitem(sys.modules, "colorsys", raising=False)
     monkeypatch.setattr(numpy_backend.BACKEND, "LAZY_IMPORTS", ("pipeline.no_such_module", "colorsys"))
     zygote.preload("numpy")
@@ -116,7 +116,7 @@ def test_a_forked_child_leaves_no_temporary_file_behind(prepared, tmp_path, monk
     monkeypatch.setenv("TMPDIR", str(tmp))  # the zygote's, and so its children's
     pp = write_params(prepared / "params.yaml", **TINY)
     with Zygotes(fork=True, gpu_visible=False) as via:
-        got = child.spawn(via, prepared / "prepared.npz", pp, "tensorflow", "round", 1, "round 1 tensorflow")
+        got = zygote.spawn(via, prepared / "prepared.npz", pp, "tensorflow", "round", 1, "round 1 tensorflow")
         assert got[0].child_forked and got[0].status == "ok"
         assert list(tmp.iterdir()) == []  # nor the child's own directory
 

@@ -21,9 +21,9 @@ from typing import Any, Callable, ClassVar, Iterator
 import numpy as np
 
 from pipeline.errors import ParamsError
-from pipeline.measure import telemetry
-from pipeline.measure import speedo
-from pipeline.measure.timing import Clock, repeat
+from pipeline.probe import telemetry
+from pipeline.probe import speedo
+from pipeline.probe.timing import Clock, repeat
 from pipeline.spec import ModelSpec, Optim
 
 Data = Any   # (images, labels) on the backend's device, from put()

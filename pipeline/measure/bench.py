@@ -17,8 +17,9 @@ import numpy as np
 
 from pipeline import params
 from pipeline.backends import shown
-from pipeline.measure import child, rounds, speedo, telemetry, verdict
-from pipeline.measure.stats import spread
+from pipeline.measure import rounds, verdict, zygote
+from pipeline.probe import speedo, telemetry
+from pipeline.probe.stats import spread
 from pipeline.measure.zygote import Zygotes
 from pipeline.params import Bench, Params
 from pipeline.records import (FORMAT, PHASES, BenchCell, Measurement, PhaseSummary, framework_of, gpus,
@@ -106,7 +107,7 @@ def measure_all(p: Params, data: Path, params_path: Path, threads: int, via: Zyg
         setting = setting_of(arm)  # a setting arm: the child runs with that one setting changed
         t = setting[1] if setting and setting[0] == "threads" else t
         batch = setting[1] if setting and setting[0] == "train.batch_size" else None
-        got = child.spawn(via, data, params_path, framework_of(arm), kind, t, label, batch)
+        got = zygote.spawn(via, data, params_path, framework_of(arm), kind, t, label, batch)
         log.info("%s: %s; calibration %.0f -> %.0f GFLOP/s; %.1f s (%.1f s to start%s)", label, ", ".join(
             f"{r.model} {r.variant} " + (f"train {r.rate('train'):,.0f} samples/s" if r.status == "ok" else r.status)
             for r in got if r.status != "absent"), got[0].calib_before_gflops, got[0].calib_after_gflops,

@@ -5,8 +5,8 @@
 The child sets its backend up once, checks it really runs on the threads asked for, runs the calibration GEMM,
 measures every model (training on the train stage's batches, inference at each batch size, batch-1 latency) in each
 variant, runs the GEMM again and prints its measurements as one JSON line. The bench (bench.py) starts children
-with `spawn`, forked from a zygote that imported the framework once (zygote.py) or as above; a fresh process is the
-unit of every verdict, so within-process spreads are diagnostics only.
+with zygote.spawn, forked from a zygote that imported the framework once or as above; a fresh process is the unit
+of every verdict, so within-process spreads are diagnostics only.
 """
 from __future__ import annotations
 
@@ -25,9 +25,8 @@ import psutil
 from pipeline import backends, files, params
 from pipeline.backends.base import Backend, check_precision, check_threads
 from pipeline.data.prepare import load_prepared, normalise, prepared_meta
-from pipeline.errors import ChildError, Unavailable
-from pipeline.measure import speedo, telemetry, timing
-from pipeline.measure.zygote import Zygotes
+from pipeline.errors import Unavailable
+from pipeline.probe import speedo, telemetry, timing
 from pipeline.params import Bench
 from pipeline.records import Measurement
 from pipeline.spec import Conv, Dropout, ModelSpec, Optim, batch_order, init_weights
@@ -151,29 +150,6 @@ def child(be: Backend, specs: dict[str, tuple[ModelSpec, Optim]], data: object, 
             r.gpu_sm_clock_mhz_before, r.gpu_sm_clock_mhz_after = tel0["sm_clock_mhz"], tel1["sm_clock_mhz"]
             r.gpu_temperature_c_after, r.gpu_power_w_after = tel1["temperature_c"], tel1["power_w"]
             r.gpu_memory_used_mb_after, r.gpu_processes_after = tel1["memory_used_mb"], tel1["processes"]
-    return rows
-
-
-def spawn(via: Zygotes, data: Path, params_path: Path, framework: str, kind: str, threads: int, label: str,
-          batch_size: int | None = None) -> list[Measurement]:
-    """Run one child in a fresh process (`via`: forked from its framework's zygote, or a new interpreter); its
-    measurements come back on stdout, its stderr is passed on when it ends (tracebacks stay visible) and a failed
-    child fails the bench in one line naming it. On Ctrl-C the child ends with the bench and its stderr is dropped,
-    so the bench's one line is all that shows."""
-    argv = ["--data", str(data), "--params", str(params_path), "--framework", framework, "--kind", kind,
-            "--threads", str(threads)]
-    argv += ["--batch-size", str(batch_size)] if batch_size else []  # a bench.vary arm: another training batch
-    via.start(framework)  # the zygote's own imports, once per bench: not part of this child's time
-    t0 = time.perf_counter()
-    argv += ["--launched", repr(time.time())]  # the child's start-up is timed from here, on the same clock
-    code, out, err = via.run(framework, argv)
-    wall = time.perf_counter() - t0
-    sys.stderr.write(err)
-    if code:
-        raise ChildError(f"bench child {label} failed (exit {code}); its error is printed above")
-    rows = [Measurement.from_flat(r) for r in json.loads(out.strip().splitlines()[-1])]
-    for r in rows:
-        r.child_wall_s, r.child_forked = wall, via.forked(framework)
     return rows
 
 

@@ -13,16 +13,19 @@ import importlib
 import json
 import os
 import platform
-import shutil
-import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
 
 from pipeline import backends
-from pipeline.measure import telemetry
+from pipeline.probe import telemetry
 
-PACKAGES = ("torch", "tensorflow", "keras", "numpy", "threadpoolctl", "pandas", "scikit-learn", "dvc")
+COMMON = ("numpy", "threadpoolctl", "pandas", "scikit-learn", "dvc")  # what every stage computes with
+
+
+def packages() -> tuple[str, ...]:
+    """The distributions whose versions are fingerprinted: every framework's own (the registry), then COMMON."""
+    return tuple(dict.fromkeys([*(d for fw in backends.FRAMEWORKS for d in backends.about(fw).packages), *COMMON]))
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                "OPENBLAS_CORETYPE")
 
@@ -88,15 +91,8 @@ def ram_gb() -> float:
 
 
 def gpus() -> list[str]:
-    """GPU names from nvidia-smi, without importing a framework (this stage must stay light)."""
-    if not shutil.which("nvidia-smi"):
-        return []
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20, check=True).stdout
-    except (subprocess.SubprocessError, OSError):
-        return []
-    return [line.strip() for line in out.splitlines() if line.strip()]
+    """Every GPU's name, memory and driver, from NVML, without importing a framework (this stage must stay light)."""
+    return [f"{g['name']}, {g['memory_mib']} MiB, driver {g['driver']}" for g in telemetry.devices()]
 
 
 def oversubscribed(threads: int, cores: int) -> str | None:
@@ -113,7 +109,7 @@ def oversubscribed(threads: int, cores: int) -> str | None:
 
 def fingerprint(threads: int, device: str) -> dict:
     versions = {}
-    for pkg in PACKAGES:
+    for pkg in packages():
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -34,7 +34,8 @@ from pipeline import backends, files, params
 from pipeline.backends.base import refuse_precision
 from pipeline.data.prepare import load_prepared, prepared_meta
 from pipeline.errors import ChildError, ParamsError
-from pipeline.measure import child, speedo
+from pipeline.measure import zygote
+from pipeline.probe import speedo, telemetry
 from pipeline.measure.zygote import Zygotes
 from pipeline.records import Measurement
 
@@ -43,7 +44,7 @@ log = logging.getLogger("gpu-check")
 
 def available(frameworks: list[str]) -> list[str]:
     """The params' frameworks installed here (the GPU box may have PyTorch only); the others are said, not run."""
-    have = [fw for fw in frameworks if fw == "numpy" or importlib.util.find_spec(fw) is not None]
+    have = [fw for fw in frameworks if importlib.util.find_spec(backends.about(fw).module) is not None]
     for fw in sorted(set(frameworks) - set(have)):
         log.info("%s: not installed here, skipped", fw)
     return have
@@ -130,7 +131,7 @@ def sweep(raw: dict, p: params.Params, meta: dict[str, np.ndarray], data: Path, 
                      work / f"params-{prec}.yaml")
         for fw in frameworks:
             for bs in batch_sizes:
-                got = child.spawn(via, data, path, fw, "variants", threads, f"{fw} {prec} batch {bs}", bs)
+                got = zygote.spawn(via, data, path, fw, "variants", threads, f"{fw} {prec} batch {bs}", bs)
                 rows += [point(m, prec, bs, flops) for m in got]
                 log.info("%s %s batch %d: %s", fw, prec, bs, ", ".join(
                     f"{r['model']} {r['variant']} {r['train_samples_per_s']:,.0f} samples/s"
@@ -151,8 +152,8 @@ def main(argv: list[str]) -> None:
     a = ap.parse_args(argv)
     device = "cpu" if a.cpu else "cuda"
     if not a.cpu and not _cuda():
-        raise ParamsError("gpu-check: PyTorch sees no CUDA device here; run it on a GPU machine (or add --cpu for "
-                          "a dry run of the same steps)")
+        raise ParamsError("gpu-check: NVML sees no NVIDIA GPU here (or CUDA_VISIBLE_DEVICES hides it); run it on a "
+                          "GPU machine (or add --cpu for a dry run of the same steps)")
     p = params.load(a.params)  # a missing or bad params file: one line naming it
     raw = yaml.safe_load(a.params.read_text())
     try:
@@ -180,14 +181,12 @@ def main(argv: list[str]) -> None:
 
 
 def _cuda() -> bool:
-    import torch  # here, not at the top: --help and the CPU checks need no framework
-    return torch.cuda.is_available()
+    return telemetry.gpu_count() > 0  # NVML: no framework imported for --help or the CPU checks
 
 
 def _gpu() -> tuple[str, tuple[int, int]]:
     """The name and compute capability of the GPU the children will use (cuda:0, as the backends use)."""
-    import torch
-    return torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0)
+    return telemetry.used_device() or ("no GPU", (0, 0))
 
 
 def summary(stages: list[dict], rows: list[dict]) -> str:

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 from tqdm import tqdm
 
 from pipeline.backends.base import Backend, Feed
-from pipeline.measure import timing
+from pipeline.probe import timing
 from pipeline.params import Loaders
 from pipeline.spec import ModelSpec, Optim, init_weights
 

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.measure import speedo
+from pipeline.probe import speedo
 from pipeline.records import Measurement, control_arm, framework_of, setting_arm, setting_of
 
 

@@ -12,14 +12,15 @@ requires of a fork), memory, compiled code, caches and framework thread pools ar
 shares, copy-on-write, is imported and unused code. It runs child.main exactly as `python -m pipeline.measure.child`
 would, its stdout and stderr going to files the bench reads when it ends.
 
-TensorFlow calls into CUDA's runtime while it is imported (on a CPU machine its import prints "Could not find cuda
-drivers"), and CUDA touched before a fork fails in the child (tensorflow/tensorflow#57877), so where a GPU is
-visible its children start from nothing, as before (`forks`), as every child does off Linux and with
-`bench.fork: false`.
+A framework whose import calls into CUDA's runtime (its registry entry says so: `forks_on_gpu`) cannot be forked
+where a GPU is visible, since CUDA touched before a fork fails in the child: its children start from nothing there
+(`forks`), as every child does off Linux and with `bench.fork: false`. `spawn` runs one child either way and reads
+its measurements back.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -29,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from contextlib import ExitStack
 from pathlib import Path
@@ -36,23 +38,25 @@ from typing import Callable, Iterator
 
 from pipeline import backends, files
 from pipeline.errors import ChildError, Terminated
+from pipeline.records import Measurement
 
 READY = "ready"
 
 
 def forks(framework: str, gpu_visible: bool) -> bool:
     """Whether `framework`'s children may be forked from its zygote: on Linux only (macOS's system libraries are
-    not safe to use after a fork, Windows has none), and not TensorFlow's where a GPU is visible."""
-    return sys.platform == "linux" and (framework != "tensorflow" or not gpu_visible)
+    not safe to use after a fork, Windows has none), and not where a GPU is visible for a framework whose import
+    touches CUDA (its registry entry says: `forks_on_gpu`)."""
+    return sys.platform == "linux" and (backends.about(framework).forks_on_gpu or not gpu_visible)
 
 
 def preload(framework: str) -> None:
     """Everything a child imports, imported once: the framework's backend, the child's code, and the modules the
     framework would import only on first use (`Backend.LAZY_IMPORTS`; for PyTorch, TorchDynamo, which torch.optim
     imports when an optimizer is made). One this version of the framework lacks is skipped: nothing imports it."""
-    module = importlib.import_module(f"pipeline.backends.{framework}_backend")
+    cls = backends.backend_class(framework)
     importlib.import_module("pipeline.measure.child")
-    for name in module.BACKEND.LAZY_IMPORTS:
+    for name in cls.LAZY_IMPORTS:
         if importlib.util.find_spec(name) is not None:
             importlib.import_module(name)
 
@@ -108,7 +112,8 @@ class Stop:
         if not self.busy:
             raise Terminated(signum)
         if self.pid:
-            os.kill(self.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # it ended and was reaped just now
+                os.kill(self.pid, signal.SIGTERM)
 
     def reading(self, lines: Iterator[str]) -> Iterator[str]:
         """The requests; a stop while waiting for one ends the zygote there."""
@@ -122,7 +127,8 @@ class Stop:
         """The child's wait status; a stop that came before the child's pid was known is passed on now."""
         self.pid = pid
         if self.signum:
-            os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         status = os.waitpid(pid, 0)[1]  # retried after a signal's handler has run (PEP 475)
         self.pid = None
         return status
@@ -239,6 +245,29 @@ class Zygotes:
 
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         self.close(stop=kind is not None and issubclass(kind, KeyboardInterrupt))
+
+
+def spawn(via: Zygotes, data: Path, params_path: Path, framework: str, kind: str, threads: int, label: str,
+          batch_size: int | None = None) -> list[Measurement]:
+    """Run one child in a fresh process (`via`: forked from its framework's zygote, or a new interpreter); its
+    measurements come back on stdout, its stderr is passed on when it ends (tracebacks stay visible) and a failed
+    child fails the bench in one line naming it. On Ctrl-C the child ends with the bench and its stderr is dropped,
+    so the bench's one line is all that shows."""
+    argv = ["--data", str(data), "--params", str(params_path), "--framework", framework, "--kind", kind,
+            "--threads", str(threads)]
+    argv += ["--batch-size", str(batch_size)] if batch_size else []  # a bench.vary arm: another training batch
+    via.start(framework)  # the zygote's own imports, once per bench: not part of this child's time
+    t0 = time.perf_counter()
+    argv += ["--launched", repr(time.time())]  # the child's start-up is timed from here, on the same clock
+    code, out, err = via.run(framework, argv)
+    wall = time.perf_counter() - t0
+    sys.stderr.write(err)
+    if code:
+        raise ChildError(f"bench child {label} failed (exit {code}); its error is printed above")
+    rows = [Measurement.from_flat(r) for r in json.loads(out.strip().splitlines()[-1])]
+    for r in rows:
+        r.child_wall_s, r.child_forked = wall, via.forked(framework)
+    return rows
 
 
 def main(argv: list[str]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.backends import LABEL, shown
+from pipeline.backends import shown
 from pipeline.measure import verdict
 from pipeline.records import Cell, CellMetrics
 from pipeline.report import figures
@@ -24,7 +24,7 @@ def time_to_target_blocks(r: Results, figdir: Path) -> list:
     rows, lines = [], []
     for cell, m in r.train.items():
         t = m.time_to_target_s
-        rows.append({"model": cell.model, "framework": LABEL[cell.framework], "target val acc": m.target_val_acc,
+        rows.append({"model": cell.model, "framework": shown(cell.framework), "target val acc": m.target_val_acc,
                      "reached (seeds)": f"{m.reached_seeds}/{m.seeds}",
                      "time to target s [range]": f"{t:.1f} [{m.time_to_target_s_min:.1f}–"
                                                  f"{m.time_to_target_s_max:.1f}]" if t is not None
@@ -37,7 +37,7 @@ def time_to_target_blocks(r: Results, figdir: Path) -> list:
     for model, ca, cb in pairs(r):
         v = time_to_target_verdict(r, ca, cb)
         lines.append(f"**{model}**, {pair_label(ca, cb)}, time to target: {v['text']}")
-    hist = history_rows(r).assign(framework=lambda d: d["framework"].map(LABEL)).dropna(subset=["val_acc"])
+    hist = history_rows(r).assign(framework=lambda d: d["framework"].map(shown)).dropna(subset=["val_acc"])
     targets = {c.model: m.target_val_acc for c, m in r.train.items()}
     figure = ("img", figures.time_to_target(hist, targets, figdir / "time_to_target.png"),
               "Validation accuracy against training time (first seed), both frameworks; dashed: the target") \
@@ -72,14 +72,14 @@ def time_to_target_verdict(r: Results, ca: Cell, cb: Cell) -> dict:
         both = [s for s in paired if a.at[s, "reached"] and b.at[s, "reached"]]
         # per seed (same initial weights and batch order in both): B's time over A's, i.e. A's speed-up
         ratios = [b.at[s, "time_to_target_s"] / a.at[s, "time_to_target_s"] for s in both]
-        return verdict.speed(LABEL[ca.framework], LABEL[cb.framework], ratios, r.bench["min_effect"],
+        return verdict.speed(shown(ca.framework), shown(cb.framework), ratios, r.bench["min_effect"],
                              unit="seeds") | {"how": "seeds"}  # the same rule and minimum effect as the bench's
     per_step = next((v for v in r.bench["verdicts"] if v["model"] == ca.model and v["phase"] == "train"
                      and (v["a"], v["b"]) == (ca.framework, cb.framework)),
                     {"text": "no verdict: " + (r.lacks("bench") or "the bench did not compare them"),
                      "winner": None})
     per_step = per_step | {"winner": shown(per_step["winner"])}  # an older bench's records say "torch"
-    return verdict.time_to_target(LABEL[ca.framework], LABEL[cb.framework], _window(r, ca), _window(r, cb),
+    return verdict.time_to_target(shown(ca.framework), shown(cb.framework), _window(r, ca), _window(r, cb),
                                   per_step) | {"how": "steps x bench"}
 
 
@@ -126,12 +126,12 @@ def headline(r: Results) -> list:
     lines = []
     for model, ca, cb in pairs(r):
         v = time_to_target_verdict(r, ca, cb)
-        times = ", ".join(f"{LABEL[c.framework]} {_ttt(r.train[c]) if c in r.train else 'no results'}"
+        times = ", ".join(f"{shown(c.framework)} {_ttt(r.train[c]) if c in r.train else 'no results'}"
                           for c in (ca, cb))
         lines.append(f"**{model}** ({times}): {v['text']}")
     if len(r.frameworks) == 1:  # nothing to compare, but what was measured still comes first
         fw = r.frameworks[0]
-        lines += [f"**{m}** ({LABEL[fw]} {_ttt(r.train[Cell(fw, m)])}): no verdict: one framework in this run "
+        lines += [f"**{m}** ({shown(fw)} {_ttt(r.train[Cell(fw, m)])}): no verdict: one framework in this run "
                   "(list another in `frameworks` to compare)" for m in r.models if Cell(fw, m) in r.train]
     b, cal = r.bench, r.bench["calibration"]
     children = len(r.of_kind("round")) // max(len(r.models), 1)

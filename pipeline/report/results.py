@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import records
-from pipeline.backends import LABEL, shown
+from pipeline.backends import shown
 from pipeline.errors import DataError
 from pipeline.files import read_json
 from pipeline.records import (PHASES, BenchCell, Cell, CellMetrics, Measurement, framework_of, is_control, read,
@@ -254,7 +254,7 @@ def pairs(r: Results) -> list[tuple[str, Cell, Cell]]:
 
 def pair_label(ca: Cell, cb: Cell) -> str:
     """"PyTorch vs TensorFlow": how a comparison is named in the report."""
-    return f"{LABEL[ca.framework]} vs {LABEL[cb.framework]}"
+    return f"{shown(ca.framework)} vs {shown(cb.framework)}"
 
 
 def arm_label(arm: str) -> str:

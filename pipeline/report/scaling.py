@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.backends import LABEL
+from pipeline.backends import about, shown
 from pipeline.report import figures, render
 from pipeline.records import Cell
 from pipeline.report.results import Results
@@ -44,7 +44,7 @@ def table(r: Results) -> pd.DataFrame:
         steps = _steps(r, t["framework"], t["model"])
         one = next((_num(u["samples_per_s"]) for u in s["table"] if (u["framework"], u["model"], u["workers"]) ==
                     (t["framework"], t["model"], 1)), None)
-        rows.append({"framework": LABEL[t["framework"]], "model": t["model"], "workers": t["workers"],
+        rows.append({"framework": shown(t["framework"]), "model": t["model"], "workers": t["workers"],
                      "samples/s median [IQR]": f"{rate:,.0f} [{t['samples_per_s_q1']:,.0f}–"
                                                f"{t['samples_per_s_q3']:,.0f}]",
                      "speed-up vs 1": f"{rate / one:.2f}x" if one else "—", "efficiency [95% CI]": _eff(t),
@@ -62,10 +62,10 @@ def blocks(r: Results, figdir: Path) -> list[render.Block]:
     if not s.get("measured"):
         return B + [("p", HOW)]
     rows = s["rows"]
-    comm = [f"{LABEL[fw]} {c}" for fw, c in dict.fromkeys((x["framework"], x["comm"]) for x in rows)]
+    comm = [f"{shown(fw)} {c}" for fw, c in dict.fromkeys((x["framework"], x["comm"]) for x in rows)]
     devices = sorted({x["device"] for x in rows})
-    B += [("p", f"Each framework's own engine: PyTorch DistributedDataParallel started by torchrun, TensorFlow's "
-                f"MultiWorkerMirroredStrategy (one process per worker, TF_CONFIG). Same global batch "
+    engines = "; ".join(f"{about(fw).label}: {about(fw).engine}" for fw in dict.fromkeys(x["framework"] for x in rows))
+    B += [("p", f"Each framework's own engine ({engines}). Same global batch "
                 f"({s['global_batch']}) at every worker count, split into equal shards; same initial weights and "
                 f"batch order, so N workers do one worker's maths (tests/test_scale.py). Device: "
                 f"{', '.join(devices)}; communication: {', '.join(comm)} between processes on {s['host']} "
@@ -90,7 +90,7 @@ def blocks(r: Results, figdir: Path) -> list[render.Block]:
                           "calmer (`dvc repro -f -s scale`).")]
     numbers = ["samples_per_s", "samples_per_s_q1", "samples_per_s_q3", "efficiency"]
     drawn[numbers] = drawn[numbers].astype(float)  # JSON null (too few rounds for a figure) as NaN: not drawn
-    B.append(("img", figures.scaling(drawn.replace({"framework": LABEL}), figdir / "scaling.png",
+    B.append(("img", figures.scaling(drawn.assign(framework=lambda d: d["framework"].map(shown)), figdir / "scaling.png",
                                      shared="cpu" in devices),
               "Training samples/s and efficiency against worker processes"))
     return B

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.backends import LABEL, SHORT
+from pipeline.backends import about, short, shown
 from pipeline.data.prepare import IMBALANCE, prepared_meta
 from pipeline.measure import verdict
 from pipeline.records import Cell
@@ -30,7 +30,7 @@ def accuracy_verdicts(r: Results) -> list[str]:
         right_a, right_b = r.preds[ca]["y_pred"] == y, r.preds[cb]["y_pred"] == y
         p = verdict.mcnemar_p(right_a, right_b)
         out.append(f"**{model}**, {pair_label(ca, cb)}: " + verdict.accuracy(
-            LABEL[ca.framework], list(r.seeds[ca]["test_acc"]), LABEL[cb.framework],
+            shown(ca.framework), list(r.seeds[ca]["test_acc"]), shown(cb.framework),
             list(r.seeds[cb]["test_acc"]), p, int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))))
     return out
 
@@ -91,12 +91,12 @@ def loaders_section(r: Results) -> tuple[pd.DataFrame, list[str]]:
         best = sub.loc[sub.samples_per_s.idxmax()].to_dict()
         zero = sub[sub.workers == "0"]
         if best["workers"] == "0" or zero.empty:
-            verdicts.append(f"**{LABEL[fw]} {what}**: fastest with workers={best['workers']} "
+            verdicts.append(f"**{shown(fw)} {what}**: fastest with workers={best['workers']} "
                             f"({best['samples_per_s']:,.0f} samples/s): extra workers did not help here")
         else:
             z = zero.iloc[0].to_dict()
             overlap = best["samples_per_s_q1"] <= z["samples_per_s_q3"]
-            verdicts.append(f"**{LABEL[fw]} {what}**: fastest with workers={best['workers']}, "
+            verdicts.append(f"**{shown(fw)} {what}**: fastest with workers={best['workers']}, "
                             f"{best['samples_per_s'] / z['samples_per_s']:.2f}x of workers=0 "
                             f"({best['samples_per_s']:,.0f} vs {z['samples_per_s']:,.0f} samples/s; repeats "
                             f"{'overlap' if overlap else 'do not overlap'} within one process, a diagnostic)")
@@ -113,7 +113,7 @@ def build(r: Results, params_text: str, prepared: dict, figdir: Path) -> list[re
              "the two trained models differ). Otherwise: no clear difference.")]
     B[1:1] = headline(r)  # the verdicts a reader came for, before how they were reached
     B += time_to_target_blocks(r, figdir)
-    acc = pd.DataFrame([{"framework": LABEL[c.framework], "model": c.model,
+    acc = pd.DataFrame([{"framework": shown(c.framework), "model": c.model,
                          "test accuracy %": f"{100 * m.test_acc:.2f} ± {100 * m.test_acc_std:.2f}",
                          "seeds": m.seeds, "params": m.params,
                          "epochs trained (cap)": f"{m.epochs_trained:.2f} ({m.epochs})",
@@ -131,7 +131,7 @@ def build(r: Results, params_text: str, prepared: dict, figdir: Path) -> list[re
              if r.confusion else ("p", "No confusion matrices: no cell left its results."))
     cnn_or_first = [m for m in r.models if m == "cnn"] or r.models
     model = cnn_or_first[0]
-    preds = {SHORT[c.framework]: r.preds[c]["y_pred"] for c in r.trained() if c.model == model}
+    preds = {short(c.framework): r.preds[c]["y_pred"] for c in r.trained() if c.model == model}
     B.append(("img", figures.samples(prepared["x_test"], prepared["y_test"], preds, list(prepared["classes"]),
                                      figdir / "samples.png"),
               f"Test images with true label and each framework's {model} prediction; red: a framework is wrong")
@@ -141,9 +141,9 @@ def build(r: Results, params_text: str, prepared: dict, figdir: Path) -> list[re
     table, verdicts = loaders_section(r)
     unloaded = r.lacks(*(f"loaders@{fw}" for fw in r.frameworks))
     B += [("h2", "Data loading: num_workers / num_parallel_calls"),
-          ("p", "Per-sample pipeline (uint8 → float, normalise, random shift) through torch DataLoader, "
-                "tf.data or (numpy) a thread pool; samples/s median [IQR]. `loader`: the loader alone; "
-                "`train-*`: training fed by it." + (f" Missing here: {unloaded}." if unloaded and len(table) else "")),
+          ("p", "Per-sample pipeline (uint8 → float, normalise, random shift) through each framework's own "
+                f"loader ({'; '.join(f'{about(fw).label}: {about(fw).loader}' for fw in r.frameworks)}); samples/s "
+                "median [IQR]. `loader`: the loader alone; `train-*`: training fed by it." + (f" Missing here: {unloaded}." if unloaded and len(table) else "")),
           render.table_or(table, f"Not measured: {unloaded}.")] + [("p", v) for v in verdicts]
     if len(table):
         B.append(("img", figures.loaders(loader_rows(r), figdir / "loaders.png"), "samples/s against workers"))

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.backends import LABEL, shown
-from pipeline.measure import speedo
+from pipeline.backends import shown
+from pipeline.probe import speedo
 from pipeline.records import BenchCell, Cell, framework_of, infer_sizes, is_control, setting_of
 from pipeline.report import figures
 from pipeline.report.device import gpu_state_text
@@ -86,7 +86,7 @@ def gap_text(r: Results, c: BenchCell, bench_rate: float) -> str | None:
     gap = m.train_samples_per_s / bench_rate - 1
     if abs(gap) <= GAP:
         return None
-    head = (f"{LABEL[c.framework]} {c.model}: the train stage ran at {m.train_samples_per_s:,.0f} "
+    head = (f"{shown(c.framework)} {c.model}: the train stage ran at {m.train_samples_per_s:,.0f} "
             f"samples/s, {100 * gap:+.0f}% from the bench's {bench_rate:,.0f}. ")
     if len(hist) < 2:
         return head + "It evaluated once, so its figure includes its tracing/warm-up, which the bench times apart."
@@ -124,7 +124,7 @@ def setting_rows(r: Results) -> pd.DataFrame:
 def setting_table(rows: pd.DataFrame, key: str) -> pd.DataFrame:
     """Per framework, model and setting value: the median training samples/s over usable rounds, and the device
     memory training peaked at (a GPU's allocator count; a CPU keeps none)."""
-    rows = rows.assign(framework=rows["framework"].map(LABEL), train_mem_peak_mb=rows.get("train_mem_peak_mb", np.nan))
+    rows = rows.assign(framework=rows["framework"].map(shown), train_mem_peak_mb=rows.get("train_mem_peak_mb", np.nan))
     out = rows.groupby(["framework", "model", "value"], sort=False).agg(**{
         "train samples/s": ("train_samples_per_s", "median"),
         "train memory peak MiB": ("train_mem_peak_mb", "median")}).reset_index()
@@ -143,7 +143,7 @@ def infer_table(r: Results) -> pd.DataFrame:
     cols = {f"infer{bs}_samples_per_s": f"batch {bs}, samples/s" for bs in infer_sizes(rows.columns)}
     if rows.empty:
         return pd.DataFrame(columns=["framework", "model", *cols.values()])
-    out = rows.assign(framework=rows["framework"].map(LABEL)).groupby(["framework", "model"], sort=False)[list(cols)]
+    out = rows.assign(framework=rows["framework"].map(shown)).groupby(["framework", "model"], sort=False)[list(cols)]
     return out.median().rename(columns=cols).reset_index()
 
 
@@ -176,7 +176,7 @@ def speed_blocks(r: Results, figdir: Path) -> list:
     measured = len({r["round"] for r in b["records"] if r["kind"] == "round"})
     again = len({f["round"] for f in b["flagged"]})
     table = pd.DataFrame([{
-        "framework": LABEL[c.framework], "model": c.model,
+        "framework": shown(c.framework), "model": c.model,
         "train samples/s [IQR over rounds]": _spread(c, "train"), "train CV %": c.train.cv_pct,
         "train stage samples/s": m.train_samples_per_s if (m := r.train.get(Cell(c.framework, c.model)))
         else np.nan,
@@ -243,12 +243,12 @@ def variant_blocks(r: Results) -> list:
     rows, absent = [], {}
     for m in var:
         if m.status == "absent":  # asked for, but nothing of that name here: one sentence below, not a row per model
-            absent.setdefault((LABEL[m.framework], m.variant, m.reason), []).append(m.model)
+            absent.setdefault((shown(m.framework), m.variant, m.reason), []).append(m.model)
             continue
         ok = m.status == "ok"
         # each child measures its default variant first
         default = next((d for d in var if (d.framework, d.model, d.status) == (m.framework, m.model, "ok")), None)
-        rows.append({"framework": LABEL[m.framework], "model": m.model, "variant": m.variant,
+        rows.append({"framework": shown(m.framework), "model": m.model, "variant": m.variant,
                      "train samples/s": m.rate("train") if ok else np.nan,
                      "vs default (same process)": m.rate("train") / default.rate("train")
                      if ok and default is not None else np.nan,
@@ -282,7 +282,7 @@ def thread_blocks(r: Results, figdir: Path) -> list:
              "train_samples_per_s": c.train.samples_per_s} for c in r.bench_cells]
     rows += [{"framework": m.framework, "model": m.model, "threads": m.threads,
               "train_samples_per_s": m.rate("train")} for m in th]
-    long = pd.DataFrame(rows).assign(framework=lambda d: d["framework"].map(LABEL))
+    long = pd.DataFrame(rows).assign(framework=lambda d: d["framework"].map(shown))
     table = long.pivot_table(index=["framework", "model"], columns="threads", values="train_samples_per_s",
                              sort=False)
     table.columns = [f"{t} thread{'s' * (t != 1)}, samples/s" for t in table.columns]  # no nameless header

@@ -1,8 +1,7 @@
 """One data-parallel launch, started the way each framework runs, ended cleanly on a fault.
 
-PyTorch's workers are started by torchrun (its c10d rendezvous on `scale.host:scale.port`); TensorFlow has no
-launcher, so each worker is started as its own process with TF_CONFIG naming the cluster (ports `port .. port+N-1`),
-as a cluster manager would. A launch runs in a process group of its own (a terminal's Ctrl-C reaches only the
+Each framework's engine says how its workers start (PyTorch's: one torchrun, its c10d rendezvous on
+`scale.host:scale.port`; TensorFlow's: a process per worker with TF_CONFIG naming the cluster). A launch runs in a process group of its own (a terminal's Ctrl-C reaches only the
 stage): when a worker dies (the others would wait on a collective), hangs past `scale.timeout_s`, or Ctrl-C arrives,
 every process of the launch is killed, so no worker is left behind, and one line names the worker and why.
 Nothing is written to the results then.
@@ -11,22 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import psutil
 
+from pipeline import backends
 from pipeline.errors import ChildError, ParamsError
-from pipeline.measure import telemetry
 from pipeline.params import Scale
-from pipeline.scale import worker
 
 POLL_S = 0.1
 
@@ -44,23 +40,8 @@ def check_ports(host: str, port: int, count: int) -> None:
 
 
 def commands(framework: str, workers: int, host: str, port: int, args: list[str]) -> list[tuple[list[str], dict]]:
-    """(command, extra environment) per process of one launch."""
-    module = [sys.executable, "-m", worker.__name__, *args]
-    if framework == "torch":
-        return [([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(workers),
-                  "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{host}:{port}", "--max-restarts", "0",
-                  "--monitor-interval", "0.1", *module[1:]], {})]
-    if workers == 1:
-        return [(module, {})]  # one worker: the same strategy, no cluster
-    cluster = [f"{host}:{port + r}" for r in range(workers)]
-    # One GPU per worker, as torchrun's LOCAL_RANK gives PyTorch's: a TensorFlow worker would take every visible
-    # GPU otherwise. Harmless without GPUs; the r-th of the devices the user made visible, none if they hid all.
-    visible = telemetry.visible_devices()
-    gpus = visible if visible is not None else [str(r) for r in range(workers)]
-    return [(module, {"TF_CONFIG": json.dumps({"cluster": {"worker": cluster}, "task": {"type": "worker",
-                                                                                       "index": r}}),
-                      "CUDA_VISIBLE_DEVICES": gpus[r] if r < len(gpus) else ""})
-            for r in range(workers)]
+    """(command, extra environment) per process of one launch: the framework's engine says how it is started."""
+    return backends.engine_class(framework).commands(workers, host, port, args)
 
 
 def exit_text(code: int) -> str:
@@ -74,12 +55,6 @@ def _phases(out: Path) -> dict[int, tuple[str, int]]:
         *what, pid = f.read_text().split()
         got[int(f.stem[4:])] = (" ".join(what), int(pid))
     return got
-
-
-def _failed_torch(log: str) -> tuple[str, str] | None:
-    """(rank, exit code) of the first failure torchrun reports in its summary."""
-    m = re.search(r"rank\s*:\s*(\d+).*?\n\s*exitcode\s*:\s*(-?\d+)", log.split("Root Cause")[-1], re.S)
-    return (m.group(1), exit_text(int(m.group(2)))) if m else None
 
 
 def _hung(phases: dict[int, tuple[str, int]]) -> str:
@@ -139,9 +114,9 @@ def launch(framework: str, workers: int, threads: int, models: list[str], data: 
             bad = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
             if bad:
                 log.flush()
-                who = _failed_torch((out / "workers.log").read_text()) if framework == "torch" else None
-                rank, code = who or (str(bad[0][0]), exit_text(bad[0][1]))
-                raise ChildError(f"{label}: worker {rank} exited with {code}; every worker stopped, nothing "
+                rank, code = backends.engine_class(framework).failed((out / "workers.log").read_text()) or \
+                    (str(bad[0][0]), bad[0][1])
+                raise ChildError(f"{label}: worker {rank} exited with {exit_text(code)}; every worker stopped, nothing "
                                  f"written (workers' output: {_keep(out)})")
             if all(c == 0 for c in codes):
                 break

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.backends import shown
+from pipeline.backends import scalable, shown
 from pipeline.errors import ParamsError
-from pipeline.measure import speedo, telemetry, verdict
+from pipeline.measure import verdict
 from pipeline.measure.rounds import alike, flag
-from pipeline.measure.stats import spread
 from pipeline.params import Params
-from pipeline.scale.engines import ENGINES
+from pipeline.probe import speedo, telemetry
+from pipeline.probe.stats import spread
 from pipeline.scale.launch import check_ports, launch
 
 log = logging.getLogger("scale")
@@ -41,7 +41,7 @@ def plan(p: Params, threads: int, gpus: int) -> list[str]:
     if too_many and not on_gpu:
         raise ParamsError(f"params.yaml: scale.workers: {too_many[0]} workers on {threads} threads leave a worker "
                           "without a thread (each gets threads / workers); lower it or raise threads")
-    return [f for f in p.frameworks if f in ENGINES]
+    return scalable(p.frameworks)
 
 
 def rounds(p: Params, frameworks: list[str], data: Path, params_path: Path, threads: int) -> list[dict]:

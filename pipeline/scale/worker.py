@@ -26,8 +26,8 @@ import numpy as np
 from pipeline import files, params
 from pipeline.backends.base import check_precision, check_threads
 from pipeline.data.prepare import load_prepared, normalise, prepared_meta
-from pipeline.measure import speedo
-from pipeline.scale.engines import ENGINES
+from pipeline.backends import FRAMEWORKS, engine_class, scalable
+from pipeline.probe import speedo
 from pipeline.spec import batch_order, init_weights
 
 
@@ -95,7 +95,7 @@ def calibrated(be: object, rank: int, threads: int, work: Callable[[], list[dict
 
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--framework", required=True, choices=sorted(ENGINES))
+    ap.add_argument("--framework", required=True, choices=scalable(list(FRAMEWORKS)))
     ap.add_argument("--models", required=True, nargs="+")
     ap.add_argument("--threads", type=int, required=True, help="intra-op threads of this worker")
     ap.add_argument("--data", type=Path, required=True, help="prepared .npz")
@@ -108,7 +108,7 @@ def main(argv: list[str]) -> None:
     a = ap.parse_args(argv)
     p = params.load(a.params)
     warmup, steps, repeats = a.warmup or p.scale.warmup, a.steps or p.scale.steps, a.repeats or p.scale.repeats
-    eng = ENGINES[a.framework](a.threads, p.device, p.seed, p.precision)
+    eng = engine_class(a.framework)(a.threads, p.device, p.seed, p.precision)
     phase = lambda what: files.write_text(a.out / f"rank{eng.rank}.phase", f"{what} {os.getpid()}\n")  # noqa: E731
     phase("started")
     check_threads(eng.be.info, a.threads)

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from pipeline import files, params
-from pipeline.backends import LABEL
+from pipeline.backends import shown
 from pipeline.data.prepare import load_prepared
 from pipeline.report import headline, render, results, sections
 
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> None:
     files.write_json(a.results / "headline.json", headline.metrics(r))
     curves = results.history_rows(r)[["model", "framework", "step", "train_s", "val_acc"]]
     with files.atomic_path(a.results / "plots" / "val_acc.tsv") as tmp:  # every cell in one file: `dvc plots`
-        curves.assign(framework=curves["framework"].map(LABEL)).to_csv(tmp, sep="\t", index=False)
+        curves.assign(framework=curves["framework"].map(shown)).to_csv(tmp, sep="\t", index=False)
     log.info("wrote %s", ", ".join(str(a.results / n) for n in ("summary.md", "index.html", "results.csv", "headline.json")))
 
 

@@ -17,9 +17,9 @@ from keras import ops  # noqa: E402
 
 from pipeline.backends.base import (TENSOR_CORES_16, Backend, Feed, Step, Variant, refuse_no_gpu,  # noqa: E402
                                     refuse_precision)
-from pipeline.measure import speedo, telemetry  # noqa: E402
-from pipeline.measure.timing import MAX_STEPS, lengthened  # noqa: E402
-from pipeline.backends.tensorflow_layers import keras_layer  # noqa: E402
+from pipeline.probe import speedo, telemetry  # noqa: E402
+from pipeline.probe.timing import MAX_STEPS, lengthened  # noqa: E402
+from pipeline.backends.tensorflow.layers import keras_layer  # noqa: E402
 from pipeline.spec import LOSS_SCALE, LOSS_SCALE_GROWTH, ModelSpec, Optim  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """A busy neighbour: processes that busy-loop cores in a square wave, as other programs do.
 
-    python -m pipeline.measure.neighbour --cores 1 --on 4 --off 4 [--seconds 600] [--phase 0]
+    python -m pipeline.probe.neighbour --cores 1 --on 4 --off 4 [--seconds 600] [--phase 0]
 
 Each of `cores` processes spins (a tight Python loop) for `on` seconds, then sleeps `off` seconds, and again, until
 `seconds` have passed or it is stopped (Ctrl-C, SIGTERM: the processes end with it). `off 0` is a constant load.

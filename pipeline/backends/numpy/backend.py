@@ -9,9 +9,9 @@ import numpy as np
 import threadpoolctl
 
 from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_no_gpu, refuse_precision
-from pipeline.backends.numpy_layers import Net, Optimizer, SoftmaxCrossEntropy
+from pipeline.backends.numpy.layers import Net, Optimizer, SoftmaxCrossEntropy
 from pipeline.errors import ParamsError
-from pipeline.measure import telemetry
+from pipeline.probe import telemetry
 from pipeline.spec import ModelSpec, Optim
 
 

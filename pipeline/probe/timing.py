@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from pipeline.measure.stats import spread
+from pipeline.probe.stats import spread
 from pipeline.records import Rates
 
 MAX_STEPS = 100_000  # a bound on a lengthened repeat, whatever a broken clock says

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from pipeline.measure.stats import spread
+from pipeline.probe.stats import spread
 
 SIZE = 512          # n of the n x n fp32 matmul: big enough to be compute-bound, small enough to run in ms
 SECONDS = 0.3       # wall time of one calibration (several timed bursts, median taken)

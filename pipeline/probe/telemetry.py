@@ -90,6 +90,28 @@ def used_name() -> str | None:
             return None
 
 
+def devices() -> list[dict]:
+    """Every GPU NVML sees: name, memory (MiB), driver version, compute capability; [] without a driver."""
+    out = []
+    with nvml() as pynvml:
+        for i in range(pynvml.nvmlDeviceGetCount() if pynvml else 0):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            out.append({"name": _text(pynvml.nvmlDeviceGetName(h)),
+                        "memory_mib": pynvml.nvmlDeviceGetMemoryInfo(h).total // 2**20,
+                        "driver": _text(pynvml.nvmlSystemGetDriverVersion()),
+                        "capability": tuple(pynvml.nvmlDeviceGetCudaComputeCapability(h))})
+    return out
+
+
+def used_device() -> tuple[str, tuple[int, int]] | None:
+    """(name, compute capability) of the GPU this process computes on (used_handle), None without one."""
+    with nvml() as pynvml:
+        h = used_handle(pynvml) if pynvml else None
+        if h is None:
+            return None
+        return _text(pynvml.nvmlDeviceGetName(h)), tuple(pynvml.nvmlDeviceGetCudaComputeCapability(h))
+
+
 def _text(v: str | bytes) -> str:
     return v.decode() if isinstance(v, bytes) else v  # older bindings return bytes
 

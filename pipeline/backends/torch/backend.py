@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.backends.base import Backend, Feed, Step, Variant, refuse_no_gpu, refuse_precision
-from pipeline.backends.torch_layers import from_native, to_native, torch_module
+from pipeline.backends.torch.layers import from_native, to_native, torch_module
 from pipeline.errors import Unavailable
-from pipeline.measure import speedo, telemetry
+from pipeline.probe import speedo, telemetry
 from pipeline.spec import LOSS_SCALE, LOSS_SCALE_GROWTH, ModelSpec, Optim, init_weights
 
 

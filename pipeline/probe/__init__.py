@@ -1,0 +1,2 @@
+"""Probes, the bottom layer: speedometer, GPU telemetry, timing, statistics, a busy neighbour.
+"""
