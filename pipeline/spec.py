@@ -149,6 +149,28 @@ def init_weights(spec: ModelSpec, seed: int) -> list[np.ndarray]:
     return weights
 
 
+def dropout_masks(spec: ModelSpec, seed: int, epoch: int, n: int) -> list[np.ndarray]:
+    """The units every framework's dropout keeps in one epoch: per Dropout layer, a (n, features) uint8 array of 0
+    (dropped, with probability p) and 1, row i for the epoch's i-th sample in batch order, drawn from the seed alone.
+    The same masks in every framework make their trajectories agree up to rounding, so steps to target agree
+    (a framework's own masks would part them within a few steps). Dropout on a feature map is not supported here:
+    the specs drop flat features only."""
+    out, shape = [], spec.in_shape
+    for i, layer in enumerate(spec.layers):
+        if isinstance(layer, Conv):
+            shape = (shape[0], shape[1], layer.c_out)
+        elif isinstance(layer, Pool):
+            shape = (shape[0] // layer.size, shape[1] // layer.size, shape[2])
+        elif isinstance(layer, (Flatten, Dense)):
+            shape = (layer.n_out,) if isinstance(layer, Dense) else (layer.h * layer.w * layer.c,)
+        elif isinstance(layer, Dropout):
+            if len(shape) != 1:
+                raise ValueError(f"layer {i}: shared dropout masks are for flat features, not a {shape} map")
+            draw = np.random.default_rng([seed, epoch, i, 0xD80F]).integers(0, 2**16, (n, shape[0]), np.uint16)
+            out.append((draw >= round(layer.p * 2**16)).astype(np.uint8))  # keep with probability 1 - p
+    return out
+
+
 def batch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """The sample order of one epoch: the same NumPy permutation for both frameworks."""
     return np.random.default_rng([seed, epoch, 0xBA7C]).permutation(n)

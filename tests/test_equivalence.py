@@ -127,6 +127,41 @@ def test_training_loops_track_each_other_with_same_batch_order():
     assert len(hist["torch"]) == 2 and hist["torch"][1]["train_loss"] != hist["torch"][0]["train_loss"]
 
 
+def test_shared_dropout_masks_make_the_frameworks_take_the_same_steps_and_their_own_masks_would_not():
+    """With dropout, each framework's own masks part the trajectories at the first step; the run's shared masks
+    (spec.dropout_masks, what the train stage passes) keep them together up to rounding, over many steps."""
+    s = specs.mlp((8, 8, 1), 10, [48, 32], "relu", 0.5)
+    w = specs.init_weights(s, 0)
+    x, y = batch(s, n=96, seed=4)
+    xv, yv = batch(s, n=32, seed=5)
+    o = specs.Optim("adam", 0.01, 0.9, 0.9, 0.999, 1e-8)
+    masks = lambda epoch: specs.dropout_masks(s, 0, epoch, 96)  # noqa: E731  # 6 full batches of 16
+    kept = masks(0)
+    assert [m.shape for m in kept] == [(96, 48), (96, 32)] and 0.45 < 1 - np.mean(kept[0]) < 0.55
+    assert [specs.digest([m]) for m in masks(0)] != [specs.digest([m]) for m in masks(1)]  # a new draw each epoch
+    curves = {}
+    for shared in (True, False):
+        for be in ALL:
+            be.reseed(0)
+            hist, _ = loop.train(be, be.build(s, w), o, be.put(x, y), be.put(xv, yv), yv, epochs=4, batch_size=16,
+                                 eval_batch_size=32, eval_every=3, target=1.1, stop_at_target=True, seed=0,
+                                 dropout=masks if shared else None)
+            curves[shared, be.NAME] = [h["train_loss"] for h in hist]
+    for other in ("tensorflow", "numpy"):  # 24 Adam steps through dropout, evaluated every 3
+        assert curves[True, other] == pytest.approx(curves[True, "torch"], rel=1e-4)
+        assert curves[False, other] != pytest.approx(curves[False, "torch"], rel=1e-2)  # own masks: apart
+
+
+def test_shared_masks_are_the_seeds_and_drop_each_unit_with_probability_p():
+    s = specs.cnn((8, 8, 1), 10, [4], 3, 200, 0.2)
+    a, b = specs.dropout_masks(s, 7, 0, 500), specs.dropout_masks(s, 7, 0, 500)
+    assert len(a) == 1 and a[0].dtype == np.uint8 and np.array_equal(a[0], b[0])  # the seed's, nothing else's
+    assert abs((1 - a[0].mean()) - 0.2) < 0.01  # 100,000 units
+    assert not np.array_equal(a[0], specs.dropout_masks(s, 8, 0, 500)[0])
+    with pytest.raises(ValueError, match="flat features"):
+        specs.dropout_masks(specs.ModelSpec("x", (4, 4, 1), 10, (specs.Conv(3, 1, 2), specs.Dropout(0.5))), 0, 0, 1)
+
+
 @pytest.mark.parametrize("be", ALL, ids=name_of)
 def test_same_seed_reruns_give_the_same_history_with_dropout_on(be):
     s = specs.mlp((8, 8, 1), 10, [32], "relu", 0.5)

@@ -140,11 +140,11 @@ def test_the_first_seed_does_not_pay_the_process_one_off_costs(prepared, monkeyp
     def make_step(self, *a, **k):
         step = real(self, *a, **k)
 
-        def first_slow(xb, yb):
+        def first_slow(xb, yb, keep=None):
             if not slowed:
                 slowed.append(time.perf_counter())
                 time.sleep(0.6)
-            return step(xb, yb)
+            return step(xb, yb, keep)
         return first_slow
     monkeypatch.setattr(cls, "make_step", make_step)
     from pipeline.train import cell

@@ -40,14 +40,20 @@ class Variant:
 
 @dataclass
 class Step:
-    """One optimizer update: step(x, y) -> (loss summed over the batch, correct count), unsynchronised."""
-    run: Callable[[Any, Any], tuple[Any, Any]]
+    """One optimizer update: step(x, y) -> (loss summed over the batch, correct count), unsynchronised.
+
+    step(x, y, keep) applies the run's shared dropout masks instead of the framework's own draws: `keep` holds, per
+    Dropout layer in order, a (batch, features) uint8 array of 0 and 1 on the device (spec.dropout_masks, through
+    Backend.array); a kept unit is scaled by 1/(1-p), as inverted dropout does. The train stage passes them, so every
+    framework drops the same units at every step and their trajectories agree up to rounding; the bench times the
+    framework's own dropout (keep None)."""
+    run: Callable[..., tuple[Any, Any]]
     optimizer: Any                    # the framework's optimizer object (tests inspect its state)
     set_lr: Callable[[float], None]   # the rate from the next call on (schedules; never retraces)
     scaler: Any = None                # PyTorch's fp16 loss scaler (TensorFlow's is its optimizer), else None
 
-    def __call__(self, x: Any, y: Any) -> tuple[Any, Any]:
-        return self.run(x, y)
+    def __call__(self, x: Any, y: Any, keep: Any = None) -> tuple[Any, Any]:
+        return self.run(x, y) if keep is None else self.run(x, y, tuple(keep))
 
 
 @dataclass(frozen=True)
@@ -157,8 +163,13 @@ class Backend(ABC):
         """The samples at `idx`, as device tensors."""
 
     @abstractmethod
+    def array(self, a: np.ndarray) -> Any:
+        """A NumPy array on the backend's device, as it is (dtype and layout kept): the shared dropout masks."""
+
+    @abstractmethod
     def make_step(self, model: Model, optim: Optim, variant: str) -> Step:
-        """One optimizer update per call, in the given variant."""
+        """One optimizer update per call, in the given variant; called with masks (Step), the default variant
+        drops the units they say instead of drawing its own."""
 
     @abstractmethod
     def make_predict(self, model: Model, variant: str) -> Callable[[Any], Any]:

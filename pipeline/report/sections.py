@@ -48,9 +48,25 @@ def equivalence(r: Results) -> pd.DataFrame:
                      "weights read back unchanged": all(x["readback_weights_sha256"] == x["init_weights_sha256"]
                                                        for x in (ra, rb)),
                      "same batch order (SHA-256)": ra["batch_order_sha256"] == rb["batch_order_sha256"],
+                     # a run from before the masks were shared has none to compare: not a difference
+                     "same dropout masks (SHA-256)": ra.get("dropout_masks_sha256", "n/a") ==
+                     rb.get("dropout_masks_sha256", "n/a") if "dropout_masks_sha256" in ra else "n/a",
                      **{f"same {what}": ra[key] == rb[key] for what, key in RUN_SETTINGS.items()},
-                     "initial logits max abs diff": diff, "logits agree (<= 1e-4)": diff <= 1e-4})
+                     "initial logits max abs diff": diff, "logits agree (<= 1e-4)": diff <= 1e-4,
+                     "steps to target (first seed)": steps_agreement(r, ca, cb)})
     return pd.DataFrame(rows)
+
+
+def steps_agreement(r: Results, ca: Cell, cb: Cell) -> str:
+    """The two cells' first seeds' steps to target and whether they agree to within one evaluation: the same maths
+    (weights, batch order, dropout masks, optimizer) should need the same steps, up to rounding."""
+    steps = [r.seeds[c].iloc[0]["steps_to_target"] if r.seeds[c].iloc[0]["reached"] else None for c in (ca, cb)]
+    if None in steps:
+        return "not both reached"
+    cadence = int(r.run[ca].get("eval_every", 0))
+    a, b = (int(s) for s in steps)
+    return f"{a:,} vs {b:,}: " + ("the same" if a == b else f"within one evaluation ({cadence})"
+                                  if abs(a - b) <= cadence else f"apart by {abs(a - b):,}")
 
 
 def class_balance(prepared: dict) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -17,7 +17,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from pipeline.backends.base import Backend
 from pipeline.params import Train
 from pipeline.records import CellMetrics, SeedRun
-from pipeline.spec import ModelSpec, Optim, batch_order, digest, init_weights
+from pipeline.spec import ModelSpec, Optim, batch_order, digest, dropout_masks, init_weights
 from pipeline.train.loop import evaluate, predict, train
 
 EVIDENCE_SAMPLES = 256  # validation images whose initial logits are kept to compare the frameworks
@@ -48,7 +48,8 @@ def run_seed(be: Backend, spec: ModelSpec, optim: Optim, d: dict, placed: tuple,
     t0 = time.perf_counter()
     history, outcome = train(be, model, optim, tr, va, d["y_val"], epochs=epochs, batch_size=tp.batch_size,
                              eval_batch_size=tp.eval_batch_size, eval_every=tp.eval_steps(), target=target,
-                             stop_at_target=tp.stop_at_target, seed=seed, desc=desc)
+                             stop_at_target=tp.stop_at_target, seed=seed, desc=desc,
+                             dropout=shared_masks(spec, seed, len(tr[1]), tp.batch_size))
     wall = time.perf_counter() - t0
     test_loss, test_acc, logits = evaluate(be, be.make_predict(model, be.DEFAULT), te, d["y_test"],
                                            tp.eval_batch_size)
@@ -57,6 +58,11 @@ def run_seed(be: Backend, spec: ModelSpec, optim: Optim, d: dict, placed: tuple,
                   outcome["train_s"], wall, outcome["stopped_at_step"] * tp.batch_size / outcome["train_s"],
                   history[-1]["epoch"], outcome["diverged"], outcome["diverged_at_step"])
     return row, {"model": model, "history": history, "logits": logits}
+
+
+def shared_masks(spec: ModelSpec, seed: int, n: int, batch_size: int) -> Callable[[int], list[np.ndarray]]:
+    """Each epoch's shared dropout masks for its full batches: the same units dropped in every framework."""
+    return lambda epoch: dropout_masks(spec, seed, epoch, n // batch_size * batch_size)
 
 
 def summarise(runs: list[SeedRun], target: float, spec: ModelSpec, epochs: int, y_true: np.ndarray,
@@ -84,7 +90,8 @@ def summarise(runs: list[SeedRun], target: float, spec: ModelSpec, epochs: int, 
     return metrics, {"precision": prec, "recall": rec, "f1": f1, "support": support}
 
 
-def evidence(be: Backend, spec: ModelSpec, d: dict, seed: int, epochs: int) -> tuple[dict, np.ndarray]:
+def evidence(be: Backend, spec: ModelSpec, d: dict, seed: int, epochs: int, batch_size: int) -> tuple[dict,
+                                                                                                      np.ndarray]:
     """What the report needs to show the cells did the same work: weight/order digests, initial logits."""
     w0 = init_weights(spec, seed)
     x = d["x_val"][:EVIDENCE_SAMPLES]
@@ -95,6 +102,7 @@ def evidence(be: Backend, spec: ModelSpec, d: dict, seed: int, epochs: int) -> t
     return {"param_count": spec.param_count(), "layer_param_counts": spec.layer_param_counts(),
             "init_weights_sha256": digest(w0),
             "batch_order_sha256": digest([batch_order(n, seed, e) for e in range(epochs)]),
+            "dropout_masks_sha256": digest(shared_masks(spec, seed, n, batch_size)(0)),  # the first epoch's
             "readback_weights_sha256": digest(be.get_weights(model, spec))}, logits
 
 
@@ -104,8 +112,10 @@ def warm(be: Backend, spec: ModelSpec, optim: Optim, placed: tuple, tp: Train, s
     seed's time to target while later seeds skip them. A model's own tracing stays in each seed's time."""
     model = be.build(spec, init_weights(spec, seed))
     step, tr, va = be.make_step(model, optim, be.DEFAULT), placed[0], placed[1]
-    for xb, yb in itertools.islice(be.batches(tr, batch_order(len(tr[1]), seed, 0), tp.batch_size), 2):
-        be.sync(step(xb, yb)[0])
+    masks = [be.array(m[:2 * tp.batch_size]) for m in shared_masks(spec, seed, len(tr[1]), tp.batch_size)(0)]
+    for i, (xb, yb) in enumerate(itertools.islice(be.batches(tr, batch_order(len(tr[1]), seed, 0), tp.batch_size),
+                                                  2)):
+        be.sync(step(xb, yb, [m[i * tp.batch_size:(i + 1) * tp.batch_size] for m in masks])[0])
     be.sync(be.make_predict(model, be.DEFAULT)(be.take(va, np.arange(min(tp.eval_batch_size, len(va[1]))))[0]))
 
 
@@ -122,6 +132,6 @@ def train_cell(be: Backend, spec: ModelSpec, optim: Optim, d: dict, tp: Train, e
     metrics, per_class = summarise(seeds, target, spec, epochs, y_true, first["logits"], len(names))
     confusion = pd.DataFrame(confusion_matrix(y_true, first["logits"].argmax(1), labels=np.arange(len(names))),
                              index=names, columns=names).rename_axis("true")
-    ev, init_logits = evidence(be, spec, d, seed, epochs)
+    ev, init_logits = evidence(be, spec, d, seed, epochs, tp.batch_size)
     return Trained(seeds, metrics, first["model"], pd.DataFrame(first["history"]), first["logits"],
                    pd.DataFrame({"class": names, **per_class}), confusion, ev, init_logits)

@@ -38,11 +38,15 @@ def evaluate(be: Backend, fn: Callable[[Any], Any], data: Any, y: np.ndarray,
     return cross_entropy(logits, y), float((logits.argmax(1) == y).mean()), logits
 
 
+Masks = Callable[[int], list[np.ndarray]]  # epoch -> the shared dropout masks of its samples (spec.dropout_masks)
+
+
 def train(be: Backend, model: Any, optim: Optim, train_data: Any, val_data: Any, y_val: np.ndarray, *, epochs: int,
           batch_size: int, eval_batch_size: int, eval_every: int, target: float, stop_at_target: bool, seed: int,
-          desc: str = "train") -> tuple[list[dict], dict]:
+          desc: str = "train", dropout: Masks | None = None) -> tuple[list[dict], dict]:
     """Train with the seed's batch order, evaluating the validation split every `eval_every` steps (every epoch if
-    an epoch is shorter) and at the end.
+    an epoch is shorter) and at the end. `dropout`: the run's shared masks, made and put on the device before each
+    epoch's clock starts (else each framework draws its own).
 
     The training clock runs only while optimizer steps (and the per-epoch gather) run: evaluation is timed apart.
     Returns one history row per evaluation and the time-to-target outcome: the first training time, step and epoch
@@ -61,11 +65,13 @@ def train(be: Backend, model: Any, optim: Optim, train_data: Any, val_data: Any,
     quiet = not sys.stderr.isatty()  # no bar without a terminal: a log line per evaluation instead
     with tqdm(total=total, desc=desc, unit="step", disable=True if quiet else None) as bar:
         for epoch in range(epochs):
+            masks = [be.array(m) for m in dropout(epoch)] if dropout else None  # not the framework's work: untimed
             t0 = time.perf_counter()
-            for xb, yb in be.batches(train_data, batch_order(n, seed, epoch), batch_size):
+            for i, (xb, yb) in enumerate(be.batches(train_data, batch_order(n, seed, epoch), batch_size)):
                 if not optim.constant():
                     step_fn.set_lr(lr_at(optim, step, total, per_epoch))
-                loss, right = step_fn(xb, yb)
+                keep = [m[i * batch_size:(i + 1) * batch_size] for m in masks] if masks else None
+                loss, right = step_fn(xb, yb, keep)
                 loss_sum, correct, seen, step = loss_sum + loss, correct + right, seen + batch_size, step + 1
                 bar.update()
                 if step % cadence and step != total:

@@ -56,11 +56,14 @@ class NumpyBackend(Backend):
     def take(self, data: tuple[np.ndarray, np.ndarray], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return data[0][idx], data[1][idx]
 
+    def array(self, a: np.ndarray) -> np.ndarray:
+        return a
+
     def make_step(self, model: Net, optim: Optim, variant: str) -> Step:
         opt, loss_fn = Optimizer(optim, model.params), SoftmaxCrossEntropy()
 
-        def step(xb: np.ndarray, yb: np.ndarray) -> tuple[float, int]:
-            logits = model.forward(xb, train=True)
+        def step(xb: np.ndarray, yb: np.ndarray, keep: tuple | None = None) -> tuple[float, int]:
+            logits = model.forward(xb, train=True, keep=keep)
             loss = loss_fn.forward(logits, yb)
             opt.update(model.params, model.backward(loss_fn.backward()))
             return loss * len(yb), int((logits.argmax(axis=1) == yb).sum())

@@ -145,10 +145,12 @@ class DropOut:
     def __init__(self, p: float, rng: np.random.Generator):
         self.p, self.rng, self.params = p, rng, []
 
-    def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
+    def forward(self, x: np.ndarray, train: bool, keep: np.ndarray | None = None) -> np.ndarray:
+        """`keep`: the run's shared mask of this layer (0/1), else one drawn here."""
         if not train:
             return x
-        self.mask = (self.rng.random(x.shape, dtype=np.float32) >= self.p).astype(x.dtype) / x.dtype.type(1 - self.p)
+        kept = keep if keep is not None else self.rng.random(x.shape, dtype=np.float32) >= self.p
+        self.mask = kept.astype(x.dtype) / x.dtype.type(1 - self.p)
         return x * self.mask
 
     def backward(self, dy: np.ndarray, want_dx: bool = True) -> np.ndarray:
@@ -182,9 +184,11 @@ class Net:
         self.layers = [make[type(layer)](layer) for layer in spec.layers]
         self.params = [p for layer in self.layers for p in layer.params]
 
-    def forward(self, x: np.ndarray, train: bool) -> np.ndarray:
+    def forward(self, x: np.ndarray, train: bool, keep: tuple | None = None) -> np.ndarray:
+        """Logits; `keep`: the shared dropout masks, one per DropOut layer in order (else each draws its own)."""
+        masks = iter(keep or ())
         for layer in self.layers:
-            x = layer.forward(x, train)
+            x = layer.forward(x, train, next(masks)) if keep and isinstance(layer, DropOut) else layer.forward(x, train)
         return x
 
     def backward(self, d: np.ndarray) -> list[np.ndarray]:

@@ -120,14 +120,19 @@ class TensorFlowBackend(Backend):
         i = tf.constant(idx)
         return tf.gather(data[0], i), tf.gather(data[1], i)
 
+    def array(self, a: np.ndarray) -> tf.Tensor:
+        with tf.device(self.device):
+            return tf.constant(a)
+
     def make_step(self, model: keras.Model, optim: Optim, variant: str) -> Step:
         opt, loss_fn = make_optimizer(optim, self.loss_scaled), self.loss
         opt.build(model.trainable_variables)
 
         @tf.function(jit_compile=variant == "xla", reduce_retracing=True)
-        def step(xb: tf.Tensor, yb: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def step(xb: tf.Tensor, yb: tf.Tensor, keep: tuple | None = None) -> tuple[tf.Tensor, tf.Tensor]:
             with tf.GradientTape() as tape:
-                logits = tf.cast(model(xb, training=True), tf.float32)  # the loss in float32 at any precision
+                out = model(xb, training=True) if keep is None else _masked(model, xb, keep)
+                logits = tf.cast(out, tf.float32)  # the loss in float32 at any precision
                 loss = loss_fn(yb, logits)
                 scaled = scaled_loss(opt, loss)  # fp16: the optimizer unscales, and skips a non-finite update
             opt.apply_gradients(zip(tape.gradient(scaled, model.trainable_variables), model.trainable_variables))
@@ -247,6 +252,17 @@ class TensorFlowBackend(Backend):
             opts.autotune.enabled = False
             ds = ds.with_options(opts)
         return iter(ds.repeat())
+
+
+def _masked(model: keras.Model, x: tf.Tensor, keep: tuple) -> tf.Tensor:
+    """The model in training mode with each Dropout layer replaced by its shared mask, kept units scaled by 1/(1-p)."""
+    masks = iter(keep)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dropout):
+            x = x * tf.cast(next(masks), x.dtype) * tf.cast(1.0 / (1.0 - layer.rate), x.dtype)
+        else:
+            x = layer(x, training=True)
+    return x
 
 
 class TorchFormAdam(keras.optimizers.Adam):

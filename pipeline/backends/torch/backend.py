@@ -70,12 +70,13 @@ class TorchBackend(Backend):
                      "conv_autotune": torch.backends.cudnn.benchmark,
                      "precision": "tf32" if tf32 else next((p for p, t in AMP.items() if t is self.amp), "fp32")}
 
-    def _forward(self, net: Any, xb: torch.Tensor) -> torch.Tensor:
-        """Logits in float32, computed at the backend's precision."""
+    def _forward(self, net: Any, xb: torch.Tensor, keep: tuple | None = None) -> torch.Tensor:
+        """Logits in float32, computed at the backend's precision; `keep`: the shared dropout masks (Step)."""
+        run = net if keep is None else lambda x: _masked(net, x, keep)
         if self.amp is None:
-            return net(xb)
+            return run(xb)
         with torch.autocast(self.device.type, dtype=self.amp):
-            return net(xb).float()
+            return run(xb).float()
 
     def reseed(self, seed: int) -> None:
         torch.manual_seed(seed)
@@ -99,6 +100,9 @@ class TorchBackend(Backend):
     def take(self, data: tuple[torch.Tensor, torch.Tensor], idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         i = torch.from_numpy(idx).to(self.device)
         return data[0].index_select(0, i), data[1].index_select(0, i)
+
+    def array(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
 
     def _layout(self, model: nn.Module, variant: str) -> Callable[[torch.Tensor], torch.Tensor]:
         """The variant's input layout; channels_last also converts the model's conv weights, in place."""
@@ -131,8 +135,8 @@ class TorchBackend(Backend):
         opt = make_optimizer(model, optim, capturable=variant == "cuda_graphs")
         scaler = self._scaler(variant)
 
-        def step(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            logits = self._forward(model, layout(xb))
+        def step(xb: torch.Tensor, yb: torch.Tensor, keep: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self._forward(model, layout(xb), keep)
             loss = F.cross_entropy(logits, yb)  # mean over the batch, on logits
             opt.zero_grad(set_to_none=True)
             if scaler is None:
@@ -145,9 +149,9 @@ class TorchBackend(Backend):
             return loss.detach() * len(yb), (logits.argmax(1) == yb).sum()
         run = self._compiled(step, variant)
 
-        def train_step(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def train_step(xb: torch.Tensor, yb: torch.Tensor, *keep: tuple) -> tuple[torch.Tensor, torch.Tensor]:
             model.train()
-            return run(xb, yb)
+            return run(xb, yb, *keep)
 
         def set_lr(lr: float) -> None:
             for group in opt.param_groups:
@@ -232,6 +236,14 @@ class TorchBackend(Backend):
         while True:
             for xb, yb in loader:
                 yield xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+
+
+def _masked(net: nn.Sequential, x: torch.Tensor, keep: tuple) -> torch.Tensor:
+    """The network's forward pass with each nn.Dropout replaced by its shared mask, kept units scaled by 1/(1-p)."""
+    masks = iter(keep)
+    for m in net:
+        x = x * (next(masks).to(x.dtype) * (1.0 / (1.0 - m.p))) if isinstance(m, nn.Dropout) else m(x)
+    return x
 
 
 def make_optimizer(model: nn.Module, o: Optim, capturable: bool = False) -> torch.optim.Optimizer:
