@@ -135,7 +135,8 @@ class Bench(_Section):
     infer_batch_sizes: Annotated[list[Count], Field(min_length=1)]
     warmup: Annotated[int, Field(ge=1, description="the first calls include tracing/compilation")]
     steps: Count
-    repeats: Count
+    repeats: Annotated[int, Field(ge=3, description="a median of calm repeats needs a few")]
+    repeat_max_s: Positive
     min_repeat_s: Annotated[float, Field(ge=0, le=10, description="seconds; 0 = bench.steps as they are")]
     latency_calls: Annotated[int, Field(ge=20, description="p95/p99 need enough calls")]
     variants: Annotated[list[Literal[VARIANTS]], Distinct]

@@ -100,6 +100,9 @@ class Measurement:
     calib_before_gflops: float = math.nan  # the speedometer before and after the child's measurements
     calib_after_gflops: float = math.nan
     drift: float = math.nan
+    calm_level_gflops: float = math.nan    # the machine's calm speed in this child: the upper decile of its readings
+    samples: dict = field(default_factory=dict)  # per unit (train, infer512): each repeat's seconds per call and
+                                                 # the speedometer readings before and after it (GFLOP/s)
     speedometer: str = ""                  # what the speedometer measured (the CPU GEMM, or a matmul on the GPU)
     gpu_sm_clock_mhz_before: float = math.nan  # NVML telemetry around the child on a CUDA device (NaN elsewhere)
     gpu_sm_clock_mhz_after: float = math.nan
@@ -132,7 +135,11 @@ class Measurement:
 
     def rate(self, phase: str) -> float:
         """The headline samples/s of a phase: training, or inference at the largest batch size."""
-        return self.train.samples_per_s if phase == "train" else self.infer[max(self.infer)].samples_per_s
+        return self.phase(phase).samples_per_s
+
+    def phase(self, phase: str) -> Rates:
+        """The Rates of a phase: training, or inference at the largest batch size."""
+        return self.train if phase == "train" else self.infer[max(self.infer)]
 
     def own_calib_gflops(self) -> float:
         """The speedometer's reading around this measurement: the mean of before and after."""

@@ -97,7 +97,8 @@ def test_no_backend_module_holds_state(framework):
 FIX = {"torch": r"its CPU-only build is installed \(README \"Install\": TORCH_INDEX\)",
        "tensorflow": r"its CUDA libraries are not installed: make venv CUDA=1 \(requirements-cuda\.txt, README "
                      r"\"Install\"\), or pip install 'tensorflow\[and-cuda\]==2\.21\.0'",
-       "numpy": "it runs on the CPU only"}
+       "numpy": "it runs on the CPU only",
+       "jax": r"its CPU-only build is installed \(pip install 'jax\[cuda12\]==0\.10\.2'\)"}
 
 
 @pytest.fixture

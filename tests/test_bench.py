@@ -13,7 +13,7 @@ from pipeline.records import Measurement, Rates, control_arm, framework_of
 from tests.conftest import no_cuda, raw_params
 
 tb = backends.create("torch", 1, "cpu", 0, "fp32")
-P = params.parse(raw_params(**{"bench.warmup": 2, "bench.steps": 2, "bench.repeats": 2, "bench.min_repeat_s": 0,
+P = params.parse(raw_params(**{"bench.warmup": 2, "bench.steps": 2, "bench.repeats": 3, "bench.min_repeat_s": 0,
                                "bench.latency_calls": 20, "bench.infer_batch_sizes": [1, 16]}))
 SPEC = specs.mlp((8, 8, 1), 10, [16], "relu", 0.0)
 OPTIM = specs.Optim("adam", 1e-3, 0.9, 0.9, 0.999, 1e-8)
@@ -107,7 +107,7 @@ def fake_child(series: dict):
     """run(arm, round) for run_rounds: rates and calibrations scripted per (round, arm)."""
     calls = []
 
-    def run(arm, rd):
+    def run(arm, rd, calm=0.0):
         calls.append((rd, arm))
         before, after, rate = series.get((rd, arm), (200.0, 200.0, 100.0 if arm.startswith("torch") else 80.0))
         rates = Rates(rate, rate, rate, 0.0, 0.0, 1, 1.0)
@@ -174,7 +174,7 @@ def ticking(run, seconds_per_child: float):
     """run() that advances a fake clock by `seconds_per_child` per child, and that clock."""
     now = [0.0]
 
-    def timed(arm, rd):
+    def timed(arm, rd, calm=0.0):
         now[0] += seconds_per_child
         return run(arm, rd)
     return timed, lambda: now[0]
@@ -200,7 +200,7 @@ def test_an_unstable_machine_gets_no_verdict_and_says_why():
     rows = rounds.run_rounds(fake_child(series)[0], ["a", "b"], rounds=6, max_drift=0.9)
     v = bench.comparisons(rows, ["a", "b"], ["mlp"], FAKE.model_copy(update={"control": False}))[0]
     assert v["ratio"] == 2.0 and v["winner"] is None
-    assert v["text"].startswith("no verdict: the machine was too unstable (calibration CV ")
+    assert v["text"].startswith("no verdict: the machine's calm speed was too unsteady (CV ")
     assert "over the usable rounds > 25%); measured ratio 2.00x" in v["text"]
     # with too few usable rounds for any interval, that is the reason given (it was "measured ratio nanx")
     series |= {(rd, "b"): (200.0, 400.0, 50.0) for rd in range(12)}  # every b child drifted: none usable
@@ -395,7 +395,7 @@ def test_thread_arms_are_judged_against_their_own_thread_counts_calibration():
     arms = rounds.arms(["torch", "tensorflow"], False, "threads", [1], own=2)
     assert arms == ["torch", "tensorflow", "torch@threads=1", "tensorflow@threads=1"]
 
-    def run(arm, rd):
+    def run(arm, rd, calm=0.0):
         one = arm.endswith("=1")
         gemm, rate = (100.0, 60.0) if one else (200.0, 100.0 if arm == "torch" else 80.0)
         rates = Rates(rate, rate, rate, 0.0, 0.0, 1, 1.0)
@@ -430,7 +430,7 @@ def test_a_setting_arm_spawns_its_child_with_that_setting(monkeypatch):
 
 def test_a_variant_whose_steps_differ_from_the_default_is_caught_before_it_is_timed(monkeypatch):
     from pipeline.backends.base import Variant
-    cfg = params.parse(raw_params(**{"bench.steps": 2, "bench.repeats": 1, "bench.warmup": 1, "bench.min_repeat_s": 0,
+    cfg = params.parse(raw_params(**{"bench.steps": 2, "bench.repeats": 3, "bench.warmup": 1, "bench.min_repeat_s": 0,
                                      "bench.latency_calls": 20, "bench.infer_batch_sizes": [4]})).bench
     real = tb.make_step
 

@@ -10,8 +10,9 @@ from pipeline.train import loop
 tb = backends.create("torch", 2, "cpu", 0, "fp32")
 tfb = backends.create("tensorflow", 2, "cpu", 0, "fp32")
 nb = backends.create("numpy", 2, "cpu", 0, "fp32")
-ALL = [tb, tfb, nb]
-OTHERS = [tfb, nb]  # each checked against torch
+jb = backends.create("jax", 2, "cpu", 0, "fp32")
+ALL = [tb, tfb, nb, jb]
+OTHERS = [tfb, nb, jb]  # each checked against torch
 name_of = lambda b: b.NAME  # noqa: E731
 
 SPECS = {
@@ -32,7 +33,8 @@ def test_same_parameter_counts_layer_by_layer(name):
     torch_counts = [p.numel() for p in tb.build(s, w).parameters()]
     tf_counts = [int(np.prod(v.shape)) for v in tfb.build(s, w).weights]
     np_counts = [p.size for p in nb.build(s, w).params]
-    assert torch_counts == tf_counts == np_counts == [int(np.prod(x)) for x in s.param_shapes()]
+    jax_counts = [layer[p].size for layer in jb.build(s, w).params.values() for p in ("kernel", "bias")]
+    assert torch_counts == tf_counts == np_counts == jax_counts == [int(np.prod(x)) for x in s.param_shapes()]
 
 
 @pytest.mark.parametrize("name", SPECS)
@@ -120,7 +122,7 @@ def test_training_loops_track_each_other_with_same_batch_order():
         hist[be.NAME], _ = loop.train(be, be.build(s, w), o, be.put(x, y), be.put(xv, yv), yv, epochs=2,
                                       batch_size=16, eval_batch_size=8, eval_every=4, target=1.1,
                                       stop_at_target=True, seed=0)
-    for other in ("tensorflow", "numpy"):
+    for other in ("tensorflow", "numpy", "jax"):
         for a, b in zip(hist["torch"], hist[other], strict=True):
             assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
             assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
@@ -147,7 +149,7 @@ def test_shared_dropout_masks_make_the_frameworks_take_the_same_steps_and_their_
                                  eval_batch_size=32, eval_every=3, target=1.1, stop_at_target=True, seed=0,
                                  dropout=masks if shared else None)
             curves[shared, be.NAME] = [h["train_loss"] for h in hist]
-    for other in ("tensorflow", "numpy"):  # 24 Adam steps through dropout, evaluated every 3
+    for other in ("tensorflow", "numpy", "jax"):  # 24 Adam steps through dropout, evaluated every 3
         assert curves[True, other] == pytest.approx(curves[True, "torch"], rel=1e-4)
         assert curves[False, other] != pytest.approx(curves[False, "torch"], rel=1e-2)  # own masks: apart
 
@@ -196,7 +198,7 @@ def test_every_timed_variant_does_the_same_training_work_as_the_default(be):
         assert first > 0 and len(per_step) == 1
         after[variant] = be.get_weights(model, s)
     assert set(after) == {"torch": {"eager", "compile"}, "tensorflow": {"function", "xla", "fit"},
-                          "numpy": {"numpy"}}[be.NAME]
+                          "numpy": {"numpy"}, "jax": {"jit"}}[be.NAME]
     default = after[be.DEFAULT]
     assert max(np.abs(a - b).max() for a, b in zip(default, w)) > 1e-3  # the steps moved the weights
     for variant, weights in after.items():
@@ -238,9 +240,10 @@ def test_a_schedule_gives_every_framework_the_same_rate_at_every_step():
                                       stop_at_target=True, seed=0)
         final[be.NAME] = be.get_weights(model, s)
     total = 2 * (64 // 16)
-    assert seen["torch"] == seen["tensorflow"] == seen["numpy"] == [specs.lr_at(o, k, total, 4) for k in range(total)]
+    assert seen["torch"] == seen["tensorflow"] == seen["numpy"] == seen["jax"] == [specs.lr_at(o, k, total, 4)
+                                                                               for k in range(total)]
     assert seen["torch"][0] < seen["torch"][2] == 0.01 > seen["torch"][-1]  # warmed up, then decayed
-    for other in ("tensorflow", "numpy"):
+    for other in ("tensorflow", "numpy", "jax"):
         for a, b in zip(hist["torch"], hist[other], strict=True):
             assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert max(np.abs(a - b).max() for a, b in zip(final["torch"], final[other])) <= 1e-4

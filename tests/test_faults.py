@@ -136,7 +136,7 @@ def test_a_full_disk_while_the_bench_writes_its_records_is_one_line_and_keeps_th
     (old / "records.json").write_text('{"old": true}')
     params = write_params(tmp_path / "params.yaml", **{"data.name": "digits", "frameworks": ["torch"], "models":
                                                        ["mlp"], "mlp.hidden": [8], "bench.steps": 2, "bench.repeats":
-                                                       1, "bench.warmup": 1, "bench.min_repeat_s": 0,
+                                                       3, "bench.warmup": 1, "bench.min_repeat_s": 0,
                                                        "bench.latency_calls": 20, "bench.control": False})
     got = on_small_fs(tmp_path, stage("bench", "--data", str(FIXTURE / "data/prepared.npz"), "--env",
                                       str(FIXTURE / "reports/env.json"), "--out", str(out), "--params", str(params)),

@@ -11,7 +11,7 @@ from tests.conftest import no_cuda, write_params
 
 TINY = {"frameworks": ["torch"], "models": ["mlp", "cnn"], "data.name": "idx", "data.mirrors": ["http://x"],
         "cnn.channels": [4], "cnn.dense": 16, "mlp.hidden": [16], "schedule.mlp.epochs": 1, "schedule.cnn.epochs": 1,
-        "threads": 1, "bench.warmup": 1, "bench.steps": 2, "bench.repeats": 1, "bench.latency_calls": 20,
+        "threads": 1, "bench.warmup": 1, "bench.steps": 2, "bench.repeats": 3, "bench.latency_calls": 20,
         "bench.infer_batch_sizes": [1, 16], "bench.min_repeat_s": 0}
 
 

@@ -21,7 +21,7 @@ ENV = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "DVC_NO_ANAL
 # bench.max_s 1: the first 6 rounds only (rounds measured again are test_bench's); the suite's time stays bounded
 TINY = {"data.name": "digits", "mlp.hidden": [32], "cnn.channels": [4, 8], "cnn.dense": 32, "cnn.kernel": 3,
         "schedule.mlp.epochs": 2, "schedule.cnn.epochs": 1, "bench.warmup": 1, "bench.steps": 2,
-        "bench.repeats": 1, "bench.min_repeat_s": 0, "bench.max_s": 1, "bench.latency_calls": 20,
+        "bench.repeats": 3, "bench.min_repeat_s": 0, "bench.max_s": 1, "bench.latency_calls": 20,
         "bench.infer_batch_sizes": [1, 64],
         "bench.thread_counts": [1, 2], "loaders.workers": [0, 1], "loaders.warmup": 1,
         "loaders.batches": 2, "loaders.repeats": 3}

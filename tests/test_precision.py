@@ -49,7 +49,7 @@ def test_16_bits_give_the_same_logits_in_both_frameworks_within_the_formats_own_
         assert np.abs(low - full).max() > 100 * np.finfo(np.float32).eps * scale
 
 
-@pytest.mark.parametrize("framework", ["torch", "tensorflow", "numpy"])
+@pytest.mark.parametrize("framework", ["torch", "tensorflow", "numpy", "jax"])
 def test_tf32_off_a_cuda_gpu_is_refused_in_one_line_naming_the_key(framework):
     with pytest.raises(ParamsError, match=r"^params.yaml: precision: tf32 runs only on a CUDA GPU \(this backend "
                                           r"runs on cpu\); use fp32 or bf16$"):

@@ -16,7 +16,7 @@ from pipeline.measure.zygote import Zygotes, forks
 from tests.conftest import write_params
 
 TINY = {"frameworks": ["torch"], "models": ["mlp"], "mlp.hidden": [8], "train.batch_size": 16, "bench.steps": 2,
-        "bench.repeats": 1, "bench.warmup": 1, "bench.min_repeat_s": 0, "bench.latency_calls": 20,
+        "bench.repeats": 3, "bench.warmup": 1, "bench.min_repeat_s": 0, "bench.latency_calls": 20,
         "bench.infer_batch_sizes": [4]}
 
 

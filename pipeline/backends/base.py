@@ -201,10 +201,16 @@ class Backend(ABC):
 
     # ---- written once for every backend ----------------------------------------------------------------------
 
-    def calibrate(self, threads: int) -> float:
-        """The speedometer (GFLOP/s) before and after a benchmark child: on a CPU the NumPy GEMM every child runs
-        alike; a backend on a GPU overrides this with a matmul on its device at its precision."""
-        return speedo.gemm_gflops(threads)
+    def calibrate(self, threads: int, seconds: float = speedo.SECONDS) -> float:
+        """The speedometer (GFLOP/s) over about `seconds`: on a CPU the NumPy GEMM every child runs alike; a backend
+        on a GPU overrides this with a matmul on its device at its precision."""
+        return speedo.gemm_gflops(threads, seconds=seconds)
+
+    def reading(self, threads: int) -> float:
+        """A short speedometer reading (GFLOP/s) between two timed repeats, in the framework's own kernels and thread
+        pool: another library's pool (NumPy's BLAS) keeps its threads spinning after each call, which would slow
+        the repeat that follows. On a GPU, the device matmul of calibrate()."""
+        return self.calibrate(threads, speedo.READING_S)
 
     def speedometer(self) -> str:
         """What calibrate() measures, in words for the report."""
@@ -239,13 +245,11 @@ class Backend(ABC):
         for i in range(0, full, batch_size):
             yield x[i:i + batch_size], y[i:i + batch_size]
 
-    def train_timings(self, model: Model, optim: Optim, data: Data, order: np.ndarray, variant: str,
-                      batch_size: int, warmup: int, steps: int, repeats: int, min_s: float = 0.0,
-                      clock: Clock = time.perf_counter) -> tuple[float, list[float]]:
-        """(seconds of the first step, incl. compilation; seconds per step of each timed repeat, warmup
-        excluded), stepping through `order` in full batches (cycling) as the train stage does. The epoch's batches
-        are gathered and sliced on the device before the first step, so no timed step holds a host-to-device copy,
-        a gather or a slice: only the step itself."""
+    def train_runner(self, model: Model, optim: Optim, data: Data, order: np.ndarray, variant: str,
+                     batch_size: int) -> Callable[[int], Any]:
+        """run(k): k training steps through `order` in full batches (cycling), as the train stage takes them; the
+        last step's output, unsynchronised. The epoch's batches are gathered and sliced on the device first, so no
+        timed step holds a host-to-device copy, a gather or a slice: only the step itself."""
         step = self.make_step(model, optim, variant)
         it = itertools.cycle(list(self.batches(data, order, batch_size)))
 
@@ -254,6 +258,14 @@ class Backend(ABC):
             for _ in range(k):
                 out = step(*next(it))
             return out
+        return run
+
+    def train_timings(self, model: Model, optim: Optim, data: Data, order: np.ndarray, variant: str,
+                      batch_size: int, warmup: int, steps: int, repeats: int, min_s: float = 0.0,
+                      clock: Clock = time.perf_counter) -> tuple[float, list[float]]:
+        """(seconds of the first step, incl. compilation; seconds per step of each timed repeat, warmup
+        excluded), as train_runner steps."""
+        run = self.train_runner(model, optim, data, order, variant, batch_size)
         t0 = clock()
         self.sync(run(1))  # the first step: tracing, compilation, allocator growth
         first = clock() - t0

@@ -32,7 +32,9 @@ def comparisons(rows: list[Measurement], frameworks: list[str], models: list[str
                 own: dict[str, int] | None = None) -> list[dict]:
     """Every verdict the report prints, per model, train and inference: framework pairs, the A/A control, and each
     setting arm against its framework at the params' own value (`own`: that value per bench.vary key)."""
-    stab = speedo.stability(rounds.calibrations(rounds.usable(rows)) or [float("nan")] * 2)  # the evidence's machine
+    # how steady the machine's calm speed was from child to child (each child's calm level over its framework's usual
+    # one, in %): what the ratios rest on, whatever load came and went around the calm repeats
+    stab = speedo.stability([100 * v for v in rounds.calm_levels(rows)] or [float("nan")] * 2)
     settings = list(dict.fromkeys(r.arm for r in rows if r.kind == "round" and setting_of(r.arm)))
     out = []
     for model in models:
@@ -49,7 +51,7 @@ def comparisons(rows: list[Measurement], frameworks: list[str], models: list[str
                                                                                    "setting": a if setting else None}
                 if stab["cv_pct"] > cfg.max_calib_cv and said["rounds"] >= verdict.min_rounds():  # else: too few
                     said |= {"winner": None, "text": (
-                        f"no verdict: the machine was too unstable (calibration CV {stab['cv_pct']:.1f}% over the "
+                        f"no verdict: the machine's calm speed was too unsteady (CV {stab['cv_pct']:.1f}% over the "
                         f"usable rounds > {cfg.max_calib_cv:g}%); measured ratio {said['ratio']:.2f}x")}
                 out.append({"model": model, "phase": phase, "a": a, "b": b, "control": control, **said})
     # A control that tells identical runs apart shows this run's noise is beyond what the rule separates:
@@ -103,15 +105,19 @@ def measure_all(p: Params, data: Path, params_path: Path, threads: int, via: Zyg
     Returns (the rounds' arms, the params' own value of each setting bench.vary may vary, every row)."""
     cfg = p.bench
 
-    def measured(arm: str, kind: str, t: int, label: str) -> list[Measurement]:
+    def measured(arm: str, kind: str, t: int, label: str, calm: float = 0.0) -> list[Measurement]:
         setting = setting_of(arm)  # a setting arm: the child runs with that one setting changed
         t = setting[1] if setting and setting[0] == "threads" else t
         batch = setting[1] if setting and setting[0] == "train.batch_size" else None
-        got = zygote.spawn(via, data, params_path, framework_of(arm), kind, t, label, batch)
-        log.info("%s: %s; calibration %.0f -> %.0f GFLOP/s; %.1f s (%.1f s to start%s)", label, ", ".join(
-            f"{r.model} {r.variant} " + (f"train {r.rate('train'):,.0f} samples/s" if r.status == "ok" else r.status)
-            for r in got if r.status != "absent"), got[0].calib_before_gflops, got[0].calib_after_gflops,
-            got[0].child_wall_s, got[0].child_setup_s, ", forked" if got[0].child_forked else "")
+        got = zygote.spawn(via, data, params_path, framework_of(arm), kind, t, label, batch, calm)
+        k = got[0]
+        log.info("%s: %s; speedometer %.0f GFLOP/s calm (%d readings)%s; %.1f s (%.1f s to start%s)", label,
+                 ", ".join(f"{r.model} {r.variant} " + (f"train {r.rate('train'):,.0f} samples/s"
+                                                        if r.status == "ok" else r.status)
+                           for r in got if r.status != "absent"), rounds.level(k),
+                 1 + sum(len(u["per_call_s"]) for r in got for u in r.samples.values()),
+                 f", {min(r.train.repeats for r in got if r.train)} calm repeats of training" if k.samples else "",
+                 k.child_wall_s, k.child_setup_s, ", forked" if k.child_forked else "")
         return got
 
     def extra(fw: str, kind: str, t: int, label: str) -> list[Measurement]:
@@ -122,7 +128,7 @@ def measure_all(p: Params, data: Path, params_path: Path, threads: int, via: Zyg
 
     own = {"train.batch_size": p.train.batch_size, "threads": threads}
     arms = rounds.arms(p.frameworks, cfg.control, cfg.vary, cfg.vary_values, own.get(cfg.vary))
-    rows = rounds.run_rounds(lambda arm, rd: measured(arm, "round", threads, f"round {rd + 1} {arm}"), arms,
+    rows = rounds.run_rounds(lambda arm, rd, calm: measured(arm, "round", threads, f"round {rd + 1} {arm}", calm), arms,
                              cfg.rounds, cfg.max_drift, log.warning, cfg.max_s)
     if variants_asked(cfg):  # opt-in: the compile variants' first steps cost 15-25 s a process here
         rows += [r for fw in p.frameworks for r in extra(fw, "variants", threads, f"{fw} variants")]
@@ -161,7 +167,9 @@ def summary(rows: list[Measurement], p: Params, threads: int, flops: dict[str, i
         "format": FORMAT, "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "frameworks": p.frameworks, "models": p.models, "threads": threads, "arms": arms, "rounds": cfg.rounds,
         "rounds_run": 1 + max((r.round for r in rows if r.kind == "round"), default=-1), "max_s": cfg.max_s,
-        "min_effect": cfg.min_effect, "flops_per_sample": flops, "calibration": stab,
+        "min_effect": cfg.min_effect, "max_drift": cfg.max_drift, "repeats": cfg.repeats, "flops_per_sample": flops,
+        "calibration": stab, "calm_cv_pct": speedo.stability([100 * v for v in rounds.calm_levels(rows)] or
+                                                            [float("nan")] * 2)["cv_pct"],
         "devices": sorted({r.device for r in rows}), "threads_skipped": bool(on_gpu and cfg.thread_counts),
         "vary": cfg.vary, "vary_own": own.get(cfg.vary),  # the setting varied and the params' own value of it
         "flagged": [{"round": rd, "arm": arm, "why": why} for rd, arm, why in flagged],

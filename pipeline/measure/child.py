@@ -17,7 +17,7 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import psutil
@@ -26,6 +26,8 @@ from pipeline import backends, files, params
 from pipeline.backends.base import Backend, check_precision, check_threads
 from pipeline.data.prepare import load_prepared, normalise, prepared_meta
 from pipeline.errors import Unavailable
+from pipeline.measure import units
+from pipeline.measure.units import Unit
 from pipeline.probe import speedo, telemetry, timing
 from pipeline.params import Bench
 from pipeline.records import Measurement
@@ -40,8 +42,9 @@ UNAVAILABLE = ("InvalidCxxCompiler", "C compiler", "cc is not found", "No regist
 
 def measure(be: Backend, spec: ModelSpec, optim: Optim, data: object, n: int, cfg: Bench, batch_size: int,
             seed: int, variant: str) -> Measurement:
-    """One model, one variant, in this process: training on the train stage's batches (whole training set, its
-    batch order and size), inference at each batch size, batch-1 latency."""
+    """One model, one variant, in this process, each part in turn (the variants child: a diagnostic beside the
+    default in the same process): training on the train stage's batches (whole training set, its batch order and
+    size), inference at each batch size, batch-1 latency."""
     if variant not in (be.DEFAULT, "fit"):  # Keras fit has no step of its own to compare (its test: equivalence)
         wrong = same_steps(be, spec, optim, data, n, batch_size, seed, variant)
         if wrong:
@@ -58,9 +61,7 @@ def measure(be: Backend, spec: ModelSpec, optim: Optim, data: object, n: int, cf
         per_call = timing.repeat(lambda k, xb=xb: [predict(xb) for _ in range(k)][-1], cfg.warmup, cfg.steps,
                                  cfg.repeats, be.sync, cfg.min_repeat_s)
         m.infer[bs] = timing.rates(per_call, bs)
-    x1 = be.take(data, np.arange(1))[0]
-    lat = timing.latencies(lambda: predict(x1), cfg.warmup, cfg.latency_calls, be.sync) * 1e3
-    m.latency_ms_p50, m.latency_ms_p95, m.latency_ms_p99 = (float(q) for q in np.percentile(lat, [50, 95, 99]))
+    latency(be, predict, data, cfg, m)
     return m
 
 
@@ -119,28 +120,80 @@ def timed(run: Callable[[], Measurement]) -> Measurement:
     return m
 
 
+def interleaved(be: Backend, specs: dict[str, tuple[ModelSpec, Optim]], data: object, n: int, cfg: Bench,
+                batch_size: int, seed: int, threads: int, run_level: float) -> tuple[list[Measurement], list[float]]:
+    """A round child's measurements: each model built, its first step timed apart (tracing, compilation), its
+    training and its inference at each batch size warmed up as units; then every unit's repeats interleaved, each
+    beside a speedometer reading (units.py); each figure from its calm repeats. Returns the rows and the readings."""
+    made, todo = [], []
+    for name, (spec, optim) in specs.items():
+        t0 = time.perf_counter()
+        be.reset_memory_peak()
+        model = be.build(spec, init_weights(spec, seed))
+        step = be.train_runner(model, optim, data, batch_order(n, seed, 0), be.DEFAULT, batch_size)
+        first = time.perf_counter()
+        be.sync(step(1))
+        row = Measurement(name, be.DEFAULT, first_step_s=time.perf_counter() - first)
+        train = Unit(name, "train", batch_size, step, calls=cfg.steps)
+        units.size(train, cfg.warmup - 1, cfg.min_repeat_s, be.sync, time.perf_counter)
+        row.train_mem_peak_mb = be.memory_peak_mb()
+        predict = be.make_predict(model, be.DEFAULT)
+        infer = [Unit(name, "infer", bs, lambda k, xb=be.take(data, np.arange(bs) % n)[0]: [
+            predict(xb) for _ in range(k)][-1], calls=cfg.steps) for bs in cfg.infer_batch_sizes]
+        for u in infer:
+            units.size(u, cfg.warmup, cfg.min_repeat_s, be.sync, time.perf_counter)
+        made.append((row, train, infer, predict, time.perf_counter() - t0))
+        todo += [train, *infer]
+    t0 = time.perf_counter()
+    readings = units.interleave(todo, lambda: be.reading(threads), be.sync, cfg.repeats,
+                                cfg.max_drift, cfg.repeat_max_s, run_level)
+    shared = (time.perf_counter() - t0) / len(made)  # the interleaved repeats' time, shared by the models
+    level = units.calm_level(readings, run_level)
+    for row, train, infer, predict, own in made:
+        t0 = time.perf_counter()
+        row.train = units.rates(train, level, cfg.max_drift, cfg.repeats)
+        row.infer = {u.items: units.rates(u, level, cfg.max_drift, cfg.repeats) for u in infer}
+        row.samples = {u.phase + ("" if u.phase == "train" else str(u.items)): {
+            "per_call_s": u.per_call_s, "before_gflops": u.before, "after_gflops": u.after} for u in (train, *infer)}
+        latency(be, predict, data, cfg, row)
+        row.calm_level_gflops, row.measure_s = level, own + shared + time.perf_counter() - t0
+    return [m[0] for m in made], readings
+
+
+def latency(be: Backend, predict: Callable[[Any], Any], data: object, cfg: Bench, row: Measurement) -> None:
+    """Batch-1 inference latency, p50/p95/p99 over bench.latency_calls single calls (each synchronised)."""
+    x1 = be.take(data, np.arange(1))[0]
+    lat = timing.latencies(lambda: predict(x1), cfg.warmup, cfg.latency_calls, be.sync) * 1e3
+    row.latency_ms_p50, row.latency_ms_p95, row.latency_ms_p99 = (float(q) for q in np.percentile(lat, [50, 95, 99]))
+
+
 def child(be: Backend, specs: dict[str, tuple[ModelSpec, Optim]], data: object, n: int, cfg: Bench,
-          batch_size: int, seed: int, threads: int, variants: list[str],
-          asked: Sequence[str] = ()) -> list[Measurement]:
-    """What one fresh process measures: calibrate, each model x variant, calibrate again (the backend's
-    speedometer: the CPU GEMM, or a matmul on its GPU, with NVML telemetry around the child there). A name in
-    `asked` (bench.variants) this framework has no variant for becomes an `absent` row saying why."""
+          batch_size: int, seed: int, threads: int, variants: list[str], asked: Sequence[str] = (),
+          run_level: float = 0.0) -> list[Measurement]:
+    """What one fresh process measures, read by the backend's speedometer (the CPU GEMM, or a matmul on its GPU,
+    with NVML telemetry around the child there): a round or threads child, the default variant's interleaved units
+    (interleaved: `run_level`, the run's calm speed so far); a variants child, each model x variant in turn between
+    two calibrations (a within-process diagnostic). A name in `asked` (bench.variants) this framework has no variant
+    for becomes an `absent` row saying why."""
     gpu = be.speedometer() != speedo.DESCRIPTION
     tel0 = telemetry.read() if gpu else {}
     t0 = time.perf_counter()
     host0 = speedo.gemm_gflops(threads, seconds=speedo.HOST_SECONDS) if gpu else math.nan
-    before = be.calibrate(threads)
-    calib_s = time.perf_counter() - t0
-    rows = [timed(lambda m=m, v=v: measure_or_unsupported(be, m, v, lambda: measure(
-                be, specs[m][0], specs[m][1], data, n, cfg, batch_size, seed, v)))
-            if applies(be, specs[m][0], v) else Measurement(m, v, status="absent", reason=NO_CONV)
-            for m in specs for v in variants]
-    rows += [Measurement(m, name, status="absent", reason=be.ABSENT[name]) for m in specs for name in asked
-             if name in be.ABSENT]
-    t0 = time.perf_counter()
-    after = be.calibrate(threads)
+    before = be.calibrate(threads)  # the run's common speedometer, the denominator of every "% of peak"
+    if variants == [be.DEFAULT] and not asked:
+        rows, readings = interleaved(be, specs, data, n, cfg, batch_size, seed, threads, run_level)
+        after = be.calibrate(threads)
+        calib_s = 2 * speedo.SECONDS + len(readings) * speedo.READING_S
+    else:
+        rows = [timed(lambda m=m, v=v: measure_or_unsupported(be, m, v, lambda: measure(
+                    be, specs[m][0], specs[m][1], data, n, cfg, batch_size, seed, v)))
+                if applies(be, specs[m][0], v) else Measurement(m, v, status="absent", reason=NO_CONV)
+                for m in specs for v in variants]
+        rows += [Measurement(m, name, status="absent", reason=be.ABSENT[name]) for m in specs for name in asked
+                 if name in be.ABSENT]
+        after = be.calibrate(threads)
+        calib_s = 2 * speedo.SECONDS
     host1 = speedo.gemm_gflops(threads, seconds=speedo.HOST_SECONDS) if gpu else math.nan
-    calib_s += time.perf_counter() - t0
     tel1 = telemetry.read() if gpu else {}
     for r in rows:
         r.calib_before_gflops, r.calib_after_gflops, r.drift = before, after, speedo.drift(before, after)
@@ -162,6 +215,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--batch-size", type=int, help="training batch size instead of train.batch_size (bench.vary)")
     ap.add_argument("--launched", type=float, help="time.time() when the parent launched it (child_setup_s)")
+    ap.add_argument("--calm-gflops", type=float, default=0.0, help="the run's calm speedometer level so far")
     a = ap.parse_args(argv)
     p = params.load(a.params)
     raw = load_prepared(a.data)
@@ -177,7 +231,7 @@ def main(argv: list[str]) -> None:
     # by hand: Linux dates it from a boot time rounded to the second, 0.4 s off on the machine this was built on.
     setup = time.time() - (a.launched or psutil.Process().create_time())
     rows = child(be, specs, data, len(y), p.bench, a.batch_size or p.train.batch_size, p.seed, a.threads,
-                 variants, p.bench.variants if a.kind == "variants" else ())
+                 variants, p.bench.variants if a.kind == "variants" else (), a.calm_gflops)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     for r in rows:
         r.framework, r.framework_version, r.device = a.framework, be.info["framework_version"], be.info["device"]

@@ -248,7 +248,7 @@ class Zygotes:
 
 
 def spawn(via: Zygotes, data: Path, params_path: Path, framework: str, kind: str, threads: int, label: str,
-          batch_size: int | None = None) -> list[Measurement]:
+          batch_size: int | None = None, calm_gflops: float = 0.0) -> list[Measurement]:
     """Run one child in a fresh process (`via`: forked from its framework's zygote, or a new interpreter); its
     measurements come back on stdout, its stderr is passed on when it ends (tracebacks stay visible) and a failed
     child fails the bench in one line naming it. On Ctrl-C the child ends with the bench and its stderr is dropped,
@@ -256,6 +256,7 @@ def spawn(via: Zygotes, data: Path, params_path: Path, framework: str, kind: str
     argv = ["--data", str(data), "--params", str(params_path), "--framework", framework, "--kind", kind,
             "--threads", str(threads)]
     argv += ["--batch-size", str(batch_size)] if batch_size else []  # a bench.vary arm: another training batch
+    argv += ["--calm-gflops", repr(calm_gflops)] if calm_gflops else []  # the run's calm speed so far
     via.start(framework)  # the zygote's own imports, once per bench: not part of this child's time
     t0 = time.perf_counter()
     argv += ["--launched", repr(time.time())]  # the child's start-up is timed from here, on the same clock

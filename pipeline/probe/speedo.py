@@ -18,6 +18,7 @@ from pipeline.probe.stats import spread
 
 SIZE = 512          # n of the n x n fp32 matmul: big enough to be compute-bound, small enough to run in ms
 SECONDS = 0.3       # wall time of one calibration (several timed bursts, median taken)
+READING_S = 0.02    # a short reading between two timed repeats: enough to tell a calm machine from a busy one
 
 
 WORK = {"train": 3, "infer": 1}  # forward FLOPs per sample a phase costs: training ~ forward + 2x backward

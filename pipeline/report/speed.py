@@ -46,15 +46,37 @@ def stability_text(r: Results) -> str:
         text += (f"The host's CPU GEMM, read beside it (a launch-bound GPU step runs at the host's pace, which the "
                  f"device's matmul does not see; not used to flag children): {h['gflops_median']:,.0f} GFLOP/s "
                  f"median, CV {h['cv_pct']:.1f}% over {h['n']} readings. ")
-    text += gpu_state_text(r)
+    text += gpu_state_text(r) + repeats_text(r)
     if flagged:
-        where = ", ".join(f"{arm_label(f['arm'])} in round {f['round'] + 1}" for f in flagged)  # round children only
-        text += (f"{len(flagged)} round child(ren) saw the machine change speed during their measurement "
-                 f"({where}); their own figures are left out, and a ratio they are part of counts only where both "
-                 "children of its round held steady at the same machine speed (a slow spell that held both).")
+        why = {}
+        for f in flagged:  # one reason, many children: said once with whom it held
+            why.setdefault(f["why"].split(":")[0].split(" for ")[0], []).append(
+                f"{arm_label(f['arm'])} in round {f['round'] + 1}")
+        text += (f"{len(flagged)} round child(ren) were flagged and left out of the medians: " + "; ".join(
+            f"{reason} ({', '.join(who)})" for reason, who in why.items()) + ". A ratio they are part of counts "
+            "only where both children of its round met the same calm speed (a slow spell that held both).")
     else:
-        text += "No child saw the machine change speed during its measurement."
+        text += "No child was flagged."
     return text + children_text(r)
+
+
+def repeats_text(r: Results) -> str:
+    """How the children's calm repeats went: how many repeats there were, and how many a busy machine cost."""
+    seen = calm = 0
+    for rows in children(r.of_kind("round")).values():
+        m = rows[0]
+        if not m.samples:  # a child read only before and after (older records)
+            continue
+        for row in rows:
+            for u in row.samples.values():
+                ok = [min(b, a) >= (1 - r.bench.get("max_drift", 0.25)) * m.calm_level_gflops
+                      for b, a in zip(u["before_gflops"], u["after_gflops"])]
+                seen, calm = seen + len(ok), calm + sum(ok)
+    if not seen:
+        return ""
+    return (f"Between the children's {seen:,} timed repeats their framework's own matmul was read {seen:,} times "
+            f"more; {calm:,} repeats ({100 * calm / seen:.0f}%) ran on a calm machine and make the figures, the "
+            "others touched a slow spell and were left out. ")
 
 
 def children_text(r: Results) -> str:
@@ -152,20 +174,23 @@ NO_ROUND = ("no usable round: every round child of {what} was flagged by the dri
             "give it more rounds (`bench.max_s`)")
 
 
-def how_measured(wanted: int, measured: int, again: int) -> str:
-    """The Speed section's first paragraph: how its verdicts are reached."""
-    return (f"How this is measured: {wanted} usable rounds wanted per comparison, "
-              f"{measured} measured ({again} with a child the drift monitor flagged; a flagged child's figures are "
-              "left out; two children of a round pair when both held steady at the same machine speed); in each, "
-              "every framework's default variant runs once in its own fresh process, in alternating order (ABC, "
-              "CBA, …), so the machine's drift hits all alike (a round after the first ones runs only the arms of "
-              "the comparisons still short of usable rounds); the first framework also runs a second time as an A/A"
-              " control. Each process measures the calibration GEMM before and after. A verdict uses the ratio of "
-              "two frameworks' rates measured back to back in each round: \"X is faster\" only when the exact "
-              "confidence interval of the median ratio excludes 1 and the median is at least the minimum effect "
-              "away from 1; otherwise \"no clear difference\". The control must read \"no clear difference\"; when "
-              "it tells identical runs apart, the framework verdict "
-              "of that model and phase is withheld.")
+def how_measured(wanted: int, measured: int, again: int, repeats: int) -> str:
+    """The Speed section's first paragraph: how its verdicts are reached, and which estimator they rest on."""
+    return (f"How this is measured: {wanted} usable rounds wanted per comparison, {measured} measured ({again} with "
+            "a child flagged). In each round every framework's default path runs once in its own fresh process, in "
+            "alternating order (ABC, CBA, …), so the machine's drift hits all alike, and the first framework runs "
+            "again as an A/A control (a round after the first ones runs only the arms of the comparisons still "
+            "short of usable rounds). Inside each process every unit (a model's training step, its inference at "
+            "each batch size) is timed in short repeats, the units in turn, with a short reading of the "
+            "speedometer (a fixed matmul in the framework's own kernels) between any two repeats. A repeat is calm "
+            "when both readings around it show the machine within `bench.max_drift` of the calm speed, and the "
+            f"estimator is the median of a unit's calm repeats ({repeats} of them: the process goes on until every "
+            "unit has them), so a slow spell on a shared machine costs the repeats it touched, not the process. A "
+            "verdict uses the ratio of two frameworks' figures in each round whose two processes met the same calm "
+            "speed: \"X is faster\" only when the exact confidence interval of the median ratio excludes 1 and the "
+            "median is at least the minimum effect away from 1; otherwise \"no clear difference\". The control must "
+            "read \"no clear difference\"; when it tells identical runs apart, the framework verdicts of that model "
+            "and phase are withheld.")
 
 
 def speed_blocks(r: Results, figdir: Path) -> list:
@@ -212,7 +237,7 @@ def speed_blocks(r: Results, figdir: Path) -> list:
     gaps = [g for c in cells if (g := gap_text(r, c, c.train.samples_per_s))]
     return [
         ("h2", "Speed"),
-        ("p", how_measured(b.get("rounds", measured - again), measured, again)),
+        ("p", how_measured(b.get("rounds", measured - again), measured, again, b.get("repeats", 1))),
         ("p", stability_text(r)),
         *([("table", table)] + [("p", said)] * bool(said) if len(table) else
           [("p", f"No speed table: {NO_ROUND.format(what='any framework')}.")]),

@@ -191,17 +191,27 @@ class TensorFlowBackend(Backend):
             return super().memory_peak_mb()
         return tf.config.experimental.get_memory_info(self.device.strip("/"))["peak"] / 2**20
 
-    def calibrate(self, threads: int) -> float:
+    def calibrate(self, threads: int, seconds: float = speedo.SECONDS) -> float:
         """On a GPU: a fixed matmul on the device at this backend's precision (bf16 and fp16 in their 16 bits, else
         float32 with the TF32 setting in force), synchronised; on a CPU the shared NumPy GEMM."""
         if self.device == "/CPU:0":
-            return super().calibrate(threads)
+            return super().calibrate(threads, seconds)
         n = speedo.DEVICE_SIZE
         with tf.device(self.device):
             gen = tf.random.Generator.from_seed(0)
             a, b = (tf.cast(gen.normal((n, n)), keras.DTypePolicy(self.dtype).compute_dtype) for _ in "ab")
             mm = tf.function(lambda: tf.matmul(a, b)[0, 0])  # one element read back waits for the whole product
-            return speedo.burst_rate(mm, 2.0 * n**3, self.sync)
+            return speedo.burst_rate(mm, 2.0 * n**3, self.sync, seconds)
+
+    def reading(self, threads: int) -> float:
+        if self.device != "/CPU:0":
+            return super().reading(threads)
+        n = speedo.SIZE  # the CPU speedometer's matmul, in TensorFlow's own kernels and intra-op threads
+        with tf.device(self.device):
+            gen = tf.random.Generator.from_seed(0)
+            a, b = gen.normal((n, n)), gen.normal((n, n))
+            mm = tf.function(lambda: tf.matmul(a, b)[0, 0])
+            return speedo.burst_rate(mm, 2.0 * n**3, self.sync, speedo.READING_S)
 
     def speedometer(self) -> str:
         if self.device == "/CPU:0":

@@ -179,15 +179,23 @@ class TorchBackend(Backend):
                 return self._forward(net, layout(xb))
         return predict
 
-    def calibrate(self, threads: int) -> float:
+    def calibrate(self, threads: int, seconds: float = speedo.SECONDS) -> float:
         """On CUDA: a fixed matmul on the device at this backend's precision (bf16 and fp16 in their 16 bits, else
         float32 with the TF32 setting in force), synchronised; on a CPU the shared NumPy GEMM."""
         if self.device.type != "cuda":
-            return super().calibrate(threads)
+            return super().calibrate(threads, seconds)
         n = speedo.DEVICE_SIZE
         g = torch.Generator(device=self.device).manual_seed(0)
         a, b = (torch.randn(n, n, device=self.device, dtype=self.amp or torch.float32, generator=g) for _ in "ab")
-        return speedo.burst_rate(lambda: a @ b, 2.0 * n**3, lambda out: self.sync())
+        return speedo.burst_rate(lambda: a @ b, 2.0 * n**3, lambda out: self.sync(), seconds)
+
+    def reading(self, threads: int) -> float:
+        if self.device.type == "cuda":
+            return super().reading(threads)
+        n = speedo.SIZE  # the CPU speedometer's matmul, in torch's own BLAS and threads
+        g = torch.Generator().manual_seed(0)
+        a, b = (torch.randn(n, n, generator=g) for _ in "ab")
+        return speedo.burst_rate(lambda: a @ b, 2.0 * n**3, seconds=speedo.READING_S)
 
     def speedometer(self) -> str:
         if self.device.type != "cuda":
