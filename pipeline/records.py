@@ -58,12 +58,15 @@ def setting_of(arm: str) -> tuple[str, int] | None:
 
 def read(cls: type, d: dict, path: Path | str, stage: str, prefix: str = "") -> Any:
     """A record of `cls` from a flat mapping (keys `prefix` + field); a missing required field is a one-line error
-    naming the file and the stage to rerun."""
+    naming the file and the stage to rerun. A NaN went to JSON as null (files.write_json): a float field whose
+    default is NaN reads it back as NaN, not None."""
     required = [prefix + f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
     missing = [k for k in required if k not in d]
     if missing:
         raise DataError(f"{path}: malformed (missing {', '.join(missing)}); rerun `dvc repro {stage}`")
-    return cls(**{f.name: d[prefix + f.name] for f in fields(cls) if prefix + f.name in d})
+    nan = {f.name for f in fields(cls) if isinstance(f.default, float) and math.isnan(f.default)}
+    return cls(**{f.name: math.nan if f.name in nan and d[prefix + f.name] is None else d[prefix + f.name]
+                  for f in fields(cls) if prefix + f.name in d})
 
 
 @dataclass(frozen=True)

@@ -41,28 +41,28 @@ def simulate(true_ratio: float, noise: float, rounds: int, trials: int, seed: in
 def test_identical_frameworks_are_called_different_at_most_at_the_stated_level():
     for noise in (0.02, 0.1, 0.3):  # from a quiet machine to these shared ones (up to 50% between processes)
         verdicts = simulate(1.0, noise, rounds=6, trials=2000, seed=1)
-        false_positive = np.mean([v["winner"] is not None for v in verdicts])
+        false_positive = np.mean([v.winner is not None for v in verdicts])
         assert false_positive <= verdict.ALPHA, (noise, false_positive)
-    assert verdicts[0]["coverage"] == pytest.approx(1 - 2 / 2**6)  # the exact interval of 6 rounds: 96.9%
+    assert verdicts[0].coverage == pytest.approx(1 - 2 / 2**6)  # the exact interval of 6 rounds: 96.9%
 
 
 def test_a_real_20_percent_difference_is_found_and_never_reversed():
     verdicts = simulate(1.2, 0.05, rounds=6, trials=1000, seed=2)
-    winners = [v["winner"] for v in verdicts]
+    winners = [v.winner for v in verdicts]
     assert np.mean([w == "A" for w in winners]) >= 0.9
     assert "B" not in winners
     slower = simulate(1 / 1.2, 0.05, rounds=8, trials=300, seed=3)
-    assert np.mean([v["winner"] == "B" for v in slower]) >= 0.9
+    assert np.mean([v.winner == "B" for v in slower]) >= 0.9
 
 
 def test_a_difference_below_the_minimum_effect_is_not_called():
     v = verdict.speed("A", "B", [1.03, 1.02, 1.04, 1.03, 1.02, 1.03], min_effect=0.05)
-    assert v["ci_low"] > 1 and v["winner"] is None and v["text"].startswith("no clear difference")
+    assert v.ci_low > 1 and v.winner is None and v.text.startswith("no clear difference")
 
 
 def test_too_few_rounds_give_no_verdict():
     v = verdict.speed("A", "B", [2.0] * 5, min_effect=0.05)
-    assert v["winner"] is None and "at least 6 are needed" in v["text"]
+    assert v.winner is None and "at least 6 are needed" in v.text
 
 
 # --- time to target from one seed: steps x the per-step verdict -----------------------------------------------------
@@ -78,23 +78,23 @@ A_FASTER = verdict.speed("A", "B", [1.05, 1.1, 1.12, 1.15, 1.2, 1.1], 0.05)  # A
     # one evaluation apart against A: [1000/1000/1.20, 1100/900/1.05] = [0.83, 1.16] spans 1: no call
     ((1000, 1100), (900, 1000), "no clear difference: 1,100 vs 1,000 steps to target, the same to within one "
                                 "evaluation (100 steps), and per step A is faster"),
-    ((900, 1000), (1100, 1200), "no verdict from one seed: 1,000 vs 1,200 steps to target, more than one "
+    ((900, 1000), (1100, 1200), "no verdict: from one seed, 1,000 vs 1,200 steps to target, more than one "
                                 "evaluation (100 steps) apart"),
     (None, (900, 1000), "no verdict: A did not reach the target"),
 ])
 def test_one_seeds_time_to_target_verdict_counts_the_steps_resolution(window_a, window_b, starts):
     v = verdict.time_to_target("A", "B", window_a, window_b, A_FASTER)
-    assert v["text"].startswith(starts), v["text"]
-    assert (v["winner"] == "A") == starts.startswith("A reaches")
+    assert v.text.startswith(starts), v.text
+    assert (v.winner == "A") == starts.startswith("A reaches")
     if window_a == (1000, 1100):
-        assert (v["time_ratio_low"], v["time_ratio_high"]) == pytest.approx((1000 / 1000 / 1.2, 1100 / 900 / 1.05))
-        assert v["text"].endswith("spans 1 once the steps' resolution is counted")
+        assert (v.time_ratio_low, v.time_ratio_high) == pytest.approx((1000 / 1000 / 1.2, 1100 / 900 / 1.05))
+        assert v.text.endswith("spans 1 once the steps' resolution is counted")
 
 
 def test_one_seeds_time_to_target_has_no_verdict_when_the_per_step_one_was_withheld():
-    withheld = A_FASTER | {"winner": None, "text": "no verdict: the A/A control told identical runs apart (1.3x)"}
+    withheld = A_FASTER.withheld("the A/A control told identical runs apart (1.3x)")
     v = verdict.time_to_target("A", "B", (900, 1000), (900, 1000), withheld)
-    assert v["winner"] is None and v["text"].startswith("no verdict: 1,000 vs 1,000 steps to target, the same to "
+    assert v.winner is None and v.text.startswith("no verdict: 1,000 vs 1,000 steps to target, the same to "
                                                         "within one evaluation (100 steps), but per step no verdict")
 
 
@@ -149,7 +149,7 @@ def test_rounds_beyond_the_first_run_only_the_arms_still_short_of_usable_rounds(
     assert rounds.ratios(rows, "torch", "torch*", "mlp", "train", 0.1) == [1.0] * 6
     assert rounds.ratios(rows, "torch", "tensorflow", "mlp", "train", 0.1) == [1.25] * 6  # its six, untouched
     verdicts = bench.comparisons(rows, ["torch", "tensorflow"], ["mlp"], FAKE)
-    assert all(v["ci_low"] is not None for v in verdicts)
+    assert all(math.isfinite(v.ci_low) for v in verdicts)
 
 
 def test_a_slow_spell_that_holds_both_children_alike_still_gives_their_ratio():
@@ -191,7 +191,7 @@ def test_rounds_stop_when_their_time_budget_is_spent_and_say_so():
     short = ticking(fake_child({})[0], 100.0)  # clean but slow: the budget never cuts the first rounds
     assert len({r.round for r in rounds.run_rounds(short[0], ["a", "b"], 6, 0.1, max_s=1, clock=short[1])}) == 6
     verdicts = bench.comparisons(rows, ["a", "b"], ["mlp"], FAKE.model_copy(update={"control": False}))
-    assert all(v["winner"] is None and "no verdict" in v["text"] for v in verdicts)
+    assert all(v.winner is None and "no verdict" in v.text for v in verdicts)
 
 
 def test_an_unstable_machine_gets_no_verdict_and_says_why():
@@ -199,14 +199,14 @@ def test_an_unstable_machine_gets_no_verdict_and_says_why():
               for rd in range(12) for arm in ("a", "b")}  # calibration alternates 200 / 350: CV ~ 30%
     rows = rounds.run_rounds(fake_child(series)[0], ["a", "b"], rounds=6, max_drift=0.9)
     v = bench.comparisons(rows, ["a", "b"], ["mlp"], FAKE.model_copy(update={"control": False}))[0]
-    assert v["ratio"] == 2.0 and v["winner"] is None
-    assert v["text"].startswith("no verdict: the machine's calm speed was too unsteady (CV ")
-    assert "over the usable rounds > 25%); measured ratio 2.00x" in v["text"]
+    assert v.ratio == 2.0 and v.winner is None
+    assert v.text.startswith("no verdict: the machine's calm speed was too unsteady (CV ")
+    assert "over the usable rounds > 25%); measured ratio 2.00x" in v.text
     # with too few usable rounds for any interval, that is the reason given (it was "measured ratio nanx")
     series |= {(rd, "b"): (200.0, 400.0, 50.0) for rd in range(12)}  # every b child drifted: none usable
     rows = rounds.run_rounds(fake_child(series)[0], ["a", "b"], rounds=6, max_drift=0.9, max_s=0)
     v = bench.comparisons(rows, ["a", "b"], ["mlp"], FAKE.model_copy(update={"control": False}))[0]
-    assert v["text"] == "no verdict: 0 usable rounds; at least 6 are needed for a 95% interval"
+    assert v.text == "no verdict: 0 usable rounds; at least 6 are needed for a 95% interval"
 
 
 def test_control_arm_is_the_first_framework_again():
@@ -215,12 +215,12 @@ def test_control_arm_is_the_first_framework_again():
     run, _ = fake_child({})
     rows = rounds.run_rounds(run, ["torch", "tensorflow", "torch*"], rounds=6, max_drift=0.1)
     verdicts = bench.comparisons(rows, ["torch", "tensorflow"], ["mlp"], FAKE)
-    control = [v for v in verdicts if v["control"]]
-    assert [(v["a"], v["b"], v["phase"]) for v in control] == [("torch", "torch*", "train"),
+    control = [v for v in verdicts if v.control]
+    assert [(v.a, v.b, v.phase) for v in control] == [("torch", "torch*", "train"),
                                                                 ("torch", "torch*", "infer")]
-    assert [v["ratio"] for v in verdicts] == [100 / 80, 1.0, 100 / 80, 1.0]
-    assert control[0]["text"].startswith("no clear difference (PyTorch/PyTorch again = 1.00x")
-    assert verdicts[0]["text"].startswith("PyTorch is faster (PyTorch/TensorFlow = 1.25x")
+    assert [v.ratio for v in verdicts] == [100 / 80, 1.0, 100 / 80, 1.0]
+    assert control[0].text.startswith("no clear difference (PyTorch/PyTorch again = 1.00x")
+    assert verdicts[0].text.startswith("PyTorch is faster (PyTorch/TensorFlow = 1.25x")
 
 
 # --- one child's measurements -------------------------------------------------------------------------------------
@@ -354,10 +354,10 @@ def test_a_tripped_control_withholds_the_verdict_it_would_have_given():
     run, _ = fake_child({(rd, "torch*"): (200.0, 200.0, 80.0) for rd in range(6)})
     rows = rounds.run_rounds(run, ["torch", "tensorflow", "torch*"], rounds=6, max_drift=0.1)
     verdicts = bench.comparisons(rows, ["torch", "tensorflow"], ["mlp"], FAKE)
-    train = {v["control"]: v for v in verdicts if v["phase"] == "train"}
-    assert train[True]["winner"] == "PyTorch" and train[True]["text"].startswith("PyTorch is faster")
-    assert train[False]["winner"] is None
-    assert train[False]["text"] == ("no verdict: the A/A control told identical runs apart (1.25x), so this run's "
+    train = {v.control: v for v in verdicts if v.phase == "train"}
+    assert train[True].winner == "PyTorch" and train[True].text.startswith("PyTorch is faster")
+    assert train[False].winner is None
+    assert train[False].text == ("no verdict: the A/A control told identical runs apart (1.25x), so this run's "
                                     "noise is beyond what the rule can separate; measured ratio 1.25x")
 
 
@@ -379,13 +379,13 @@ def test_a_varied_setting_runs_as_extra_arms_paired_with_its_own_framework():
     small = [a for a in arms if not a.endswith("=64")]
     rows = rounds.run_rounds(run, small, rounds=6, max_drift=0.1)
     assert len(calls) == 6 * len(small)  # every arm in every round: the setting arms are interleaved, not after
-    v = {(x["a"], x["b"], x["phase"]): x for x in bench.comparisons(rows, ["torch", "tensorflow"], ["mlp"], FAKE,
+    v = {(x.a, x.b, x.phase): x for x in bench.comparisons(rows, ["torch", "tensorflow"], ["mlp"], FAKE,
                                                                     {"train.batch_size": 128})}
     big = v[("torch@train.batch_size=256", "torch", "train")]
-    assert big["ratio"] == pytest.approx(1.5) and big["setting"] == "torch@train.batch_size=256"
-    assert big["text"].startswith("PyTorch at train.batch_size=256 is faster (PyTorch at train.batch_size=256/"
+    assert big.ratio == pytest.approx(1.5) and big.setting == "torch@train.batch_size=256"
+    assert big.text.startswith("PyTorch at train.batch_size=256 is faster (PyTorch at train.batch_size=256/"
                                   "PyTorch at train.batch_size=128 = 1.50x")
-    assert v[("torch", "tensorflow", "train")]["winner"] == "PyTorch"  # the framework verdicts are unchanged
+    assert v[("torch", "tensorflow", "train")].winner == "PyTorch"  # the framework verdicts are unchanged
     assert {c.framework for c in bench.per_cell(rows, {"mlp": 1000}, 200.0)} == {"torch", "tensorflow"}
 
 
@@ -404,13 +404,13 @@ def test_thread_arms_are_judged_against_their_own_thread_counts_calibration():
     rows = rounds.run_rounds(run, arms, rounds=6, max_drift=0.1)
     assert not [r for r in rows if r.flag] and len({r.round for r in rows}) == 6
     assert rounds.calibrations(rows) == [200.0] * 24  # the machine's stability: the run's own count only
-    v = {(x["a"], x["phase"]): x for x in bench.comparisons(rows, ["torch", "tensorflow"], ["mlp"],
+    v = {(x.a, x.phase): x for x in bench.comparisons(rows, ["torch", "tensorflow"], ["mlp"],
                                                             FAKE.model_copy(update={"control": False}),
                                                             {"threads": 2})}
-    assert v[("torch@threads=1", "train")]["text"].startswith(
+    assert v[("torch@threads=1", "train")].text.startswith(
         "PyTorch at threads=2 is faster (PyTorch at threads=1/PyTorch at threads=2 = 0.60x")
-    assert v[("tensorflow@threads=1", "infer")]["ratio"] == pytest.approx(0.75)
-    assert v[("torch", "train")]["winner"] == "PyTorch"
+    assert v[("tensorflow@threads=1", "infer")].ratio == pytest.approx(0.75)
+    assert v[("torch", "train")].winner == "PyTorch"
 
 
 def test_a_setting_arm_spawns_its_child_with_that_setting(monkeypatch):

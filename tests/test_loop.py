@@ -43,9 +43,9 @@ def test_time_to_target_excludes_evaluation_and_stops_there(scripted):
     scripted([0.5, 0.7, 0.91, 0.95])
     (history, outcome), wall = run(target=0.9, stop=True)
     assert [h["step"] for h in history] == [2, 4, 6]  # evaluated every 2 steps; stopped at the first >= 0.9
-    assert outcome["reached"] and outcome["steps_to_target"] == 6 and outcome["epochs_to_target"] == 1.5
-    assert outcome["time_to_target_s"] == history[-1]["train_s"] == outcome["train_s"]
-    assert wall >= 3 * EVAL_S and outcome["time_to_target_s"] < wall - 3 * EVAL_S + 0.05  # evaluation not counted
+    assert outcome.reached and outcome.steps_to_target == 6 and outcome.epochs_to_target == 1.5
+    assert outcome.time_to_target_s == history[-1]["train_s"] == outcome.train_s
+    assert wall >= 3 * EVAL_S and outcome.time_to_target_s < wall - 3 * EVAL_S + 0.05  # evaluation not counted
     assert all(h["eval_s"] >= EVAL_S for h in history)
     assert history[0]["train_s"] < history[1]["train_s"] < history[2]["train_s"]
 
@@ -54,14 +54,14 @@ def test_without_stopping_training_runs_to_the_cap_and_remembers_the_first_cross
     scripted([0.5, 0.91, 0.7, 0.95])
     (history, outcome), _ = run(target=0.9, stop=False)
     assert [h["step"] for h in history] == [2, 4, 6, 8]
-    assert outcome["steps_to_target"] == 4 and outcome["best_val_acc"] == 0.95 and outcome["stopped_at_step"] == 8
+    assert outcome.steps_to_target == 4 and outcome.best_val_acc == 0.95 and outcome.stopped_at_step == 8
 
 
 def test_a_target_never_reached_says_so_with_the_best_value(scripted):
     scripted([0.5, 0.6, 0.7, 0.8])
     (history, outcome), _ = run(target=0.99, stop=True)
-    assert len(history) == 4 and not outcome["reached"]
-    assert outcome["time_to_target_s"] is None and outcome["best_val_acc"] == 0.8
+    assert len(history) == 4 and not outcome.reached
+    assert outcome.time_to_target_s is None and outcome.best_val_acc == 0.8
 
 
 def test_without_a_terminal_each_evaluation_logs_a_line(scripted, caplog):

@@ -75,10 +75,11 @@ def bench_records(root, vary=(), gpu=False):
     (root / "bench").mkdir(parents=True)
     (root / "bench" / "records.json").write_text(json.dumps({
         "threads": 2, "rounds": cfg.rounds, "rounds_run": 1 + max(r.round for r in rows if r.kind == "round"),
-        "max_s": cfg.max_s, "min_effect": cfg.min_effect, "calibration": stab, "flagged": [],
+        "max_s": cfg.max_s, "min_effect": cfg.min_effect, "calibration": asdict(stab), "flagged": [],
         "records": [r.flat() for r in rows], "cells": [c.flat() for c in bench.per_cell(rows, flops,
-                                                                                          stab["gflops_median"])],
-        "verdicts": bench.comparisons(rows, ["torch", "tensorflow"], ["mlp", "cnn"], cfg, {"train.batch_size": 128}),
+                                                                                          stab.gflops_median)],
+        "verdicts": [asdict(v) for v in bench.comparisons(rows, ["torch", "tensorflow"], ["mlp", "cnn"], cfg,
+                                                          {"train.batch_size": 128})],
         "vary": cfg.vary, "vary_own": 128 if vary else None, "threads_skipped": gpu,
         "devices": sorted({r.device for r in rows})}))
 
@@ -347,7 +348,7 @@ def test_steps_to_target_further_apart_than_one_evaluation_give_no_verdict_from_
     pd.read_csv(d / "history.tsv", sep="\t").assign(step=[100, 200, 300]).to_csv(d / "history.tsv", sep="\t",
                                                                                  index=False)
     md = run_report(results)
-    assert ("**mlp**, PyTorch vs TensorFlow, time to target: no verdict from one seed: 30 vs 300 steps to target, "
+    assert ("**mlp**, PyTorch vs TensorFlow, time to target: no verdict: from one seed, 30 vs 300 steps to target, "
             "more than one evaluation (100 steps) apart") in md
     assert "per step: PyTorch is faster (PyTorch/TensorFlow = 2.00x" in md
 

@@ -10,6 +10,7 @@ rounds must stay within bench.max_calib_cv; and the A/A control (the first frame
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 from pipeline import params
 from pipeline.backends import shown
 from pipeline.measure import rounds, verdict, zygote
+from pipeline.measure.verdict import Verdict
 from pipeline.probe import speedo, telemetry
 from pipeline.probe.stats import spread
 from pipeline.measure.zygote import Zygotes
@@ -29,9 +31,9 @@ log = logging.getLogger("bench")
 
 
 def comparisons(rows: list[Measurement], frameworks: list[str], models: list[str], cfg: Bench,
-                own: dict[str, int] | None = None) -> list[dict]:
-    """Every verdict the report prints, per model, train and inference: framework pairs, the A/A control, and each
-    setting arm against its framework at the params' own value (`own`: that value per bench.vary key)."""
+                own: dict[str, int] | None = None) -> list[Verdict]:
+    """Every verdict the report prints, per model, train and inference: each pair of frameworks, the A/A control,
+    and each setting arm against its framework at the params' own value (`own`: that value per bench.vary key)."""
     # how steady the machine's calm speed was from child to child (each child's calm level over its framework's usual
     # one, in %): what the ratios rest on, whatever load came and went around the calm repeats
     stab = speedo.stability([100 * v for v in rounds.calm_levels(rows)] or [float("nan")] * 2)
@@ -47,23 +49,20 @@ def comparisons(rows: list[Measurement], frameworks: list[str], models: list[str
                 if setting:
                     key, value = setting
                     name_a, name_b = f"{name_a} at {key}={value}", f"{name_b} at {key}={(own or {}).get(key, 'own')}"
-                said = verdict.speed(name_a, name_b, per_round, cfg.min_effect) | {"ratios": per_round,
-                                                                                   "setting": a if setting else None}
-                if stab["cv_pct"] > cfg.max_calib_cv and said["rounds"] >= verdict.min_rounds():  # else: too few
-                    said |= {"winner": None, "text": (
-                        f"no verdict: the machine's calm speed was too unsteady (CV {stab['cv_pct']:.1f}% over the "
-                        f"usable rounds > {cfg.max_calib_cv:g}%); measured ratio {said['ratio']:.2f}x")}
-                out.append({"model": model, "phase": phase, "a": a, "b": b, "control": control, **said})
+                said = verdict.speed(name_a, name_b, per_round, cfg.min_effect)
+                if stab.cv_pct > cfg.max_calib_cv and said.rounds >= verdict.min_rounds():  # else: too few, said
+                    said = said.withheld(f"the machine's calm speed was too unsteady (CV {stab.cv_pct:.1f}% over "
+                                         f"the usable rounds > {cfg.max_calib_cv:g}%); measured ratio "
+                                         f"{said.ratio:.2f}x")
+                out.append(Verdict(**asdict(said), model=model, phase=phase, a=a, b=b, control=control,
+                                   setting=a if setting else None, ratios=per_round))
     # A control that tells identical runs apart shows this run's noise is beyond what the rule separates:
     # no verdict for that model and phase, rather than one that may be chance.
-    tripped = {(v["model"], v["phase"]): v for v in out if v["control"] and v["winner"]}
-    for v in out:
-        c = tripped.get((v["model"], v["phase"]))
-        if c and not v["control"] and v["rounds"] >= verdict.min_rounds():  # else: too few rounds, said already
-            v |= {"winner": None, "text": (f"no verdict: the A/A control told identical runs apart "
-                                           f"({c['ratio']:.2f}x), so this run's noise is beyond what the rule can "
-                                           f"separate; measured ratio {v['ratio']:.2f}x")}
-    return out
+    tripped = {(v.model, v.phase): v for v in out if v.control and v.winner}
+    return [v.withheld(f"the A/A control told identical runs apart ({c.ratio:.2f}x), so this run's noise is beyond "
+                       f"what the rule can separate; measured ratio {v.ratio:.2f}x")
+            if (c := tripped.get((v.model, v.phase))) and not v.control and v.rounds >= verdict.min_rounds()
+            else v for v in out]  # with too few rounds that is the reason, said already
 
 
 def per_cell(rows: list[Measurement], flops: dict[str, int], run_gflops: float) -> list[BenchCell]:
@@ -87,11 +86,11 @@ def per_cell(rows: list[Measurement], flops: dict[str, int], run_gflops: float) 
     return out
 
 
-def _metric_name(v: dict) -> str:
-    """A verdict's key in metrics.json: ratio, control, or the setting arm (dots and '@' would nest in DVC)."""
-    if v["setting"]:
-        return v["setting"].replace("@", "_").replace(".", "_").replace("=", "_")
-    return "control" if v["control"] else "ratio"
+def _metric_name(v: Verdict) -> str:
+    """A verdict's key in metrics.json: the pair, control, or the setting arm (dots and '@' would nest in DVC)."""
+    if v.setting:
+        return v.setting.replace("@", "_").replace(".", "_").replace("=", "_")
+    return "control" if v.control else f"{v.a}_vs_{v.b}"
 
 
 def variants_asked(cfg: Bench) -> bool:
@@ -160,7 +159,7 @@ def summary(rows: list[Measurement], p: Params, threads: int, flops: dict[str, i
     cfg = p.bench
     on_gpu = gpus(rows)
     stab = speedo.stability(rounds.calibrations(rows))  # the whole run's machine; verdicts use their rounds' own
-    cells = per_cell(rows, flops, stab["gflops_median"])
+    cells = per_cell(rows, flops, stab.gflops_median)
     verdicts = comparisons(rows, p.frameworks, p.models, cfg, own)
     flagged = sorted({(r.round, r.arm, r.flag) for r in rows if r.flag and r.kind == "round"})  # the drift monitor's
     records = {
@@ -168,17 +167,17 @@ def summary(rows: list[Measurement], p: Params, threads: int, flops: dict[str, i
         "frameworks": p.frameworks, "models": p.models, "threads": threads, "arms": arms, "rounds": cfg.rounds,
         "rounds_run": 1 + max((r.round for r in rows if r.kind == "round"), default=-1), "max_s": cfg.max_s,
         "min_effect": cfg.min_effect, "max_drift": cfg.max_drift, "repeats": cfg.repeats, "flops_per_sample": flops,
-        "calibration": stab, "calm_cv_pct": speedo.stability([100 * v for v in rounds.calm_levels(rows)] or
-                                                            [float("nan")] * 2)["cv_pct"],
+        "calibration": asdict(stab), "calm_cv_pct": speedo.stability([100 * v for v in rounds.calm_levels(rows)] or
+                                                                    [float("nan")] * 2).cv_pct,
         "devices": sorted({r.device for r in rows}), "threads_skipped": bool(on_gpu and cfg.thread_counts),
         "vary": cfg.vary, "vary_own": own.get(cfg.vary),  # the setting varied and the params' own value of it
         "flagged": [{"round": rd, "arm": arm, "why": why} for rd, arm, why in flagged],
-        "cells": [c.flat() for c in cells], "verdicts": verdicts, "records": [r.flat() for r in rows]}
+        "cells": [c.flat() for c in cells], "verdicts": [asdict(v) for v in verdicts],
+        "records": [r.flat() for r in rows]}
     metrics = {  # numbers only, units in the names, for dvc metrics
-        "calib_gflops": stab["gflops_median"], "calib_cv_pct": stab["cv_pct"], "flagged_children": len(flagged),
+        "calib_gflops": stab.gflops_median, "calib_cv_pct": stab.cv_pct, "flagged_children": len(flagged),
         **{f"{c.framework}-{c.model}": {k: v for k, v in c.flat().items() if isinstance(v, (int, float))}
            for c in cells},
-        **{f"{v['model']}_{v['phase']}_{_metric_name(v)}": {
-            "ratio": v["ratio"], "ci_low": v["ci_low"], "ci_high": v["ci_high"], "rounds": v["rounds"]}
-           for v in verdicts}}
+        **{f"{v.model}_{v.phase}_{_metric_name(v)}": {
+            "ratio": v.ratio, "ci_low": v.ci_low, "ci_high": v.ci_high, "rounds": v.rounds} for v in verdicts}}
     return records, metrics

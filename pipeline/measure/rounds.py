@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from pipeline.probe import speedo
-from pipeline.records import PHASES, Measurement, control_arm, framework_of, setting_arm, setting_of
+from pipeline.records import PHASES, Measurement, control_arm, framework_of, is_control, setting_arm, setting_of
 
 
 def arms(frameworks: list[str], control: bool, vary: str = "none", values: list[int] = (),
@@ -30,10 +30,12 @@ def arms(frameworks: list[str], control: bool, vary: str = "none", values: list[
 
 
 def pairs(arm_names: list[str]) -> list[tuple[str, str]]:
-    """(a, b) for every comparison the rounds serve, a's rate over b's: the first framework against each other one
-    and its control; each setting arm against its own framework's arm."""
-    plain = [a for a in arm_names if setting_of(a) is None]
-    out = [(plain[0], a) for a in plain[1:]] or [(plain[0], plain[0])]
+    """(a, b) for every comparison the rounds serve, a's rate over b's: each pair of frameworks (in the params'
+    order), the first framework against its A/A control, and each setting arm against its own framework's arm."""
+    plain = [a for a in arm_names if setting_of(a) is None and not is_control(a)]
+    out = [(a, b) for i, a in enumerate(plain) for b in plain[i + 1:]]
+    out += [(framework_of(c), c) for c in arm_names if is_control(c)]
+    out = out or [(plain[0], plain[0])]  # one framework, no control: nothing to compare, said as no verdict
     return out + [(a, framework_of(a)) for a in arm_names if setting_of(a) is not None]
 
 

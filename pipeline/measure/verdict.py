@@ -7,11 +7,54 @@ test over seeds (same initial weights and batch order in both frameworks), or Mc
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import stats
 
 ALPHA = 0.05  # significance level of every verdict
+NAN = float("nan")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Said:
+    """What a verdict rule says: the line (a verdict with its evidence, or "no verdict: <reason>"), the winner's name
+    (None for no clear difference or no verdict), and the median ratio a/b with its exact interval."""
+    text: str
+    winner: str | None = None
+    ratio: float = NAN
+    ci_low: float = NAN
+    ci_high: float = NAN
+    coverage: float = NAN     # of the interval (>= 1 - ALPHA)
+    rounds: int = 0           # the paired values it rests on: rounds of fresh processes, or seeds
+
+    def withheld(self, why: str) -> "Said":
+        """The same evidence, its verdict withheld by a gate that says why."""
+        return replace(self, winner=None, text=f"no verdict: {why}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Verdict(Said):
+    """One comparison the bench gives: arm a's rate over arm b's for a model and phase, from the rounds whose two
+    children met the same machine (`ratios`, one per round); bench.vary's setting arm, if it is one."""
+    model: str
+    phase: str
+    a: str
+    b: str
+    control: bool = False
+    setting: str | None = None
+    workers: int | None = None  # a scaling verdict's worker count
+    ratios: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reaching(Said):
+    """A time-to-target verdict: steps to target of each (its first seed), and the time ratio a/b's range."""
+    steps_a: int | None = None
+    steps_b: int | None = None
+    time_ratio_low: float = NAN
+    time_ratio_high: float = NAN
+    how: str = ""             # seeds (paired over seeds), steps x bench (one seed's steps, the bench's per step)
 
 
 def median_ci(values: list[float], alpha: float = ALPHA) -> tuple[float, float, float] | None:
@@ -34,70 +77,66 @@ def min_rounds(alpha: float = ALPHA) -> int:
 
 
 def speed(name_a: str, name_b: str, ratios: list[float], min_effect: float, alpha: float = ALPHA,
-          unit: str = "rounds") -> dict:
+          unit: str = "rounds") -> Said:
     """Verdict on per-round rate ratios a/b: a winner only when the median ratio's interval excludes 1 and the
     median itself is at least `min_effect` away from 1 (a difference too small to matter is not called)."""
-    med = float(np.median(ratios)) if len(ratios) else float("nan")
+    med = float(np.median(ratios)) if len(ratios) else NAN
     ci = median_ci(ratios, alpha)
-    out = {"ratio": med, "ci_low": ci[1] if ci else float("nan"), "ci_high": ci[2] if ci else float("nan"),
-           "coverage": ci[0] if ci else float("nan"), "rounds": len(ratios), "winner": None}
     if ci is None:
-        out["text"] = (f"no verdict: {len(ratios)} usable {unit}; at least {min_rounds(alpha)} are needed "
-                       f"for a {100 * (1 - alpha):.0f}% interval")
-        return out
+        return Said(text=f"no verdict: {len(ratios)} usable {unit}; at least {min_rounds(alpha)} are needed for a "
+                         f"{100 * (1 - alpha):.0f}% interval", ratio=med, rounds=len(ratios))
+    got = {"ratio": med, "ci_low": ci[1], "ci_high": ci[2], "coverage": ci[0], "rounds": len(ratios)}
     detail = (f"{name_a}/{name_b} = {med:.2f}x, {100 * ci[0]:.1f}% CI {ci[1]:.2f}–{ci[2]:.2f}, "
               f"{len(ratios)} {unit}")
     if ci[1] > 1.0 and med >= 1.0 + min_effect:
-        out["winner"], out["text"] = name_a, f"{name_a} is faster ({detail})"
-    elif ci[2] < 1.0 and med <= 1.0 / (1.0 + min_effect):
-        out["winner"], out["text"] = name_b, f"{name_b} is faster ({detail})"
-    else:
-        out["text"] = f"no clear difference ({detail})"
-    return out
+        return Said(text=f"{name_a} is faster ({detail})", winner=name_a, **got)
+    if ci[2] < 1.0 and med <= 1.0 / (1.0 + min_effect):
+        return Said(text=f"{name_b} is faster ({detail})", winner=name_b, **got)
+    return Said(text=f"no clear difference ({detail})", **got)
 
 
 def time_to_target(name_a: str, name_b: str, window_a: tuple[int, int] | None,
-                   window_b: tuple[int, int] | None, per_step: dict) -> dict:
+                   window_b: tuple[int, int] | None, per_step: Said) -> Reaching:
     """Time-to-target verdict from one seed: time = steps to target x time per step.
 
     A window (since, at) says the target was crossed after step `since` (the evaluation before) and by step `at`
-    (the first evaluation at or above it): steps to target are known to that resolution. Both frameworks train the
-    same maths from the same weights and batch order, so when their counts agree to within one evaluation the
-    interleaved per-step speed verdict (`per_step`: speed()'s dict for rate a / rate b, interval [lo, hi]) carries
-    the time-to-target one. Met at the same evaluation, the steps count as equal and time a / time b lies in
+    (the first evaluation at or above it): steps to target are known to that resolution. The frameworks train the
+    same maths from the same weights, batch order and dropout masks, so when their counts agree to within one
+    evaluation the interleaved per-step speed verdict (`per_step`: rate a / rate b, interval [lo, hi]) carries the
+    time-to-target one. Met at the same evaluation, the steps count as equal and time a / time b lies in
     [1 / hi, 1 / lo]; met at adjacent evaluations, each count is known only to its window, and time a / time b lies
     in [since_a / at_b / hi, at_a / since_b / lo]. A winner needs the per-step winner and that whole range on its
     side of 1. Counts further apart: one seed cannot tell a framework's steps from a seed's, so no verdict."""
-    out = {"winner": None, "steps_a": window_a and window_a[1], "steps_b": window_b and window_b[1],
-           "time_ratio_low": float("nan"), "time_ratio_high": float("nan"), "rounds": per_step.get("rounds", 0)}
+    base = {"steps_a": window_a and window_a[1], "steps_b": window_b and window_b[1], "rounds": per_step.rounds,
+            "how": "steps x bench"}
     missing = [n for n, w in ((name_a, window_a), (name_b, window_b)) if w is None]
     if missing:
-        return out | {"text": f"no verdict: {' and '.join(missing)} did not reach the target"}
+        return Reaching(text=f"no verdict: {' and '.join(missing)} did not reach the target", **base)
     (since_a, at_a), (since_b, at_b) = window_a, window_b
     cadence = max(at_a - since_a, at_b - since_b)
     steps = f"{at_a:,} vs {at_b:,} steps to target"
     if abs(at_a - at_b) > cadence:
-        return out | {"text": (f"no verdict from one seed: {steps}, more than one evaluation ({cadence} steps) "
-                               "apart, and one seed cannot tell a framework's steps from a seed's (train.repeats: 6 "
-                               f"gives a direct verdict); per step: {per_step['text']}")}
+        return Reaching(text=(f"no verdict: from one seed, {steps}, more than one evaluation ({cadence} steps) "
+                              "apart, and one seed cannot tell a framework's steps from a seed's (train.repeats: 6 "
+                              f"gives a direct verdict); per step: {per_step.text}"), **base)
     same = f"{steps}, the same to within one evaluation ({cadence} steps)"
-    if per_step["text"].startswith("no verdict"):
-        return out | {"text": f"no verdict: {same}, but per step {per_step['text']}"}
+    if per_step.text.startswith("no verdict"):
+        return Reaching(text=f"no verdict: {same}, but per step {per_step.text}", **base)
     if at_a == at_b:  # met at the same evaluation: the same maths, so the same steps; time ratio = 1 / rate ratio
-        low, high = 1 / per_step["ci_high"], 1 / per_step["ci_low"]
+        low, high = 1 / per_step.ci_high, 1 / per_step.ci_low
     else:  # at adjacent evaluations: each count is known only to its window
-        low = since_a / at_b / per_step["ci_high"]
-        high = at_a / since_b / per_step["ci_low"] if since_b else math.inf
-    out |= {"time_ratio_low": low, "time_ratio_high": high}
+        low = since_a / at_b / per_step.ci_high
+        high = at_a / since_b / per_step.ci_low if since_b else math.inf
+    base |= {"time_ratio_low": low, "time_ratio_high": high}
     span = f"time {name_a}/{name_b} in {low:.2f}–{high:.2f}x"
-    winner = per_step.get("winner")
+    winner = per_step.winner
     if (winner == name_a and high < 1) or (winner == name_b and low > 1):
-        return out | {"winner": winner, "text": (f"{winner} reaches the target faster: {same}, and per step "
-                                                 f"{per_step['text']}; {span}")}
+        return Reaching(text=f"{winner} reaches the target faster: {same}, and per step {per_step.text}; {span}",
+                        winner=winner, **base)
     if winner:
-        return out | {"text": f"no clear difference: {same}, and per step {per_step['text']}, but {span} "
-                              "spans 1 once the steps' resolution is counted"}
-    return out | {"text": f"no clear difference: {same}, and per step {per_step['text']}"}
+        return Reaching(text=f"no clear difference: {same}, and per step {per_step.text}, but {span} spans 1 once "
+                             "the steps' resolution is counted", **base)
+    return Reaching(text=f"no clear difference: {same}, and per step {per_step.text}", **base)
 
 
 def mcnemar_p(correct_a: np.ndarray, correct_b: np.ndarray) -> float:

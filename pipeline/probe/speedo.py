@@ -9,6 +9,7 @@ limit: convolution kernels can exceed it.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -61,10 +62,20 @@ def drift(before: float, after: float) -> float:
     return abs(after / before - 1.0) if before > 0 else float("inf")
 
 
-def stability(values: list[float]) -> dict:
+@dataclass(frozen=True)
+class Calibration:
+    """The speedometer over a run: median with quartiles, and CV (%) over its `n` readings."""
+    gflops_median: float
+    gflops_q1: float
+    gflops_q3: float
+    cv_pct: float
+    n: int
+
+
+def stability(values: list[float]) -> Calibration:
     """The run's calibration figure with its spread: median, quartiles, and CV (%) over every calibration."""
     s = spread(values)
-    return {"gflops_median": s.median, "gflops_q1": s.q1, "gflops_q3": s.q3, "cv_pct": s.cv_pct, "n": s.n}
+    return Calibration(s.median, s.q1, s.q3, s.cv_pct, s.n)
 
 
 def share_pct(samples_per_s: Any, phase: str, flops_per_sample: int, gflops: Any) -> Any:

@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from pipeline.files import atomic_path  # noqa: E402
+from pipeline.measure.verdict import Verdict  # noqa: E402
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -37,7 +38,7 @@ def learning_curves(history: pd.DataFrame, path: Path) -> Path:
     return _save(g.figure, path)
 
 
-def rounds(verdicts: list[dict], rows: pd.DataFrame, flagged: list[dict], path: Path) -> Path:
+def rounds(verdicts: list[Verdict], rows: pd.DataFrame, flagged: list[dict], path: Path) -> Path:
     """Left: every comparison's per-round ratios, median and interval, on a log axis around 1 (no difference).
     Right: the calibration GEMM before/after each child in run order, flagged children in red."""
     fig, (ax, cal) = plt.subplots(1, 2, figsize=(12, 0.55 * len(verdicts) + 2.2),
@@ -45,13 +46,13 @@ def rounds(verdicts: list[dict], rows: pd.DataFrame, flagged: list[dict], path: 
     labels = []
     for i, v in enumerate(verdicts):
         y = len(verdicts) - 1 - i
-        color = "grey" if v["control"] else ("tab:green" if v["winner"] else "tab:blue")
-        ax.scatter(v["ratios"], [y] * len(v["ratios"]), s=14, color=color, alpha=0.6, zorder=3)
-        if v["ci_low"] is not None:  # JSON null: too few clean rounds for an interval
-            ax.plot([v["ci_low"], v["ci_high"]], [y, y], color=color, linewidth=4, alpha=0.35)
-        if v["ratio"] is not None:
-            ax.scatter([v["ratio"]], [y], marker="|", s=300, color=color, zorder=4)
-        labels.append(f"{v['model']} {v['phase']}: {v['a']}/{v['b']}" + (" (control)" if v["control"] else ""))
+        color = "grey" if v.control else ("tab:green" if v.winner else "tab:blue")
+        ax.scatter(v.ratios, [y] * len(v.ratios), s=14, color=color, alpha=0.6, zorder=3)
+        if np.isfinite(v.ci_low):  # NaN: too few clean rounds for an interval
+            ax.plot([v.ci_low, v.ci_high], [y, y], color=color, linewidth=4, alpha=0.35)
+        if np.isfinite(v.ratio):
+            ax.scatter([v.ratio], [y], marker="|", s=300, color=color, zorder=4)
+        labels.append(f"{v.model} {v.phase}: {v.a}/{v.b}" + (" (control)" if v.control else ""))
     ax.set_yticks(range(len(verdicts)), labels[::-1])
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))

@@ -2,11 +2,13 @@
 
 Time to target = steps to target x time per step. With six seeds or more the seeds' own times are paired; with
 fewer, the steps each framework needed (train) meet the bench's interleaved per-step verdict
-(verdict.time_to_target). The headline also says how far the run's speed evidence goes, and what to do when noise
-withheld a verdict.
+(verdict.time_to_target). With three frameworks or more a model's line is a ranking, each framework before the
+next with the verdict between them (every pair's verdict is in the Time to target section). The headline also says
+how far the run's speed evidence goes, and what to do when noise withheld a verdict.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import pandas as pd
 
 from pipeline.backends import shown
 from pipeline.measure import verdict
+from pipeline.measure.verdict import Said, Verdict
 from pipeline.records import Cell, CellMetrics
 from pipeline.report import figures
 from pipeline.report.results import Results, arm_label, gpus, history_rows, pair_label, pairs
@@ -36,7 +39,7 @@ def time_to_target_blocks(r: Results, figdir: Path) -> list:
                      "test acc at stop %": 100 * m.test_acc})
     for model, ca, cb in pairs(r):
         v = time_to_target_verdict(r, ca, cb)
-        lines.append(f"**{model}**, {pair_label(ca, cb)}, time to target: {v['text']}")
+        lines.append(f"**{model}**, {pair_label(ca, cb)}, time to target: {v.text}")
     hist = history_rows(r).assign(framework=lambda d: d["framework"].map(shown)).dropna(subset=["val_acc"])
     targets = {c.model: m.target_val_acc for c, m in r.train.items()}
     figure = ("img", figures.time_to_target(hist, targets, figdir / "time_to_target.png"),
@@ -61,26 +64,25 @@ def _stage(cell: Cell) -> str:
     return f"train@{cell}"
 
 
-def time_to_target_verdict(r: Results, ca: Cell, cb: Cell) -> dict:
+def time_to_target_verdict(r: Results, ca: Cell, cb: Cell) -> Said:
     """With enough seeds, the paired verdict over seeds on the train stage's own times; with fewer (one, by
     default), steps to target (train) x time per step (the bench's interleaved verdict), verdict.time_to_target."""
     if ca not in r.train or cb not in r.train:
-        return {"text": f"no verdict: {r.lacks(_stage(ca), _stage(cb))}", "winner": None, "how": "missing"}
+        return Said(text=f"no verdict: {r.lacks(_stage(ca), _stage(cb))}")
     a, b = r.seeds[ca].set_index("seed"), r.seeds[cb].set_index("seed")
     paired = [s for s in a.index if s in b.index]
     if len(paired) >= verdict.min_rounds():
         both = [s for s in paired if a.at[s, "reached"] and b.at[s, "reached"]]
         # per seed (same initial weights and batch order in both): B's time over A's, i.e. A's speed-up
         ratios = [b.at[s, "time_to_target_s"] / a.at[s, "time_to_target_s"] for s in both]
-        return verdict.speed(shown(ca.framework), shown(cb.framework), ratios, r.bench["min_effect"],
-                             unit="seeds") | {"how": "seeds"}  # the same rule and minimum effect as the bench's
-    per_step = next((v for v in r.bench["verdicts"] if v["model"] == ca.model and v["phase"] == "train"
-                     and (v["a"], v["b"]) == (ca.framework, cb.framework)),
-                    {"text": "no verdict: " + (r.lacks("bench") or "the bench did not compare them"),
-                     "winner": None})
-    per_step = per_step | {"winner": shown(per_step["winner"])}  # an older bench's records say "torch"
+        # the same rule and minimum effect as the bench's
+        return verdict.speed(shown(ca.framework), shown(cb.framework), ratios, r.bench["min_effect"], unit="seeds")
+    per_step = next((v for v in r.verdicts if v.model == ca.model and v.phase == "train"
+                     and (v.a, v.b) == (ca.framework, cb.framework)),
+                    Said(text="no verdict: " + (r.lacks("bench") or "the bench did not compare them")))
+    per_step = replace(per_step, winner=shown(per_step.winner))  # an older bench's records say "torch"
     return verdict.time_to_target(shown(ca.framework), shown(cb.framework), _window(r, ca), _window(r, cb),
-                                  per_step) | {"how": "steps x bench"}
+                                  per_step)
 
 
 def _window(r: Results, cell: Cell) -> tuple[int, int] | None:
@@ -115,37 +117,65 @@ def _at_bench_speed(r: Results, cell: Cell) -> str:
     return f"{np.median(got) * r.run[cell]['batch_size'] / bc.train.samples_per_s:.1f}"
 
 
-def _withheld(verdicts: list[dict]) -> list[dict]:
+def _withheld(verdicts: list[Verdict]) -> list[Verdict]:
     """The speed verdicts the noise gates withheld (as opposed to "no clear difference")."""
-    return [v for v in verdicts if v["winner"] is None and v["text"].startswith("no verdict")]
+    return [v for v in verdicts if v.winner is None and v.text.startswith("no verdict")]
+
+
+def _estimate(r: Results, cell: Cell) -> float:
+    """A cell's time to target for ranking: at the bench's speed (steps x batch / rate), else the train stage's own
+    time; infinite when it did not reach the target or left no results."""
+    got = _at_bench_speed(r, cell)
+    if got != "—":
+        return float(got)
+    m = r.train.get(cell)
+    return m.time_to_target_s if m and m.time_to_target_s is not None else float("inf")
+
+
+def ranking(r: Results, model: str) -> str:
+    """One model's line with three frameworks or more: the frameworks by time to target, each before the next with
+    the verdict between the two."""
+    cells = sorted((Cell(fw, model) for fw in r.frameworks), key=lambda c: _estimate(r, c))
+    order = " before ".join(f"{shown(c.framework)} ({_ttt(r.train[c]) if c in r.train else 'no results'})"
+                            for c in cells)
+    pos = r.frameworks.index  # each pair's verdict is the params' order's: a before b there
+
+    def between(a: Cell, b: Cell) -> str:
+        x, y = (a, b) if pos(a.framework) < pos(b.framework) else (b, a)
+        return f"{shown(x.framework)} vs {shown(y.framework)}: {time_to_target_verdict(r, x, y).text}"
+    return f"**{model}**, time to target: {order}; " + "; ".join(between(a, b) for a, b in zip(cells, cells[1:]))
 
 
 def headline(r: Results) -> list:
     """The report's first lines: each model's time-to-target verdict, and how far this run's speed evidence goes
     (how noisy the machine was, and what it would take when a verdict is withheld)."""
     lines = []
-    for model, ca, cb in pairs(r):
+    for model, ca, cb in pairs(r) if len(r.frameworks) == 2 else []:
         v = time_to_target_verdict(r, ca, cb)
         times = ", ".join(f"{shown(c.framework)} {_ttt(r.train[c]) if c in r.train else 'no results'}"
                           for c in (ca, cb))
-        lines.append(f"**{model}** ({times}): {v['text']}")
+        lines.append(f"**{model}** ({times}): {v.text}")
+    lines += [ranking(r, m) for m in r.models] if len(r.frameworks) > 2 else []
     if len(r.frameworks) == 1:  # nothing to compare, but what was measured still comes first
         fw = r.frameworks[0]
         lines += [f"**{m}** ({shown(fw)} {_ttt(r.train[Cell(fw, m)])}): no verdict: one framework in this run "
                   "(list another in `frameworks` to compare)" for m in r.models if Cell(fw, m) in r.train]
-    b, cal = r.bench, r.bench["calibration"]
+    b, cal = r.bench, r.calibration
     children = len(r.of_kind("round")) // max(len(r.models), 1)
-    withheld = _withheld(b["verdicts"])
+    withheld = _withheld(r.verdicts)
+    calm = f", the calm speed steady to CV {b['calm_cv_pct']:.1f}%" if b.get("calm_cv_pct") is not None else ""
     noise = (f"Speed evidence: {b['rounds_run']} interleaved rounds, {children} fresh processes, "
              f"{len(b['flagged'])} flagged by the drift monitor; "
              f"{'device speedometer (a matmul on the GPU)' if gpus(r) else 'calibration GEMM'} "
-             f"{cal['gflops_median']:,.0f} GFLOP/s median, CV {cal['cv_pct']:.1f}%." if cal["n"] else
+             f"{cal.gflops_median:,.0f} GFLOP/s median, CV {cal.cv_pct:.1f}%{calm}." if cal.n else
              f"Speed evidence: none ({r.lacks('bench') or 'the bench left no child'}).")
     if withheld:
-        names = ", ".join(f"{v['model']} {v['phase']}" + (" (A/A control)" if v.get("control") else "")
-                          + (f" ({arm_label(v['setting'])})" if v.get("setting") else "") for v in withheld)
-        noise += (f" **{len(withheld)} of {len(b['verdicts'])} speed comparisons got no verdict**: {names} (the "
-                  f"first: {withheld[0]['text']}). The machine was too noisy for them: rerun the bench when it is "
+        names = ", ".join(f"{v.model} {v.phase}" + (" (A/A control)" if v.control else "")
+                          + (f" ({arm_label(v.setting)})" if v.setting else "")
+                          + (f" ({arm_label(v.a)} vs {arm_label(v.b)})" if len(r.frameworks) > 2 and not v.control
+                             and not v.setting else "") for v in withheld)
+        noise += (f" **{len(withheld)} of {len(r.verdicts)} speed comparisons got no verdict**: {names} (the "
+                  f"first: {withheld[0].text}). The machine was too noisy for them: rerun the bench when it is "
                   f"calmer (`dvc repro -f -s bench`), or give it more rounds (`bench.max_s`, now {b['max_s']} s).")
     # what the env stage warned of comes first: a GPU machine measured on its CPU; speed figures that are the
     # cores' contention
@@ -166,8 +196,8 @@ def metrics(r: Results) -> dict:
     """reports/headline.json, for `dvc metrics show` and `dvc exp show`: per model, each framework's time to
     target, test accuracy and bench rates, then the verdicts (winner or "none") with their ratios; and the run's
     speed evidence. Short on purpose: every other figure is in the per-stage metrics and results.csv."""
-    cal, verdicts = r.bench["calibration"], r.bench["verdicts"]
-    out: dict = {"calib_gflops": cal["gflops_median"], "calib_cv_pct": cal["cv_pct"],
+    cal, verdicts = r.calibration, r.verdicts
+    out: dict = {"calib_gflops": cal.gflops_median, "calib_cv_pct": cal.cv_pct,
                  "flagged_children": len(r.bench["flagged"]),
                  "speed_verdicts_withheld": len(_withheld(verdicts))}
     bench = {(c.framework, c.model): c for c in r.bench_cells}
@@ -180,9 +210,8 @@ def metrics(r: Results) -> dict:
                   f"{c.framework}_train_samples_per_s": b.train.samples_per_s if b else None,
                   f"{c.framework}_infer_samples_per_s": b.infer.samples_per_s if b else None}
         pair = f"{ca.framework}_vs_{cb.framework}"
-        m[f"{pair}_time_to_target_winner"] = time_to_target_verdict(r, ca, cb)["winner"] or "none"
+        m[f"{pair}_time_to_target_winner"] = time_to_target_verdict(r, ca, cb).winner or "none"
         for v in verdicts:
-            if (v["model"], v["a"], v["b"]) == (model, ca.framework, cb.framework):
-                m |= {f"{pair}_{v['phase']}_ratio": v["ratio"],
-                      f"{pair}_{v['phase']}_winner": shown(v["winner"]) or "none"}
+            if (v.model, v.a, v.b) == (model, ca.framework, cb.framework):
+                m |= {f"{pair}_{v.phase}_ratio": v.ratio, f"{pair}_{v.phase}_winner": shown(v.winner) or "none"}
     return {"headline": out}  # one namespace: `dvc exp show --keep 'headline\.'` finds every column

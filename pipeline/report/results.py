@@ -7,7 +7,8 @@ results.csv's rows.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,9 @@ from pipeline import records
 from pipeline.backends import shown
 from pipeline.errors import DataError
 from pipeline.files import read_json
+from pipeline.measure.verdict import Verdict
+from pipeline.probe import speedo
+from pipeline.probe.speedo import Calibration
 from pipeline.records import (PHASES, BenchCell, Cell, CellMetrics, Measurement, framework_of, is_control, read,
                               setting_of)
 
@@ -35,6 +39,9 @@ class Results:
     bench: dict = field(default_factory=dict)                      # bench/records.json: rows, verdicts, calibration
     bench_cells: list[BenchCell] = field(default_factory=list)     # its per-cell figures
     measured: list[Measurement] = field(default_factory=list)      # its children's measurements, every kind
+    verdicts: list[Verdict] = field(default_factory=list)          # its comparisons
+    calibration: Calibration = field(default_factory=lambda: speedo.stability([]))  # its speedometer over the run
+    scale_verdicts: list[Verdict] = field(default_factory=list)    # the scale stage's, per worker count
 
     def of_kind(self, kind: str) -> list[Measurement]:
         return [m for m in self.measured if m.kind == kind]
@@ -82,8 +89,7 @@ RUN_SETTINGS = {"device": "device", "precision": "precision", "threads": "intra_
 
 # What the bench would have written with no usable child at all: nothing measured, so every verdict is absent
 NO_BENCH = {"records": [], "cells": [], "verdicts": [], "flagged": [], "rounds_run": 0, "max_s": float("nan"),
-            "min_effect": float("nan"), "calibration": {"gflops_median": float("nan"), "gflops_q1": float("nan"),
-                                                       "gflops_q3": float("nan"), "cv_pct": float("nan"), "n": 0}}
+            "min_effect": float("nan"), "calibration": asdict(speedo.stability([]))}
 NOT_MEASURED = {"measured": False, "rows": [], "table": [], "verdicts": []}
 
 
@@ -124,6 +130,8 @@ def collect(root: Path, frameworks: list[str], models: list[str]) -> Results:
         "records", "cells", "verdicts", "calibration", "flagged", "rounds_run", "max_s"], path, "bench")
     r.bench_cells = [BenchCell.from_flat(c, path) for c in r.bench["cells"]]
     r.measured = [Measurement.from_flat(m) for m in r.bench["records"]]
+    r.verdicts = [read(Verdict, v, path, "bench") for v in r.bench["verdicts"]]
+    r.calibration = read(Calibration, r.bench["calibration"], path, "bench")
     for fw in frameworks:
         p = root / "loaders" / fw / "records.json"
         if not _absent(r, p, f"loaders@{fw}"):
@@ -131,6 +139,7 @@ def collect(root: Path, frameworks: list[str], models: list[str]) -> Results:
     path = root / "scale" / "records.json"
     if not _absent(r, path, "scale"):
         r.scale = _need(read_json(path, "scale"), ["measured", "table", "verdicts", "rows"], path, "scale")
+        r.scale_verdicts = [read(Verdict, v, path, "scale") for v in r.scale["verdicts"]]
     return r
 
 
@@ -196,16 +205,12 @@ def tidy(r: Results) -> pd.DataFrame:
                            "unit": "% of each child's own calibration GEMM"}]
         out += [ctx | {"metric": f"latency_ms_{q}", "value": getattr(c, f"latency_ms_{q}"), "unit": "ms"}
                 for q in ("p50", "p95", "p99")]
-    for v in r.bench["verdicts"]:
-        out.append({"framework": f"{v['a']}/{v['b']}", "model": v["model"], "source": "bench",
-                    "metric": f"{v['phase']}_ratio", "value": v["ratio"], "unit": "x", "low": v["ci_low"],
-                    "high": v["ci_high"], "spread_kind": f"{100 * v['coverage']:.1f}% CI of the median ratio" if v["coverage"] else "",
-                    "n": v["rounds"], "note": v["text"]})
-    cal = r.bench["calibration"]
-    if cal["n"]:  # a bench that left no calibration (it did not run) has no figure for it
-        out.append({"source": "bench", "metric": "calib_gflops", "value": cal["gflops_median"], "unit": "GFLOP/s",
-                    "low": cal["gflops_q1"], "high": cal["gflops_q3"], "spread_kind": "IQR over every calibration",
-                    "n": cal["n"], "note": f"CV {cal['cv_pct']:.1f}%"})
+    out += [_verdict_row(v, "bench") for v in r.verdicts]
+    cal = r.calibration
+    if cal.n:  # a bench that left no calibration (it did not run) has no figure for it
+        out.append({"source": "bench", "metric": "calib_gflops", "value": cal.gflops_median, "unit": "GFLOP/s",
+                    "low": cal.gflops_q1, "high": cal.gflops_q3, "spread_kind": "IQR over every calibration",
+                    "n": cal.n, "note": f"CV {cal.cv_pct:.1f}%"})
     for m in r.of_kind("variants"):
         ctx = {"framework": m.framework, "model": m.model, "variant": m.variant, "threads": m.threads,
                "source": "bench-variants"}
@@ -220,7 +225,7 @@ def tidy(r: Results) -> pd.DataFrame:
         out.append({"framework": rec["framework"], "source": "loaders", "metric": f"{rec['what']}_samples_per_s",
                     "workers": rec["workers"], "value": rec["samples_per_s"], "unit": "samples/s",
                     "spread": rec["samples_per_s_iqr"], "spread_kind": "IQR over repeats", "n": rec["repeats"]})
-    out += _scale_rows(r.scale)
+    out += _scale_rows(r.scale) + [_verdict_row(v, "scale") for v in r.scale_verdicts]
     cols = ["framework", "model", "source", "metric", "value", "unit", "spread", "low", "high", "spread_kind", "n",
             "seed", "variant", "threads", "workers", "note"]
     return pd.DataFrame(out).reindex(columns=cols)
@@ -240,16 +245,21 @@ def _scale_rows(s: dict) -> list[dict]:
                        "spread_kind": "CI of the median over rounds"},
                 ctx | {"metric": "allreduce_share", "value": t["comm_share"], "unit": "fraction of a step",
                        "note": "one step's gradients all-reduced alone"}]
-    out += [{"framework": f"{v['a']}/{v['b']}", "model": v["model"], "source": "scale", "workers": v["workers"],
-             "metric": "train_ratio", "value": v["ratio"], "unit": "x", "low": v["ci_low"], "high": v["ci_high"],
-             "n": v["rounds"], "note": v["text"]} for v in s.get("verdicts", [])]
     return out
 
 
+def _verdict_row(v: Verdict, source: str) -> dict:
+    """A verdict as results.csv's row: the ratio a/b with its interval and the text."""
+    return {"framework": f"{v.a}/{v.b}", "model": v.model, "source": source, "workers": v.workers,
+            "metric": f"{v.phase}_ratio", "value": v.ratio, "unit": "x", "low": v.ci_low, "high": v.ci_high,
+            "spread_kind": f"{100 * v.coverage:.1f}% CI of the median ratio" if math.isfinite(v.coverage) else "",
+            "n": v.rounds, "note": v.text}
+
+
 def pairs(r: Results) -> list[tuple[str, Cell, Cell]]:
-    """(model, cell A, cell B): the first framework against each other one, per model (as the bench compares)."""
-    a = r.frameworks[0]
-    return [(m, Cell(a, m), Cell(b, m)) for m in r.models for b in r.frameworks[1:]]
+    """(model, cell A, cell B): each pair of frameworks, in the params' order, per model (as the bench compares)."""
+    fws = r.frameworks
+    return [(m, Cell(a, m), Cell(b, m)) for m in r.models for i, a in enumerate(fws) for b in fws[i + 1:]]
 
 
 def pair_label(ca: Cell, cb: Cell) -> str:

@@ -82,8 +82,9 @@ def blocks(r: Results, figdir: Path) -> list[render.Block]:
     B.append(("p", "Efficiency: rate(N) / (N x rate(1)), paired within each round. All-reduce share: one step's "
                    "gradients all-reduced alone, over the step time (an upper bound: DDP overlaps it with the "
                    "backward pass). Time to target (est.): the train stage's steps to target x the step time at N."))
-    B += [("p", f"**{v['model']}, {v['workers']} worker{'s' * (v['workers'] > 1)}**: {v['text']}")
-          for v in s["verdicts"]]
+    B += [("p", f"**{v.model}, {v.workers} worker{'s' * (v.workers > 1)}**: {v.text}"
+                + (f" ({shown(v.a)} vs {shown(v.b)})" if len({x.a for x in r.scale_verdicts}) > 1 else ""))
+          for v in r.scale_verdicts]
     drawn = pd.DataFrame([t for t in s["table"] if _num(t["samples_per_s"]) is not None])
     if drawn.empty:
         return B + [("p", "No scaling figure: every launch was flagged for drift; rerun the stage when the machine is "

@@ -6,6 +6,7 @@ stability, bench.vary settings (with device memory), variants and thread scaling
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ def _spread(c: BenchCell, phase: str) -> str:
 
 
 def stability_text(r: Results) -> str:
-    cal, b = r.bench["calibration"], r.bench
+    cal, b = r.calibration, r.bench
     flagged = b["flagged"]
     meters = sorted({m for rec in b["records"] if (m := rec.get("speedometer"))})
     what = "; ".join(meters) if meters else speedo.DESCRIPTION  # records from before speedometers were named
@@ -36,16 +37,16 @@ def stability_text(r: Results) -> str:
     if threads and b.get("vary") == "threads":  # rounds.calibrations: the thread arms read another speed
         threads += ", the bench.vary thread arms' own readings judged apart"
     text = (f"**Machine stability**: the speedometer ({what}{threads}, run before and after every child) gave "
-            f"{cal['gflops_median']:,.0f} GFLOP/s median [IQR {cal['gflops_q1']:,.0f}–{cal['gflops_q3']:,.0f}], "
-            f"CV {cal['cv_pct']:.1f}% over {cal['n']} calibrations. ")
+            f"{cal.gflops_median:,.0f} GFLOP/s median [IQR {cal.gflops_q1:,.0f}–{cal.gflops_q3:,.0f}], "
+            f"CV {cal.cv_pct:.1f}% over {cal.n} calibrations. ")
     read = [next((m for m in rows if math.isfinite(m.host_calib_before_gflops)), None)  # NaN on a CPU, in older
             for rows in children(r.measured).values()]  # records and in rows not measured; a child's rows share it
     host = [v for m in read if m for v in (m.host_calib_before_gflops, m.host_calib_after_gflops)]
     if host:
         h = speedo.stability(host)
         text += (f"The host's CPU GEMM, read beside it (a launch-bound GPU step runs at the host's pace, which the "
-                 f"device's matmul does not see; not used to flag children): {h['gflops_median']:,.0f} GFLOP/s "
-                 f"median, CV {h['cv_pct']:.1f}% over {h['n']} readings. ")
+                 f"device's matmul does not see; not used to flag children): {h.gflops_median:,.0f} GFLOP/s "
+                 f"median, CV {h.cv_pct:.1f}% over {h.n} readings. ")
     text += gpu_state_text(r) + repeats_text(r)
     if flagged:
         why = {}
@@ -118,7 +119,7 @@ def gap_text(r: Results, c: BenchCell, bench_rate: float) -> str | None:
     if abs(steady / bench_rate - 1) <= GAP:
         return head + (f"After its first evaluation it ran at {steady:,.0f} samples/s: the gap is its start "
                        "(tracing, compilation, allocator warm-up), which the bench times apart.")
-    cv = r.bench["calibration"]["cv_pct"]
+    cv = r.calibration.cv_pct
     held = (f"Even after its first evaluation it ran at {steady:,.0f} samples/s, while the speedometer held "
             f"(CV {cv:.1f}%)")
     if cv <= STEADY_CV_PCT and steady < bench_rate:  # the machine held its speed: the loop's work around its steps
@@ -210,11 +211,10 @@ def speed_blocks(r: Results, figdir: Path) -> list:
         "latency p50/p95/p99 ms": "/".join(f"{v:.3g}" for v in (c.latency_ms_p50, c.latency_ms_p95,
                                                                  c.latency_ms_p99)),
         "first step s": c.first_step_s} for c in cells])
-    lines = [f"**{v['model']} {v['phase']}**, {arm_label(v['a'])} vs {arm_label(v['b'])}"
-             f"{' (A/A control)' if v['control'] else ''}: {v['text']}" for v in b["verdicts"]
-             if not v.get("setting")]
-    settings = [f"**{v['model']} {v['phase']}**, {arm_label(v['a'])} vs its params' value: {v['text']}"
-                for v in b["verdicts"] if v.get("setting")]
+    lines = [f"**{v.model} {v.phase}**, {arm_label(v.a)} vs {arm_label(v.b)}"
+             f"{' (A/A control)' if v.control else ''}: {v.text}" for v in r.verdicts if not v.setting]
+    settings = [f"**{v.model} {v.phase}**, {arm_label(v.a)} vs its params' value: {v.text}"
+                for v in r.verdicts if v.setting]
     if settings:  # bench.vary: another value of one step setting, as extra arms of the same rounds
         lines += ["**Settings, interleaved** (`bench.vary`): each framework at another value of one setting ran "
                   "as an extra arm of the same rounds, so these ratios are paired round by round like the "
@@ -229,7 +229,7 @@ def speed_blocks(r: Results, figdir: Path) -> list:
             and framework_of(a) not in {c.framework for c in cells}]  # a framework with no usable round at all
     said = f"{NO_ROUND.format(what=', '.join(lost))}." if lost else ""
     plotted = r.of_kind("round")  # the right panel shows every child's speedometer, flagged ones too
-    rounds_fig = ("img", figures.rounds([v | {"a": arm_label(v["a"]), "b": arm_label(v["b"])} for v in b["verdicts"]],
+    rounds_fig = ("img", figures.rounds([replace(v, a=arm_label(v.a), b=arm_label(v.b)) for v in r.verdicts],
                                         bench_rows(r), b.get("flagged", []), figdir / "rounds.png"),
                   "Left: each round's ratio (dots), its median and interval (bar). Right: the calibration GEMM "
                   "before and after every child, in run order (red: flagged)") if plotted else \

@@ -12,6 +12,7 @@ N a speed verdict between the frameworks (verdict.speed on the paired rounds' ra
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from pipeline.backends import scalable, shown
 from pipeline.errors import ParamsError
 from pipeline.measure import verdict
+from pipeline.measure.verdict import Verdict
 from pipeline.measure.rounds import alike, flag
 from pipeline.params import Params
 from pipeline.probe import speedo, telemetry
@@ -126,12 +128,12 @@ def summary(rows: list[dict], frameworks: list[str], models: list[str], workers:
                               "efficiency_ci_low": ci[1] if ci else float("nan"),
                               "efficiency_ci_high": ci[2] if ci else float("nan"),
                               "comm_share": float(np.median(comm)) if comm else float("nan")})
-        for a, b in zip(frameworks, frameworks[1:]):
+        for a, b in ((a, b) for i, a in enumerate(frameworks) for b in frameworks[i + 1:]):  # each pair
             for n in workers:
                 ra, rb = _rate(rows, a, model, n, usable=False), _rate(rows, b, model, n, usable=False)
                 ratios = [ra[r] / rb[r] for r in paired(rows, (a, n), (b, n), max_drift) if r in ra and r in rb]
-                verdicts.append({"model": model, "workers": n, "a": a, "b": b,
-                                 **verdict.speed(shown(a), shown(b), ratios, min_effect)})
+                verdicts.append(asdict(Verdict(**asdict(verdict.speed(shown(a), shown(b), ratios, min_effect)),
+                                               model=model, phase="train", a=a, b=b, workers=n, ratios=ratios)))
     return table, verdicts
 
 
@@ -143,7 +145,7 @@ def run(p: Params, data: Path, params_path: Path, threads: int) -> tuple[dict, d
     rows = rounds(p, frameworks, data, params_path, threads)
     table, verdicts = summary(rows, frameworks, p.models, p.scale.workers, p.bench.min_effect,
                               p.bench.max_drift)
-    calib = speedo.stability([x for r in rows for x in (r["calib_before_gflops"], r["calib_after_gflops"])])
+    calib = asdict(speedo.stability([x for r in rows for x in (r["calib_before_gflops"], r["calib_after_gflops"])]))
     metrics = {f"{t['framework']}-{t['model']}-w{t['workers']}": {
         k: t[k] for k in ("samples_per_s", "efficiency", "comm_share")} for t in table}
     records = {"measured": True, "threads": threads, "workers": p.scale.workers, "rounds": p.scale.rounds,

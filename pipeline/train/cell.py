@@ -53,10 +53,12 @@ def run_seed(be: Backend, spec: ModelSpec, optim: Optim, d: dict, placed: tuple,
     wall = time.perf_counter() - t0
     test_loss, test_acc, logits = evaluate(be, be.make_predict(model, be.DEFAULT), te, d["y_test"],
                                            tp.eval_batch_size)
-    row = SeedRun(seed, test_acc, test_loss, history[-1]["val_acc"], outcome["reached"], outcome["time_to_target_s"],
-                  outcome["steps_to_target"], outcome["epochs_to_target"], outcome["best_val_acc"],
-                  outcome["train_s"], wall, outcome["stopped_at_step"] * tp.batch_size / outcome["train_s"],
-                  history[-1]["epoch"], outcome["diverged"], outcome["diverged_at_step"])
+    o = outcome
+    row = SeedRun(seed=seed, test_acc=test_acc, test_loss=test_loss, val_acc=history[-1]["val_acc"],
+                  reached=o.reached, time_to_target_s=o.time_to_target_s, steps_to_target=o.steps_to_target,
+                  epochs_to_target=o.epochs_to_target, best_val_acc=o.best_val_acc, train_time_s=o.train_s,
+                  wall_time_s=wall, train_samples_per_s=o.stopped_at_step * tp.batch_size / o.train_s,
+                  epochs_trained=history[-1]["epoch"], diverged=o.diverged, diverged_at_step=o.diverged_at_step)
     return row, {"model": model, "history": history, "logits": logits}
 
 

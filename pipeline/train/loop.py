@@ -5,6 +5,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -41,9 +42,24 @@ def evaluate(be: Backend, fn: Callable[[Any], Any], data: Any, y: np.ndarray,
 Masks = Callable[[int], list[np.ndarray]]  # epoch -> the shared dropout masks of its samples (spec.dropout_masks)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How a training run ended, time to target first (MLPerf-style: the first evaluation at or above it)."""
+    target: float                          # validation accuracy that counts as trained
+    reached: bool = False
+    time_to_target_s: float | None = None  # training seconds (evaluation excluded) until then
+    steps_to_target: int | None = None
+    epochs_to_target: float | None = None
+    diverged: bool = False                 # the loss stopped being finite; training stopped there
+    diverged_at_step: int | None = None
+    best_val_acc: float = math.nan
+    stopped_at_step: int = 0
+    train_s: float = math.nan              # training seconds until it stopped (target, cap or divergence)
+
+
 def train(be: Backend, model: Any, optim: Optim, train_data: Any, val_data: Any, y_val: np.ndarray, *, epochs: int,
           batch_size: int, eval_batch_size: int, eval_every: int, target: float, stop_at_target: bool, seed: int,
-          desc: str = "train", dropout: Masks | None = None) -> tuple[list[dict], dict]:
+          desc: str = "train", dropout: Masks | None = None) -> tuple[list[dict], Outcome]:
     """Train with the seed's batch order, evaluating the validation split every `eval_every` steps (every epoch if
     an epoch is shorter) and at the end. `dropout`: the run's shared masks, made and put on the device before each
     epoch's clock starts (else each framework draws its own).
@@ -59,8 +75,7 @@ def train(be: Backend, model: Any, optim: Optim, train_data: Any, val_data: Any,
     total = epochs * per_epoch
     cadence = min(eval_every, per_epoch)  # small datasets: at least one evaluation per epoch
     history: list[dict] = []
-    outcome = {"target": target, "reached": False, "time_to_target_s": None, "steps_to_target": None,
-               "epochs_to_target": None, "diverged": False, "diverged_at_step": None}
+    outcome = Outcome(target)
     clock, step, loss_sum, correct, seen, since = 0.0, 0, 0.0, 0, 0, 0.0
     quiet = not sys.stderr.isatty()  # no bar without a terminal: a log line per evaluation instead
     with tqdm(total=total, desc=desc, unit="step", disable=True if quiet else None) as bar:
@@ -84,21 +99,21 @@ def train(be: Backend, model: Any, optim: Optim, train_data: Any, val_data: Any,
                     history.append(row | {"val_loss": math.nan, "val_acc": math.nan, "eval_s": 0.0})
                     log.warning("%s: training diverged at step %d of %d (loss %s); stopped there", desc, step,
                                 total, loss_sum)
-                    return history, outcome | {"diverged": True, "diverged_at_step": step} | _end(history)
+                    return history, replace(outcome, diverged=True, diverged_at_step=step, **_end(history))
                 t0 = time.perf_counter()
                 row["val_loss"], row["val_acc"], _ = evaluate(be, predict_fn, val_data, y_val, eval_batch_size)
                 row["eval_s"] = time.perf_counter() - t0
                 history.append(row)
                 _show(bar, quiet, desc, row, total)
-                if row["val_acc"] >= target and not outcome["reached"]:
-                    outcome |= {"reached": True, "time_to_target_s": clock, "steps_to_target": step,
-                                "epochs_to_target": row["epoch"]}
+                if row["val_acc"] >= target and not outcome.reached:
+                    outcome = replace(outcome, reached=True, time_to_target_s=clock, steps_to_target=step,
+                                      epochs_to_target=row["epoch"])
                     if stop_at_target:
-                        return history, outcome | _end(history)
+                        return history, replace(outcome, **_end(history))
                 loss_sum, correct, seen, since = 0.0, 0, 0, clock
                 t0 = time.perf_counter()
             clock += time.perf_counter() - t0  # steps after the last evaluation of this epoch
-    return history, outcome | _end(history)
+    return history, replace(outcome, **_end(history))
 
 
 def _show(bar: tqdm, quiet: bool, desc: str, row: dict, total: int) -> None:

@@ -87,7 +87,8 @@ class JaxBackend(Backend):
                      "matmul_precision": matmul, "precision": precision_of(matmul, self.dtype)}
 
     def reseed(self, seed: int) -> None:
-        self.key = jax.random.key(seed)  # flax's own dropout draws from this; each step splits it on the device
+        # flax's own dropout RNG, on the device; each step splits it there
+        self.key = jax.device_put(jax.random.key(seed), self.device)
 
     def build(self, spec: ModelSpec, weights: list[np.ndarray]) -> Model:
         # copies on the device: the step donates (reuses) its parameters' memory, never the caller's arrays
@@ -109,10 +110,13 @@ class JaxBackend(Backend):
         return jax.device_put(a, self.device)
 
     def make_step(self, model: Model, optim: Optim, variant: str) -> Step:
+        # every input of the compiled step placed on the device ("committed"), as its outputs are: jax compiles a
+        # step again for inputs whose placement differs (optax's fresh state and a new rate are uncommitted), so the
+        # second step, and each one after set_lr, would be a compilation
         opt = Optimizer(make_optimizer(optim), None)
-        opt.state = opt.tx.init(model.params)
+        opt.state = jax.device_put(opt.tx.init(model.params), self.device)
         if self.dtype is jnp.float16:
-            opt.scale = (jnp.float32(LOSS_SCALE), jnp.int32(0))
+            opt.scale = jax.device_put((np.float32(LOSS_SCALE), np.int32(0)), self.device)
         # the parameters and optimizer state are donated: XLA writes the new ones where the old ones were, as
         # torch's in-place updates do, instead of allocating both each step
         update = jax.jit(functools.partial(train_update, model.net, opt.tx, LOSS_SCALE_GROWTH),
@@ -127,7 +131,7 @@ class JaxBackend(Backend):
             return loss, correct
 
         def set_lr(lr: float) -> None:  # a new value of the same shape and dtype: the compiled step is reused
-            opt.state.hyperparams["learning_rate"] = jnp.asarray(lr, jnp.float32)
+            opt.state.hyperparams["learning_rate"] = jax.device_put(np.float32(lr), self.device)
         return Step(step, opt, set_lr, opt if opt.scale is not None else None)
 
     def make_predict(self, model: Model, variant: str) -> Callable[[Any], Any]:
