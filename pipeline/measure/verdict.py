@@ -203,25 +203,29 @@ def shift_ci(a: list[float], b: list[float], alpha: float = ALPHA) -> tuple[floa
     return (float(np.exp(np.median(diffs))),) + best
 
 
+@dataclass(frozen=True, kw_only=True)
+class Change(Said):
+    """A change between two experiments (after/before): "faster", "slower" or None, over two independent samples."""
+    change: str | None = None
+    n_before: int = 0
+    n_after: int = 0
+
+
 def change(name: str, before: list[float], after: list[float], min_effect: float, higher_is_faster: bool = True,
-           unit: str = "rounds", alpha: float = ALPHA) -> dict:
+           unit: str = "rounds", alpha: float = ALPHA) -> Change:
     """Verdict on a change between two independent runs (two experiments: not interleaved, so unpaired):
     `after`/`before` ratio with its interval; "faster"/"slower" only when the interval excludes 1 and the ratio is
     at least `min_effect` away from it. For times (`higher_is_faster=False`) a ratio below 1 is faster."""
     got = shift_ci(before, after, alpha)
-    out = {"ratio": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "coverage": float("nan"),
-           "n_before": len(before), "n_after": len(after), "change": None}
+    n = {"n_before": len(before), "n_after": len(after)}
     if got is None:
-        out["text"] = (f"no verdict: {len(before)} and {len(after)} {unit}; too few for a "
-                       f"{100 * (1 - alpha):.0f}% interval")
-        return out
+        return Change(text=f"no verdict: {len(before)} and {len(after)} {unit}; too few for a "
+                           f"{100 * (1 - alpha):.0f}% interval", **n)
     est, cov, low, high = got
-    out |= {"ratio": est, "ci_low": low, "ci_high": high, "coverage": cov}
+    fig = {"ratio": est, "ci_low": low, "ci_high": high, "coverage": cov} | n
     detail = f"{name} {est:.2f}x, {100 * cov:.1f}% CI {low:.2f}–{high:.2f}, {len(before)} vs {len(after)} {unit}"
     up, down = low > 1.0 and est >= 1.0 + min_effect, high < 1.0 and est <= 1.0 / (1.0 + min_effect)
     if up or down:
-        out["change"] = "faster" if up == higher_is_faster else "slower"
-        out["text"] = f"{out['change']} ({detail})"
-    else:
-        out["text"] = f"no clear difference ({detail})"
-    return out
+        said = "faster" if up == higher_is_faster else "slower"
+        return Change(text=f"{said} ({detail})", change=said, **fig)
+    return Change(text=f"no clear difference ({detail})", **fig)

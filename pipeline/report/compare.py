@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -76,7 +77,8 @@ def per_round(e: exps.Exp, fw: str, model: str, phase: str, calibrated: bool) ->
             if r.arm == fw and r.model == model and r.status == "ok"]
 
 
-def rate_verdict(base: exps.Exp, e: exps.Exp, fw: str, model: str, phase: str, min_effect: float) -> dict:
+def rate_verdict(base: exps.Exp, e: exps.Exp, fw: str, model: str, phase: str,
+                 min_effect: float) -> tuple[verdict.Change, verdict.Change]:
     """Raw and calibrated rates must agree. Two experiments ran at different times: on one machine a change is
     called only when the raw rates and the calibration-normalised ones both show it (a change in raw rates that the
     GEMM also saw is the machine drifting; a calibrated change the raw rates do not show is a GEMM that work bound
@@ -85,13 +87,12 @@ def rate_verdict(base: exps.Exp, e: exps.Exp, fw: str, model: str, phase: str, m
     name = f"{e.name}/{base.name}"
     raw, cal = (verdict.change(name, per_round(base, fw, model, phase, c), per_round(e, fw, model, phase, c),
                                min_effect) for c in (False, True))
-    out = raw | {"cal_ratio": cal["ratio"], "cal_low": cal["ci_low"], "cal_high": cal["ci_high"]}
     if base.machine != e.machine:
-        return out | {"text": f"{raw['text']}; different machines, raw rates"}
-    if raw["change"] != cal["change"]:
-        return out | {"change": None, "text": (f"no clear difference: raw {raw['text']}, but calibrated "
-                                               f"{cal['text']}; the machine's speed moved between the experiments")}
-    return out
+        return replace(raw, text=f"{raw.text}; different machines, raw rates"), cal
+    if raw.change != cal.change:
+        return replace(raw, change=None, text=f"no clear difference: raw {raw.text}, but calibrated {cal.text}; the "
+                                              "machine's speed moved between the experiments"), cal
+    return raw, cal
 
 
 def verdicts(found: list[exps.Exp], base: exps.Exp) -> pd.DataFrame:
@@ -106,15 +107,15 @@ def verdicts(found: list[exps.Exp], base: exps.Exp) -> pd.DataFrame:
                 cell = Cell(fw, model)
                 said = {"training rate": rate_verdict(base, e, fw, model, "train", min_effect),
                         "inference rate": rate_verdict(base, e, fw, model, "infer", min_effect),
-                        "time to target": verdict.change(f"{e.name}/{base.name}", _reached(base, cell),
-                                                         _reached(e, cell), min_effect, False, "seeds")}
-                for measure, v in said.items():
+                        "time to target": (verdict.change(f"{e.name}/{base.name}", _reached(base, cell),
+                                                          _reached(e, cell), min_effect, False, "seeds"), None)}
+                for measure, (v, cal) in said.items():
                     out.append({"experiment": e.name, "baseline": base.name, "framework": shown(fw),
-                                "model": model, "measure": measure, "ratio": v["ratio"], "ci_low": v["ci_low"],
-                                "ci_high": v["ci_high"], "cal_ratio": v.get("cal_ratio", np.nan),
-                                "cal_low": v.get("cal_low", np.nan), "cal_high": v.get("cal_high", np.nan),
-                                "change": v["change"] or ("no verdict" if "no verdict" in v["text"] else
-                                                          "no clear difference"), "verdict": v["text"]})
+                                "model": model, "measure": measure, "ratio": v.ratio, "ci_low": v.ci_low,
+                                "ci_high": v.ci_high, "cal_ratio": cal.ratio if cal else np.nan,
+                                "cal_low": cal.ci_low if cal else np.nan, "cal_high": cal.ci_high if cal else np.nan,
+                                "change": v.change or ("no verdict" if "no verdict" in v.text else
+                                                       "no clear difference"), "verdict": v.text})
     return pd.DataFrame(out)
 
 

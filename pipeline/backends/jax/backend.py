@@ -1,4 +1,10 @@
-"""The contract in JAX: a flax.linen network, optax, one jax.jit step; fp16 loss scaling inside it."""
+"""The contract in JAX: a flax.linen network, optax, one jax.jit step with fp16 loss scaling.
+
+The model is the flax module and its parameter tree; a step is one jitted function of (parameters, optimizer state,
+loss scale, RNG key, batch, masks) that returns their new values, parameters and optimizer state donated. Threads,
+dispatch and the XLA client are runtime.py's; the data loader is loader.py's; why there is no data-parallel engine,
+and why children are forked after import on a CPU only, is in __init__.py.
+"""
 from __future__ import annotations
 
 import functools

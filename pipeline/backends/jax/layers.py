@@ -1,4 +1,4 @@
-"""The canonical layers (spec.py) as one flax.linen module, and its parameters in canonical order.
+"""The canonical layers (spec.py) as one flax.linen module; its parameters in spec order.
 
 The canonical layouts are flax's own (NHWC images, HWIO conv kernels, (in, out) dense kernels, a row-major flatten
 of (h, w, c)), so weights go in and out unchanged: only their names and nesting are flax's.

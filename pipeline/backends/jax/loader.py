@@ -1,4 +1,4 @@
-"""A JAX user's input path: per-sample NumPy work on a thread pool, batches prefetched to the device.
+"""A JAX user's input path: per-sample NumPy work on threads, batches prefetched to the device.
 
 JAX has no data loader of its own; its examples (flax's prefetch_to_device) prepare batches in NumPy and keep a
 few already handed to jax.device_put, whose copy runs while the step before computes. The per-sample work is the

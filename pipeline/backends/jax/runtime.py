@@ -1,4 +1,4 @@
-"""XLA's client for this process: its threads set before it starts and counted after; its GPU facts.
+"""XLA's client: threads set before it starts and counted after; dispatch; GPU facts.
 
 Threads. jaxlib's CPU client (PjRt's TFRT CPU client) reads no XLA flag for its pool: the old recipe,
 XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" (jax-ml/jax#743, #1539), changes
