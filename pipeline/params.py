@@ -1,9 +1,9 @@
 """params.yaml's schema: pydantic models with every rule on its field; unknown keys are errors.
 
-Defaults live in params.yaml only; this module holds types, ranges and choices. Every stage calls `load()`
-first, so a bad key stops it before it writes anything, with one line naming the key:
-`params.yaml: train.batch_size: expected an integer >= 1, got 0` (worded by validate.message from the field's
-own constraints, so a rule and its message cannot drift apart).
+Defaults live in params.yaml only; this module holds types, ranges and choices. Every stage calls `load()` first,
+so a bad key stops it before it writes anything, in one line naming the key (worded by validate.message from the
+field's own constraints, so a rule and its message cannot drift apart): `params.yaml: train.batch_size: expected an
+integer >= 1, got 0`.
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ from pipeline.probe import telemetry
 from pipeline.validate import Distinct, Odd, cross, message
 
 DATASET_NAMES = tuple(DATASETS)
-
 
 Count = Annotated[int, Field(ge=1)]
 Fraction01 = Annotated[float, Field(ge=0, lt=1)]  # a probability or decay that must stay below 1
@@ -129,9 +128,10 @@ class Bench(_Section):
     max_s: Positive
     control: bool
     fork: bool
-    min_effect: Annotated[float, Field(ge=0, lt=1)]
+    min_effect: Fraction01
     max_drift: Annotated[float, Field(gt=0, le=1)]
     max_calib_cv: Annotated[float, Field(gt=0)]
+    calib_s: Annotated[float, Field(gt=0, le=60)]
     infer_batch_sizes: Annotated[list[Count], Field(min_length=1)]
     warmup: Annotated[int, Field(ge=1, description="the first calls include tracing/compilation")]
     steps: Count
@@ -282,15 +282,13 @@ def load(path: str | Path = "params.yaml") -> Params:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
+        where = f" line {e.problem_mark.line + 1}" if getattr(e, "problem_mark", None) else ""
         raise ParamsError(f"{path}:{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
     return parse(raw)
 
 
 def override(raw: dict, **dotted: Any) -> dict:
-    """A copy of params.yaml's mapping with dotted keys replaced (`bench.variants`), as `dvc exp run -S` would;
-    not validated (parse it)."""
+    """params.yaml's mapping with dotted keys replaced, as `dvc exp run -S` does; a copy, not validated."""
     raw = copy.deepcopy(raw)
     for key, value in dotted.items():
         *parents, last = key.split(".")

@@ -58,13 +58,13 @@ def setting_of(arm: str) -> tuple[str, int] | None:
 
 def read(cls: type, d: dict, path: Path | str, stage: str, prefix: str = "") -> Any:
     """A record of `cls` from a flat mapping (keys `prefix` + field); a missing required field is a one-line error
-    naming the file and the stage to rerun. A NaN went to JSON as null (files.write_json): a float field whose
-    default is NaN reads it back as NaN, not None."""
+    naming the file and the stage to rerun. A NaN went to JSON as null (files.write_json): a float field
+    reads it back as NaN, not None."""
     required = [prefix + f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
     missing = [k for k in required if k not in d]
     if missing:
         raise DataError(f"{path}: malformed (missing {', '.join(missing)}); rerun `dvc repro {stage}`")
-    nan = {f.name for f in fields(cls) if isinstance(f.default, float) and math.isnan(f.default)}
+    nan = {f.name for f in fields(cls) if f.type in (float, "float")}  # "float | None" keeps its None
     return cls(**{f.name: math.nan if f.name in nan and d[prefix + f.name] is None else d[prefix + f.name]
                   for f in fields(cls) if prefix + f.name in d})
 
@@ -165,7 +165,7 @@ class Measurement:
     def from_flat(cls, d: dict, path: Path | str = "reports/bench/records.json") -> "Measurement":
         """A row of records.json (or of a child's output) back into its record."""
         # a NaN went to JSON as null (files.write_json): a float field reads it back as NaN, not None
-        plain = {f.name: math.nan if d[f.name] is None and isinstance(f.default, float) else d[f.name]
+        plain = {f.name: math.nan if d[f.name] is None and f.type in (float, "float") else d[f.name]
                  for f in fields(cls) if f.name in d and f.name not in ("train", "infer")}
         m = cls(**plain)
         if "train_samples_per_s" in d:

@@ -262,11 +262,11 @@ def test_on_a_gpu_drift_follows_the_device_matmul_and_the_host_gemm_is_read_besi
     host, asked = iter([150.0, 120.0, 140.0, 140.0]), []
     monkeypatch.setattr(speedo, "gemm_gflops", lambda threads, seconds=0.3: asked.append(seconds) or next(host))
     cpu = run()  # on a CPU the host's GEMM is the speedometer itself, read once on each side
-    assert (cpu.calib_before_gflops, cpu.calib_after_gflops, asked) == (150.0, 120.0, [speedo.SECONDS] * 2)
+    assert (cpu.calib_before_gflops, cpu.calib_after_gflops, asked) == (150.0, 120.0, [P.bench.calib_s] * 2)
     assert math.isnan(cpu.host_calib_before_gflops) and math.isnan(cpu.gpu_sm_clock_mhz_after)
     device, asked[:] = iter([1000.0, 900.0]), []  # a fake GPU: its own matmul, NVML figures
     monkeypatch.setattr(tb, "speedometer", lambda: "fake matmul on a fake GPU")
-    monkeypatch.setattr(tb, "calibrate", lambda threads: next(device))
+    monkeypatch.setattr(tb, "calibrate", lambda threads, seconds: next(device))
     monkeypatch.setattr(telemetry, "read", lambda: {"sm_clock_mhz": 1980.0, "temperature_c": 50.0, "power_w": 300.0,
                                                     "memory_used_mb": 1000.0, "processes": 2.0})
     gpu = run()

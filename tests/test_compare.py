@@ -84,7 +84,7 @@ def test_overlapping_measurements_on_one_machine_are_warned_about():
 # bench.max_s: rounds measured again for flagged children (cheap NumPy ones) keep a verdict while the suite's
 # other worker loads the machine
 SMALL = TINY | {"frameworks": ["numpy"], "models": ["mlp"], "bench.control": False, "bench.thread_counts": [],
-                "bench.max_s": 60, "loaders.workers": [0]}
+                "bench.max_s": 20, "loaders.workers": [0]}
 
 
 def test_experiments_from_two_machines_meet_through_git_and_a_dvc_remote(tmp_path):
@@ -141,7 +141,11 @@ def test_experiments_from_two_machines_meet_through_git_and_a_dvc_remote(tmp_pat
     # be "no clear difference" when a round was hit; the measured median ratio still shows the effect, and the
     # verdict is never "slower"
     change = [c.strip() for c in rate.strip("|").split("|")][4]  # the verdict's column (a gate's reason may name
-    assert float(re.search(r"\| (\d+\.\d+)x \[", rate).group(1)) > 1.5 and change != "slower", rate  # "slower")
+    ratio = re.search(r"\| (\d+\.\d+)x \[", rate)  # "slower")
+    if ratio:
+        assert float(ratio.group(1)) > 1.5 and change != "slower", rate
+    else:  # every round of one experiment flagged (a machine busy throughout): no ratio, and the line says why
+        assert change == "no verdict" and "rounds" in rate, rate
     # tiny settings never reach the target: said, not hidden
     assert any("time to target" in line and "| no verdict: 0 and 0 seeds" in line for line in lines)
     assert "not reached" in md[md.index("**time to target"):]

@@ -136,8 +136,10 @@ def test_a_full_disk_while_the_bench_writes_its_records_is_one_line_and_keeps_th
     (old / "records.json").write_text('{"old": true}')
     params = write_params(tmp_path / "params.yaml", **{"data.name": "digits", "frameworks": ["torch"], "models":
                                                        ["mlp"], "mlp.hidden": [8], "bench.steps": 2, "bench.repeats":
-                                                       3, "bench.warmup": 1, "bench.min_repeat_s": 0,
-                                                       "bench.latency_calls": 20, "bench.control": False})
+                                                       3, "bench.warmup": 1, "bench.min_repeat_s": 0, "bench.repeat_max_s": 2,
+                                                       "bench.latency_calls": 20, "bench.control": False,
+                                                       "bench.infer_batch_sizes": [64], "bench.max_s": 1,
+                                                       "bench.calib_s": 0.05})
     got = on_small_fs(tmp_path, stage("bench", "--data", str(FIXTURE / "data/prepared.npz"), "--env",
                                       str(FIXTURE / "reports/env.json"), "--out", str(out), "--params", str(params)),
                       out, free=8_000, old=old)

@@ -83,8 +83,9 @@ def test_the_threads_reported_are_the_threads_that_compute_each_in_a_fresh_proce
         # the work is done by the calling thread and the pool's threads, every one of them, and no other thread
         assert total > 20 and busy == ["caller"] + [runtime.POOL] * pool, got["work"]
     # the caller hands each program's operations to the pool and waits for them (synchronous dispatch): at one
-    # thread the process never computes on two cores at once (1.0 is one core busy all the time)
-    assert one["cpu_per_wall"] < 1.1
+    # thread the process does not compute on two cores at once (1.0 is one core busy all the time, 2.0 two). The
+    # caller's wait spins a little, more when a busy neighbour descheduling the pool makes waits long: 1.5, not 1.0
+    assert one["cpu_per_wall"] < 1.5
 
 
 def test_a_new_learning_rate_is_a_new_value_in_the_compiled_step_not_a_new_compilation():

@@ -27,7 +27,7 @@ def test_every_key_in_params_yaml_has_a_comment():
     ({"threads": True}, "params.yaml: threads: expected integer"),
     ({"threads": -1}, "params.yaml: threads: expected an integer >= 0"),
     ({"device": "tpu"}, "params.yaml: device: expected one of auto | cpu | cuda"),
-    ({"frameworks": ["torch", "jax"]}, "params.yaml: frameworks: expected a non-empty list of distinct names"),
+    ({"frameworks": ["torch", "mxnet"]}, "params.yaml: frameworks: expected a non-empty list of distinct names"),
     ({"frameworks": []}, "params.yaml: frameworks: expected a non-empty list"),
     ({"models": ["mlp", "mlp"]}, "params.yaml: models: expected a non-empty list of distinct names"),
     ({"data.name": "cifar"}, "params.yaml: data.name: expected one of mnist | fashion-mnist | idx | digits"),

@@ -21,8 +21,9 @@ ENV = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "DVC_NO_ANAL
 # bench.max_s 1: the first 6 rounds only (rounds measured again are test_bench's); the suite's time stays bounded
 TINY = {"data.name": "digits", "mlp.hidden": [32], "cnn.channels": [4, 8], "cnn.dense": 32, "cnn.kernel": 3,
         "schedule.mlp.epochs": 2, "schedule.cnn.epochs": 1, "bench.warmup": 1, "bench.steps": 2,
-        "bench.repeats": 3, "bench.min_repeat_s": 0, "bench.max_s": 1, "bench.latency_calls": 20,
-        "bench.infer_batch_sizes": [1, 64],
+        "bench.repeats": 3, "bench.calib_s": 0.05, "bench.min_repeat_s": 0, "bench.repeat_max_s": 1, "bench.max_s": 1,
+        "bench.latency_calls": 20,
+        "bench.infer_batch_sizes": [64],
         "bench.thread_counts": [1, 2], "loaders.workers": [0, 1], "loaders.warmup": 1,
         "loaders.batches": 2, "loaders.repeats": 3}
 
@@ -127,10 +128,10 @@ def test_whole_pipeline_on_tiny_settings(repo):
     assert head.count("): ") >= 2 and "**mlp** (PyTorch " in head and "Speed evidence: " in head
     assert "Not measured in this run: the variants child is opt-in" in md  # compile variants: opt-in, said so
     assert "Not measured in this run: scaling is opt-in" in md  # the scale stage ran and measured nothing
-    metrics = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
-    shown = json.dumps(metrics)
-    assert all(f"reports/runs/{c}/metrics.json" in shown for c in cells) and "test_acc" in shown
-    assert "torch_vs_tensorflow_time_to_target_winner" in shown  # reports/headline.json, declared as metrics
+    metrics = next(iter(json.loads(dvc(repo, "metrics", "show", "--json").stdout).values()))["data"]
+    assert list(metrics) == ["reports/headline.json"]  # DVC's metrics are the headline; the detail stays in outs
+    head = metrics["reports/headline.json"]["data"]["headline"]
+    assert "torch_vs_tensorflow_time_to_target_winner" in head["mlp"] and "torch_test_acc" in head["cnn"]
     dvc(repo, "plots", "show", "-o", "plots_html")  # what DVC's own tools draw: every declared plot
     html = (repo / "plots_html" / "index.html").read_text()
     assert "vegaEmbed('#reports_plots_val_acc_tsv'" in html  # frameworks overlaid, through .dvc/plots/frameworks.json
@@ -148,6 +149,10 @@ def test_whole_pipeline_on_tiny_settings(repo):
     write_params(repo / "params.yaml", **TINY | {"bench.steps": 3})
     changed = set(json.loads(dvc(repo, "status", "--json").stdout)) - {"env"}
     assert changed == {"bench", "report"}
+    # Another dataset's target leaves every train cell as it is (the report prints the whole params file)
+    write_params(repo / "params.yaml", **TINY | {"target.fashion-mnist.mlp": 0.5})
+    changed = set(json.loads(dvc(repo, "status", "--json").stdout)) - {"env"}
+    assert changed == {"report"}
 
 
 def test_train_without_prepared_data_names_the_stage_to_run(tmp_path):

@@ -137,10 +137,10 @@ def test_fp16_scales_the_loss_unscales_the_update_and_skips_a_non_finite_one(fra
 
 
 def test_fp16_loss_scale_grows_and_backs_off_alike_and_a_skipped_step_is_not_counted(monkeypatch):
-    from pipeline.backends.tensorflow import backend as tensorflow_backend
+    from pipeline.backends.tensorflow import optim as tensorflow_optim
     from pipeline.backends.torch import backend as torch_backend
     monkeypatch.setattr(torch_backend, "LOSS_SCALE_GROWTH", 2)  # both frameworks read the shared setting
-    monkeypatch.setattr(tensorflow_backend, "LOSS_SCALE_GROWTH", 2)
+    monkeypatch.setattr(tensorflow_optim, "LOSS_SCALE_GROWTH", 2)
     s, adam = SPECS["mlp"], specs.Optim("adam", 1e-3, 0.0, 0.9, 0.999, 1e-8)
     rng = np.random.default_rng(4)
     x, y = rng.normal(size=(16, *s.in_shape)).astype(np.float32), rng.integers(0, 10, 16)

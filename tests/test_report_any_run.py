@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +35,13 @@ P = params.load(FIXTURE / "params.yaml")
 # What a verdict line may say: a verdict with its evidence, or "no verdict: <reason>"
 VERDICT = re.compile(r"^(no verdict: \S.*|no clear difference[ :(].*|\S.* is faster \(.*\)|\S.* reaches the target "
                      r"faster: .*|\S.* is more accurate \(.*\)|these two trained models differ on the test set, .*)$")
-FATES = ("keep", "flag", "drop")
+FATES = ("keep", "slow", "busy", "drop")
 
 
 def broken_run(tmp: Path, fate: dict, cells: dict, loaders: dict, scale: str, bench_gone: bool,
                launches: dict | None = None) -> Path:
-    """A copy of the fixture run with each child's `fate` applied (the machine slowed during it, so flagged; or gone,
-    as if it failed), each train
+    """A copy of the fixture run with each child's `fate` applied (the machine in a slow spell throughout it, or busy
+    for nearly all of it: flagged; or gone, as if it failed), each train
     cell kept, diverged or gone, each framework's loaders kept or gone, the scale stage's records real (each
     launch's `launches` fate applied alike), opt-out (measured: false) or gone; the bench's and the scale stage's
     records then summarised again by their own code."""
@@ -53,11 +54,14 @@ def broken_run(tmp: Path, fate: dict, cells: dict, loaders: dict, scale: str, be
         if what == "drop":
             continue
         m = Measurement.from_flat(r.flat())
-        if what == "flag":  # the machine slowed down by 40% during it: flagged by the bench's own rule
-            m.calib_after_gflops = 0.6 * m.calib_before_gflops
-            m.drift = speedo.drift(m.calib_before_gflops, m.calib_after_gflops)
-            m.flag = m.flag or rounds.flag(m.calib_before_gflops, m.calib_after_gflops, m.calib_before_gflops,
-                                           P.bench.max_drift)
+        usual = rounds.level(m)
+        if what == "slow":  # the whole child ran in a spell at 55% of the calm speed (its partner may have too)
+            m.calm_level_gflops, m.calib_after_gflops = 0.55 * usual, 0.55 * m.calib_after_gflops
+        if what == "busy" and m.train:  # the machine busy for nearly all of it: too few calm repeats, no figures
+            m.train = replace(m.train, samples_per_s=float("nan"), repeats=0)
+            m.infer = {bs: replace(x, samples_per_s=float("nan"), repeats=0) for bs, x in m.infer.items()}
+        if what in ("slow", "busy") and m.kind == "round":
+            m.flag = rounds.judge([m], usual, P.bench.max_drift)  # the bench's own rule says why
         rows.append(m)
     if bench_gone or not rows:
         shutil.rmtree(rep / "bench")
@@ -150,18 +154,23 @@ def test_any_broken_run_still_gives_a_whole_report(tmp_path_factory, fate, cells
 
 @pytest.mark.parametrize("kinds", [("round",), ("round", "variants", "threads")], ids=["rounds", "every-child"])
 def test_a_run_whose_children_were_all_flagged_says_no_verdict_with_its_reason(tmp_path, kinds):
-    root = broken_run(tmp_path, {c: "flag" for c in CHILDREN if c[0] in kinds}, {}, {}, "keep", False)
+    root = broken_run(tmp_path, {c: "busy" for c in CHILDREN if c[0] in kinds}, {}, {}, "keep", False)
     md = build(root)
     check(root, md)
     speed = [line for line in md.splitlines() if re.match(r"^\*\*(mlp|cnn) (train|infer)\*\*", line)]
     assert speed and all(": no verdict: " in line for line in speed), speed
     assert "rounds" in speed[0] and "dvc repro -f -s bench" in md  # how many usable rounds, and what to do
+    # every child slow alike instead: a slow spell that held both children of a round still gives its ratio
+    alike = broken_run(tmp_path / "slow", {c: "slow" for c in CHILDREN if c[0] in kinds}, {}, {}, "keep", False)
+    md = build(alike)
+    check(alike, md)
+    assert any(": no verdict: " not in line for line in md.splitlines() if re.match(r"^\*\*(mlp|cnn) train\*\*", line))
     head = json.loads((root / "reports/headline.json").read_text())["headline"]
     assert head["speed_verdicts_withheld"] == len(RECORDS["verdicts"])
 
 
 def test_a_framework_with_no_usable_round_is_named_and_the_others_still_shown(tmp_path):
-    root = broken_run(tmp_path, {c: "flag" for c in CHILDREN if c[0] == "round" and c[2].startswith("tensorflow")},
+    root = broken_run(tmp_path, {c: "busy" for c in CHILDREN if c[0] == "round" and c[2].startswith("tensorflow")},
                       {}, {}, "keep", False)
     md = build(root)
     check(root, md)
@@ -178,7 +187,7 @@ def test_a_framework_with_no_usable_round_is_named_and_the_others_still_shown(tm
 def test_the_real_figures_are_drawn_or_said_missing_when_everything_was_flagged_or_lost(tmp_path):
     """The figures themselves, drawn for real, from a run that lost a framework's cells, the loaders and the bench's
     usable rounds: each is drawn from what is left or replaced by a line saying why."""
-    fate = {c: "flag" for c in CHILDREN}
+    fate = {c: "busy" for c in CHILDREN}
     root = broken_run(tmp_path, fate, {"tensorflow-cnn": "drop", "torch-mlp": "diverge"},
                       {fw: "drop" for fw in P.frameworks}, "keep", False, {k: "flag" for k in LAUNCHES})
     md = build(root)

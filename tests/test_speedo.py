@@ -29,8 +29,17 @@ def test_on_a_cpu_every_backend_uses_the_same_numpy_gemm(framework, monkeypatch)
     be = backends.create(framework, 1, "cpu", 0, "fp32")
     assert be.speedometer() == speedo.DESCRIPTION == "NumPy fp32 GEMM 512x512 on the CPU"
     asked = []
-    monkeypatch.setattr(speedo, "gemm_gflops", lambda threads: asked.append(threads) or 123.0)
+    monkeypatch.setattr(speedo, "gemm_gflops", lambda threads, seconds=speedo.SECONDS: asked.append(threads) or 123.0)
     assert be.calibrate(3) == 123.0 and asked == [3]  # the shared kernel, on the threads asked for
+
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow", "jax"])
+def test_between_repeats_a_framework_reads_its_own_matmul_not_numpys(framework, monkeypatch):
+    # NumPy's BLAS keeps its threads spinning for a while after each call: read between two repeats, it slowed
+    # PyTorch's next repeat 2-3x on two cores. A framework's own matmul shares the framework's own thread pool.
+    be = backends.create(framework, 2, "cpu", 0, "fp32")
+    monkeypatch.setattr(speedo, "gemm_gflops", lambda *a, **k: pytest.fail("NumPy's GEMM read between repeats"))
+    assert be.reading(2) > 1.0  # GFLOP/s of its own 512 x 512 matmul
 
 
 def test_telemetry_without_a_driver_is_nan_not_invented(monkeypatch):

@@ -16,8 +16,8 @@ from pipeline.measure.zygote import Zygotes, forks
 from tests.conftest import write_params
 
 TINY = {"frameworks": ["torch"], "models": ["mlp"], "mlp.hidden": [8], "train.batch_size": 16, "bench.steps": 2,
-        "bench.repeats": 3, "bench.warmup": 1, "bench.min_repeat_s": 0, "bench.latency_calls": 20,
-        "bench.infer_batch_sizes": [4]}
+        "bench.repeats": 3, "bench.warmup": 1, "bench.min_repeat_s": 0, "bench.repeat_max_s": 2, "bench.latency_calls": 20,
+        "bench.infer_batch_sizes": [4], "bench.calib_s": 0.05}
 
 
 def test_forked_children_are_separate_fresh_processes_each_on_the_threads_it_asks_for(prepared):
@@ -33,9 +33,10 @@ def test_forked_children_are_separate_fresh_processes_each_on_the_threads_it_ask
         assert [(r[0].threads, r[0].intra_op_threads) for r in got] == [(1, 1), (2, 2), (1, 1)]
         assert all(r[0].child_forked and r[0].status == "ok" and r[0].train.samples_per_s > 0 for r in got)
         m = got[0][0]
-        # where its time went: start, the two speedometer readings (~0.3 s each on a CPU), the model; parts of a whole
+        # where its time went: start, the speedometer (bench.calib_s on each side, the readings between repeats),
+        # the model; parts of a whole
         assert m.child_wall_s > m.child_setup_s + m.child_calib_s + m.measure_s and m.child_setup_s > 0
-        assert 0.5 < m.child_calib_s < m.child_wall_s and m.measure_s > 0
+        assert 2 * TINY["bench.calib_s"] < m.child_calib_s < m.child_wall_s and m.measure_s > 0
         pid = proc.pid
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # ended with the run
     with Zygotes(fork=False, gpu_visible=False) as via:

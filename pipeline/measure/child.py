@@ -121,10 +121,11 @@ def timed(run: Callable[[], Measurement]) -> Measurement:
 
 
 def interleaved(be: Backend, specs: dict[str, tuple[ModelSpec, Optim]], data: object, n: int, cfg: Bench,
-                batch_size: int, seed: int, threads: int, run_level: float) -> tuple[list[Measurement], list[float]]:
+                batch_size: int, seed: int, threads: int, run_level: float) -> tuple[list[Measurement], float]:
     """A round child's measurements: each model built, its first step timed apart (tracing, compilation), its
     training and its inference at each batch size warmed up as units; then every unit's repeats interleaved, each
-    beside a speedometer reading (units.py); each figure from its calm repeats. Returns the rows and the readings."""
+    beside a speedometer reading (units.py); each figure from its calm repeats. Returns the rows and the seconds
+    the readings took."""
     made, todo = [], []
     for name, (spec, optim) in specs.items():
         t0 = time.perf_counter()
@@ -144,11 +145,17 @@ def interleaved(be: Backend, specs: dict[str, tuple[ModelSpec, Optim]], data: ob
             units.size(u, cfg.warmup, cfg.min_repeat_s, be.sync, time.perf_counter)
         made.append((row, train, infer, predict, time.perf_counter() - t0))
         todo += [train, *infer]
+    spent = [0.0]  # on the readings: the speedometer's share of the child's time
+
+    def reading() -> float:
+        t = time.perf_counter()
+        got = be.reading(threads)
+        spent[0] += time.perf_counter() - t
+        return got
     t0 = time.perf_counter()
-    readings = units.interleave(todo, lambda: be.reading(threads), be.sync, cfg.repeats,
-                                cfg.max_drift, cfg.repeat_max_s, run_level)
-    shared = (time.perf_counter() - t0) / len(made)  # the interleaved repeats' time, shared by the models
-    level = units.calm_level(readings, run_level)
+    readings = units.interleave(todo, reading, be.sync, cfg.repeats, cfg.max_drift, cfg.repeat_max_s, run_level)
+    shared = (time.perf_counter() - t0 - spent[0]) / len(made)  # the repeats' time, shared by the models
+    level = units.calm_level(readings, run_level, cfg.max_drift)
     for row, train, infer, predict, own in made:
         t0 = time.perf_counter()
         row.train = units.rates(train, level, cfg.max_drift, cfg.repeats)
@@ -157,7 +164,7 @@ def interleaved(be: Backend, specs: dict[str, tuple[ModelSpec, Optim]], data: ob
             "per_call_s": u.per_call_s, "before_gflops": u.before, "after_gflops": u.after} for u in (train, *infer)}
         latency(be, predict, data, cfg, row)
         row.calm_level_gflops, row.measure_s = level, own + shared + time.perf_counter() - t0
-    return [m[0] for m in made], readings
+    return [m[0] for m in made], spent[0]
 
 
 def latency(be: Backend, predict: Callable[[Any], Any], data: object, cfg: Bench, row: Measurement) -> None:
@@ -179,11 +186,11 @@ def child(be: Backend, specs: dict[str, tuple[ModelSpec, Optim]], data: object, 
     tel0 = telemetry.read() if gpu else {}
     t0 = time.perf_counter()
     host0 = speedo.gemm_gflops(threads, seconds=speedo.HOST_SECONDS) if gpu else math.nan
-    before = be.calibrate(threads)  # the run's common speedometer, the denominator of every "% of peak"
+    before = be.calibrate(threads, cfg.calib_s)  # the run's common speedometer, the denominator of every "% of peak"
+    calib_s = time.perf_counter() - t0
     if variants == [be.DEFAULT] and not asked:
-        rows, readings = interleaved(be, specs, data, n, cfg, batch_size, seed, threads, run_level)
-        after = be.calibrate(threads)
-        calib_s = 2 * speedo.SECONDS + len(readings) * speedo.READING_S
+        rows, reading_s = interleaved(be, specs, data, n, cfg, batch_size, seed, threads, run_level)
+        calib_s += reading_s
     else:
         rows = [timed(lambda m=m, v=v: measure_or_unsupported(be, m, v, lambda: measure(
                     be, specs[m][0], specs[m][1], data, n, cfg, batch_size, seed, v)))
@@ -191,8 +198,9 @@ def child(be: Backend, specs: dict[str, tuple[ModelSpec, Optim]], data: object, 
                 for m in specs for v in variants]
         rows += [Measurement(m, name, status="absent", reason=be.ABSENT[name]) for m in specs for name in asked
                  if name in be.ABSENT]
-        after = be.calibrate(threads)
-        calib_s = 2 * speedo.SECONDS
+    t0 = time.perf_counter()
+    after = be.calibrate(threads, cfg.calib_s)
+    calib_s += time.perf_counter() - t0
     host1 = speedo.gemm_gflops(threads, seconds=speedo.HOST_SECONDS) if gpu else math.nan
     tel1 = telemetry.read() if gpu else {}
     for r in rows:

@@ -38,10 +38,13 @@ class Unit:
     after: list[float] = field(default_factory=list)       # and after it (GFLOP/s)
 
 
-def calm_level(readings: list[float], floor: float = 0.0) -> float:
+def calm_level(readings: list[float], floor: float = 0.0, max_drift: float = 1.0) -> float:
     """The machine's calm speed as these readings show it: their upper decile (a spell only ever lowers a
-    reading), or `floor` (the run's own calm level) when that is higher."""
-    return max(floor, float(np.percentile(readings, CALM_QUANTILE))) if readings else floor
+    reading), or `floor` (the run's calm level so far) when that is higher and the readings met it (within
+    max_drift) at all: a child that ran wholly in a spell is judged at its own level, and the bench pairs it only
+    with a child that met the same spell."""
+    own = float(np.percentile(readings, CALM_QUANTILE)) if readings else 0.0
+    return floor if own < floor and own >= (1 - max_drift) * floor else own or floor
 
 
 def calm(u: Unit, level: float, max_drift: float) -> list[bool]:
@@ -87,6 +90,6 @@ def interleave(units: list[Unit], reading: Callable[[], float], sync: Callable[[
             readings.append(reading())
             u.before.append(readings[-2])
             u.after.append(readings[-1])
-        level = calm_level(readings, run_level)
+        level = max(run_level, calm_level(readings))  # waiting for the run's calm speed, within max_s
         if all(sum(calm(u, level, max_drift)) >= wanted for u in units) or clock() - start > max_s:
             return readings

@@ -15,7 +15,7 @@ from pipeline.backends import about, short, shown
 from pipeline.data.prepare import IMBALANCE, prepared_meta
 from pipeline.measure import verdict
 from pipeline.records import Cell
-from pipeline.report import figures, render, scaling, speed
+from pipeline.report import figures, render, scaling, speed, sweeps
 from pipeline.report.headline import headline, time_to_target_blocks
 from pipeline.report.results import RUN_SETTINGS, Results, history_rows, loader_rows, pair_label, pairs
 
@@ -152,8 +152,7 @@ def build(r: Results, params_text: str, prepared: dict, figdir: Path) -> list[re
                                      figdir / "samples.png"),
               f"Test images with true label and each framework's {model} prediction; red: a framework is wrong")
              if preds else ("p", f"No test images with predictions: no {model} cell left its results."))
-    B += speed.speed_blocks(r, figdir) + speed.variant_blocks(r)
-    B += speed.thread_blocks(r, figdir)
+    B += speed.speed_blocks(r, figdir) + sweeps.variant_blocks(r) + sweeps.thread_blocks(r, figdir)
     table, verdicts = loaders_section(r)
     unloaded = r.lacks(*(f"loaders@{fw}" for fw in r.frameworks))
     B += [("h2", "Data loading: num_workers / num_parallel_calls"),

@@ -54,7 +54,7 @@ class TFMultiWorker(Engine):
 
     def make_step(self, model: Any, optim: Optim, global_batch: int) -> StepFn:
         import keras
-        from pipeline.backends.tensorflow.backend import make_optimizer, scaled_loss
+        from pipeline.backends.tensorflow.optim import make_optimizer, scaled_loss
         tf, strategy = self.tf, self.strategy
         with strategy.scope():
             opt = make_optimizer(optim, self.be.loss_scaled)  # fp16: the backend's loss scaling
