@@ -8,7 +8,7 @@ export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: repro test compare gpu-check venv clean
+.PHONY: repro test compare examples gpu-check venv clean
 
 # TORCH_INDEX picks the PyTorch build (README "Install"): https://download.pytorch.org/whl/cpu for the CPU-only
 # wheel (no CUDA packages can come with it), .../whl/cuNNN for a CUDA one; unset, pip's configured index decides.
@@ -35,6 +35,12 @@ repro: venv
 # Compare DVC experiments (README "Comparing experiments"): EXPS="a b" BASELINE=a, or all of this commit's.
 compare: venv
 	$(BIN)/python -m pipeline.report.compare $(EXPS) $(if $(BASELINE),--baseline $(BASELINE))
+
+# The committed example reports (reports/examples.yaml), each made again from HEAD and stamped; EXAMPLES="mnist5k"
+# makes one. `python -m pipeline.report.examples --mark` only marks those older than the code.
+EXAMPLES ?=
+examples: venv
+	$(BIN)/python -m pipeline.report.examples $(EXAMPLES)
 
 # One GPU's figures in minutes (README "On a GPU"): the train stages, then a fresh bench child per precision and
 # batch size. GPU_CHECK="--batch-sizes 512 --precisions bf16" narrows it; GPU_CHECK=--cpu is a dry run without one.

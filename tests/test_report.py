@@ -3,6 +3,7 @@ import inspect
 import json
 import math
 import re
+from pathlib import Path
 from dataclasses import asdict
 
 import numpy as np
@@ -572,3 +573,15 @@ def test_a_train_stage_gap_on_a_steady_machine_is_put_down_to_the_loop_or_the_be
     path.write_text(json.dumps(rec))
     md = run_report(results)
     assert "this machine's speed drifts" in md and "the speedometer held" not in md
+
+
+def test_the_page_renders_the_report_s_markdown_and_shows_markup_in_its_text_as_text():
+    from pipeline.report import render
+    blocks = [("h1", "run on `digits`"), ("p", "**mlp**: PyTorch is faster; reason: a < b & <script>x</script>"),
+              ("pre", "x <y>")]
+    page = render.page(blocks, "t")
+    assert "<h1>run on <code>digits</code></h1>" in page
+    assert ("<p><strong>mlp</strong>: PyTorch is faster; reason: a &lt; b &amp; &lt;script&gt;x&lt;/script&gt;</p>"
+            in page)
+    assert "<pre>x &lt;y&gt;</pre>" in page and "<script>" not in page
+    assert render.markdown(blocks, Path.cwd()).startswith("# run on `digits`\n\n**mlp**: PyTorch is faster")

@@ -3,6 +3,7 @@ failure is one line and the zygote serves on; TensorFlow's are never forked wher
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -31,7 +32,10 @@ def test_forked_children_are_separate_fresh_processes_each_on_the_threads_it_ask
             assert proc.children() == []  # the child ended and was reaped; it never came back into the loop
         # a thread count set in one child is not inherited by the next: each starts from the zygote, which set none
         assert [(r[0].threads, r[0].intra_op_threads) for r in got] == [(1, 1), (2, 2), (1, 1)]
-        assert all(r[0].child_forked and r[0].status == "ok" and r[0].train.samples_per_s > 0 for r in got)
+        assert all(r[0].child_forked and r[0].status == "ok" for r in got)
+        # a rate, or (a machine busy for all of the child) too few calm repeats for one: never a rate from too few
+        assert all(r[0].train.samples_per_s > 0 if r[0].train.repeats >= TINY["bench.repeats"] else
+                   math.isnan(r[0].train.samples_per_s) for r in got)
         m = got[0][0]
         # where its time went: start, the speedometer (bench.calib_s on each side, the readings between repeats),
         # the model; parts of a whole

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import base64
 import html
-import re
 from pathlib import Path
 
 import pandas as pd
+from markdown_it import MarkdownIt
 
 # A block is ("h1"|"h2"|"p"|"pre", text) · ("table", DataFrame) · ("img", path, caption).
 Block = tuple
@@ -53,11 +53,13 @@ def markdown(blocks: list[Block], rel_to: Path) -> str:
     return "\n\n".join(out) + "\n"
 
 
+# CommonMark, raw HTML off: a reason or a path in the report's prose is shown as text, never parsed as markup
+MD = MarkdownIt("commonmark", {"html": False})
+
+
 def _inline(text: str) -> str:
-    """The little Markdown the report's prose uses: **bold** and `code`."""
-    text = html.escape(text)
-    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+    """The report's prose (**bold**, `code`, links) as HTML, through markdown-it-py."""
+    return MD.renderInline(text)
 
 
 def page(blocks: list[Block], title: str) -> str:
@@ -68,7 +70,7 @@ def page(blocks: list[Block], title: str) -> str:
         if kind in ("h1", "h2"):
             body.append(f"<{kind}>{_inline(b[1])}</{kind}>")
         elif kind == "p":
-            body.append(f"<p>{_inline(b[1])}</p>")
+            body.append(MD.render(b[1]).strip())
         elif kind == "pre":
             body.append(f"<pre>{html.escape(b[1])}</pre>")
         elif kind == "table":
