@@ -81,6 +81,7 @@ def make(name: str, ex: dict, repo: Path = ROOT) -> Path:
             raise DataError(f"example {name}: `dvc repro` failed (its lines above say why); nothing written")
         wall, after = time.perf_counter() - t0, speedo.gemm_gflops(threads, seconds=3.0)
         machine = json.loads((clone / "reports/env.json").read_text()).get("machine_name", "unknown")
+        code = code_digest(clone)  # the code that ran: HEAD's, whatever the working tree holds
         out = repo / "reports" / f"example-{name}"
         part = out.with_name(out.name + ".part")
         shutil.rmtree(part, ignore_errors=True)
@@ -91,7 +92,7 @@ def make(name: str, ex: dict, repo: Path = ROOT) -> Path:
     sets = " ".join(f"-S '{k}={json.dumps(v, separators=(',', ':')) if isinstance(v, list) else v}'"
                     for k, v in ex["set"].items())
     files.write_text(part / "README.md", (
-        f"Example `{name}`, made by `make examples` at commit {commit[:7]}, code {code_digest(repo)}: data "
+        f"Example `{name}`, made by `make examples` at commit {commit[:7]}, code {code}: data "
         f"`{p.data.name}`, machine `{machine}`, GEMM {before:.0f} GFLOP/s before the run and {after:.0f} after; "
         f"`dvc repro` took {wall:.0f} s.\n\n# Example report: {ex['about']}\n\n"
         f"Made from reports/examples.yaml, as `dvc exp run {sets}` would run it, every other parameter at its default "
