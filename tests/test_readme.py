@@ -1,7 +1,7 @@
-"""The README's code map is made from the tree, and the tree keeps the layout's promises: every module and package
-says what it is for, and no module or function grows past what one reads in a sitting.
+"""The code map (docs/code.md) is made from the tree, and the tree keeps the layout's promises: every module and
+package says what it is for, and no module or function grows past what one reads in a sitting.
 
-Print the map to paste after moving or adding a module: `python -m tests.test_readme`.
+Print the map to paste into docs/code.md after moving or adding a module: `python -m tests.test_readme`.
 """
 from __future__ import annotations
 
@@ -48,11 +48,15 @@ def code_map() -> str:
     return "\n".join(lines)
 
 
-def test_the_readme_shows_the_tree_as_it_is():
-    text = (ROOT / "README.md").read_text()
-    assert BEGIN in text and END in text, f"README.md needs the code map between {BEGIN} and {END}"
+CODE_MAP = ROOT / "docs" / "code.md"
+
+
+def test_the_code_map_shows_the_tree_as_it_is():
+    text = CODE_MAP.read_text()
+    assert BEGIN in text and END in text, f"docs/code.md needs the code map between {BEGIN} and {END}"
     shown = text.split(BEGIN)[1].split(END)[0].strip().removeprefix("```").removesuffix("```").strip("\n")
-    assert shown == code_map(), "README's code map is stale; paste `python -m tests.test_readme`:\n" + code_map()
+    assert shown == code_map(), ("docs/code.md: the code map is stale; paste `python -m tests.test_readme`:\n"
+                                 + code_map())
 
 
 def test_every_module_and_package_says_what_it_is_for_in_one_line():

@@ -5,7 +5,7 @@ MNIST-sized data offline: 60,000 + 10,000 images made from the 5,000 real MNIST 
 only, so no test image is a distortion of a digit seen in training. Each image is its digit rotated, scaled, sheared
 and shifted at random, then elastically distorted (Simard et al. 2003, the classic MNIST augmentation) and lightly
 noised: the copies of one digit differ the way two people's strokes do, so a CNN needs more than one epoch to reach
-0.99 validation accuracy on it, as on real MNIST (the README's "Offline" gives the measured epochs).
+0.99 validation accuracy on it, as on real MNIST.
 
     python -m pipeline.data.synth --out data/mnist28       # 60,000 + 10,000 images, about 20 s
     dvc exp run -S data.name=idx -S 'data.mirrors=[data/mnist28]'
@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from pipeline.data import offline
 
-# Distortion strength at strength=1 (what the README's measurements used): rotation, log-scale and shear spread,
+# Distortion strength at strength=1 (the default): rotation, log-scale and shear spread,
 # shift, elastic field (amplitude in pixels before smoothing, smoothing sigma in pixels), pixel noise.
 ROTATE_DEG, LOG_SCALE, SHEAR, SHIFT_PX = 7.5, 0.06, 0.15, 1.0
 ELASTIC_ALPHA, ELASTIC_SIGMA, NOISE = 17.0, 4.0, 0.02
