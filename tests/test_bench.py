@@ -451,3 +451,22 @@ def test_a_variant_whose_steps_differ_from_the_default_is_caught_before_it_is_ti
     assert wrong.status == "wrong" and wrong.reason.startswith("step 2's loss ") and "not timed" in wrong.reason
     assert "differs from the default variant's" in wrong.reason and wrong.flat()["reason"] == wrong.reason
     assert child.measure(tb, spec, OPTIM, data, 64, cfg, 16, 0, "twin").status == "ok"
+
+
+def test_each_model_s_inference_units_run_that_model(monkeypatch):
+    # two models in one child: each unit must time its own model's predict, not the last one built
+    x = np.random.default_rng(0).normal(size=(40, 8, 8, 1)).astype(np.float32)
+    wide = specs.mlp((8, 8, 1), 10, [32], "relu", 0.0)
+    called, make = [], tb.make_predict
+
+    def tagged(model, variant):
+        predict, width = make(model, variant), model[1].out_features  # the first dense layer's width
+        return lambda xb: called.append(width) or predict(xb)
+    monkeypatch.setattr(tb, "make_predict", tagged)
+    rows, _ = child.interleaved(tb, {"mlp": (SPEC, OPTIM), "wide": (wide, OPTIM)}, tb.put(x, np.arange(40) % 10),
+                                40, P.bench, 8, 0, 1, 0.0)
+    assert [r.model for r in rows] == ["mlp", "wide"] and set(called) == {16, 32}
+    # runs of calls to one model: its sizing, then one per repeat as the units take turns, then its latency; with
+    # the last model's predict in every unit, the first model would be called only to size it and for latency
+    runs = [w for i, w in enumerate(called) if i == 0 or called[i - 1] != w]
+    assert runs.count(16) >= P.bench.repeats + 2 and runs.count(32) >= P.bench.repeats + 2, runs

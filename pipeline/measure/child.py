@@ -139,7 +139,8 @@ def interleaved(be: Backend, specs: dict[str, tuple[ModelSpec, Optim]], data: ob
         units.size(train, cfg.warmup - 1, cfg.min_repeat_s, be.sync, time.perf_counter)
         row.train_mem_peak_mb = be.memory_peak_mb()
         predict = be.make_predict(model, be.DEFAULT)
-        infer = [Unit(name, "infer", bs, lambda k, xb=be.take(data, np.arange(bs) % n)[0]: [
+        # predict and xb bound now: a name looked up when the unit runs would be the last model's
+        infer = [Unit(name, "infer", bs, lambda k, xb=be.take(data, np.arange(bs) % n)[0], predict=predict: [
             predict(xb) for _ in range(k)][-1], calls=cfg.steps) for bs in cfg.infer_batch_sizes]
         for u in infer:
             units.size(u, cfg.warmup, cfg.min_repeat_s, be.sync, time.perf_counter)
