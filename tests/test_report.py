@@ -585,3 +585,21 @@ def test_the_page_renders_the_report_s_markdown_and_shows_markup_in_its_text_as_
             in page)
     assert "<pre>x &lt;y&gt;</pre>" in page and "<script>" not in page
     assert render.markdown(blocks, Path.cwd()).startswith("# run on `digits`\n\n**mlp**: PyTorch is faster")
+
+
+def test_a_ranking_prints_the_figure_it_orders_by(monkeypatch):
+    from types import SimpleNamespace
+
+    from pipeline.records import Cell
+    from pipeline.report import headline
+    bench = {"torch": "0.9", "tensorflow": "0.4", "jax": "—"}  # JAX left no bench rate: its own stage's time
+    monkeypatch.setattr(headline, "_at_bench_speed", lambda r, c: bench[c.framework])
+    monkeypatch.setattr(headline, "time_to_target_verdict", lambda r, a, b: SimpleNamespace(text="v"))
+    done = lambda t: SimpleNamespace(time_to_target_s=t, target_val_acc=0.97, diverged_seeds=0)  # noqa: E731
+    r = SimpleNamespace(frameworks=["torch", "tensorflow", "jax"],
+                        train={Cell("torch", "mlp"): done(0.1), Cell("tensorflow", "mlp"): done(0.3),
+                               Cell("jax", "mlp"): done(0.8)})
+    # PyTorch's own stage took 0.1 s, but the ranking is by the bench's rate: the line shows that figure
+    assert headline.ranking(r, "mlp") == ("**mlp**, time to target: TensorFlow (0.4 s to 0.97 at bench speed) "
+                                          "before JAX (0.8 s to 0.97) before PyTorch (0.9 s to 0.97 at bench speed); "
+                                          "TensorFlow vs JAX: v; PyTorch vs JAX: v")

@@ -132,12 +132,20 @@ def _estimate(r: Results, cell: Cell) -> float:
     return m.time_to_target_s if m and m.time_to_target_s is not None else float("inf")
 
 
+def _ranked_by(r: Results, cell: Cell) -> str:
+    """The figure a ranking orders a cell by (_estimate), in words: the train stage's own seconds ran minutes apart
+    from the other cells', so the order comes from the bench's interleaved rate where there is one."""
+    m, bench = r.train.get(cell), _at_bench_speed(r, cell)
+    if m is None:
+        return "no results"
+    return f"{bench} s to {m.target_val_acc:g} at bench speed" if bench != "—" else _ttt(m)
+
+
 def ranking(r: Results, model: str) -> str:
     """One model's line with three frameworks or more: the frameworks by time to target, each before the next with
     the verdict between the two."""
     cells = sorted((Cell(fw, model) for fw in r.frameworks), key=lambda c: _estimate(r, c))
-    order = " before ".join(f"{shown(c.framework)} ({_ttt(r.train[c]) if c in r.train else 'no results'})"
-                            for c in cells)
+    order = " before ".join(f"{shown(c.framework)} ({_ranked_by(r, c)})" for c in cells)
     pos = r.frameworks.index  # each pair's verdict is the params' order's: a before b there
 
     def between(a: Cell, b: Cell) -> str:
