@@ -9,7 +9,7 @@ are; the names in them are these fields' names, so a key is spelled here and now
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple
 
@@ -56,17 +56,20 @@ def setting_of(arm: str) -> tuple[str, int] | None:
     return key, int(value)
 
 
+def unnull(f: Field, value: Any) -> Any:
+    """A field's value as JSON gave it back: a NaN went to JSON as null (files.write_json), so a float field's null
+    is NaN again; a "float | None" field keeps its None."""
+    return math.nan if value is None and f.type in (float, "float") else value
+
+
 def read(cls: type, d: dict, path: Path | str, stage: str, prefix: str = "") -> Any:
     """A record of `cls` from a flat mapping (keys `prefix` + field); a missing required field is a one-line error
-    naming the file and the stage to rerun. A NaN went to JSON as null (files.write_json): a float field
-    reads it back as NaN, not None."""
+    naming the file and the stage to rerun; a float field's null is NaN (unnull)."""
     required = [prefix + f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
     missing = [k for k in required if k not in d]
     if missing:
         raise DataError(f"{path}: malformed (missing {', '.join(missing)}); rerun `dvc repro {stage}`")
-    nan = {f.name for f in fields(cls) if f.type in (float, "float")}  # "float | None" keeps its None
-    return cls(**{f.name: math.nan if f.name in nan and d[prefix + f.name] is None else d[prefix + f.name]
-                  for f in fields(cls) if prefix + f.name in d})
+    return cls(**{f.name: unnull(f, d[prefix + f.name]) for f in fields(cls) if prefix + f.name in d})
 
 
 @dataclass(frozen=True)
@@ -164,9 +167,8 @@ class Measurement:
     @classmethod
     def from_flat(cls, d: dict, path: Path | str = "reports/bench/records.json") -> "Measurement":
         """A row of records.json (or of a child's output) back into its record."""
-        # a NaN went to JSON as null (files.write_json): a float field reads it back as NaN, not None
-        plain = {f.name: math.nan if d[f.name] is None and f.type in (float, "float") else d[f.name]
-                 for f in fields(cls) if f.name in d and f.name not in ("train", "infer")}
+        plain = {f.name: unnull(f, d[f.name]) for f in fields(cls)
+                 if f.name in d and f.name not in ("train", "infer")}
         m = cls(**plain)
         if "train_samples_per_s" in d:
             m.train = read(Rates, d, path, "bench", prefix="train_")

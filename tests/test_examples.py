@@ -59,6 +59,9 @@ def test_a_bad_recorded_example_is_one_line_before_anything_runs(tmp_path):
     with pytest.raises(ParamsError, match=r"^params.yaml: train.batch_size: expected an integer >= 1 .*, got 0$"):
         examples.make("bad", {"about": "x", "set": {"train.batch_size": 0}}, repo)
     assert not (repo / "reports").exists()  # nothing written
+    (tmp_path / "plain").mkdir()  # not a git repository: git's own reason, in one line
+    with pytest.raises(DataError, match=r"^git rev-parse HEAD: fatal: not a git repository"):
+        examples.make("x", {"about": "x", "set": {}}, tmp_path / "plain")
     record = tmp_path / "examples.yaml"
     record.write_text(yaml.safe_dump({"one": {"about": "x"}}))
     with pytest.raises(DataError, match=r"each example needs exactly `about` and `set` \(bad: one\)"):

@@ -30,6 +30,7 @@ from pipeline import files, params
 from pipeline.backends import cpu_threads
 from pipeline.errors import DataError
 from pipeline.probe import speedo
+from pipeline.report.exps import git
 
 log = logging.getLogger("examples")
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,19 +59,15 @@ def recorded(path: Path = RECORD) -> dict[str, dict]:
     return got
 
 
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
-
-
 def make(name: str, ex: dict, repo: Path = ROOT) -> Path:
     """Run example `name` in a fresh clone of HEAD and copy its report into reports/example-<name>/."""
-    commit = _git(repo, "rev-parse", "HEAD")
-    if _git(repo, "status", "--porcelain", "--", "pipeline", "dvc.yaml", "params.yaml"):
+    commit = git(repo, "rev-parse", "HEAD").strip()
+    if git(repo, "status", "--porcelain", "--", "pipeline", "dvc.yaml", "params.yaml").strip():
         log.warning("uncommitted changes in pipeline/, dvc.yaml or params.yaml: the example runs HEAD (%s) without "
                     "them", commit[:7])
     with tempfile.TemporaryDirectory(prefix=f"example-{name}-") as tmp:
         clone = Path(tmp) / "clone"
-        _git(repo, "clone", "-q", str(repo), str(clone))
+        git(repo, "clone", "-q", str(repo), str(clone))
         raw = params.override(yaml.safe_load((clone / "params.yaml").read_text()), **ex["set"])
         p = params.parse(raw)  # a bad override stops here, before anything runs
         (clone / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
