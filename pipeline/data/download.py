@@ -1,10 +1,13 @@
 """Fetch files from an ordered list of mirrors, with retries, checksums, no partial files.
 
 A mirror is an http(s) base URL or a local directory (offline users, tests). For each file, each mirror is
-tried `retries` times (transient failures only) before the next; a file lands only after its MD5 matches.
+tried `retries` times (transient failures only) before the next; a file lands only after its MD5 matches: the
+.gz's own, or, where the registry knows it, the MD5 of what it holds (a file packed again, or a local directory
+holding the files unpacked, which is gzipped on the way in).
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import logging
@@ -30,12 +33,24 @@ CHUNK = 1 << 16
 USER_AGENT = "mnist-bench/1.0 (+https://dvc.org)"
 
 
-def md5sum(path: Path) -> str:
+def md5sum(path: Path, unpack: bool = False) -> str:
+    """MD5 of the file's bytes, or with `unpack` of its gzip content (a file that is not gzip: '')."""
     h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
+    try:
+        with (gzip.open(path, "rb") if unpack else open(path, "rb")) as f:
+            for block in iter(lambda: f.read(CHUNK), b""):
+                h.update(block)
+    except (gzip.BadGzipFile, EOFError):
+        return ""
     return h.hexdigest()
+
+
+def _intact(path: Path, md5: str, raw_md5: str | None) -> str | None:
+    """None when the file is the one the checksums name, else why not."""
+    got = md5sum(path)
+    if got == md5 or (raw_md5 is not None and md5sum(path, unpack=True) == raw_md5):
+        return None
+    return f"checksum mismatch (md5 {got}, expected {md5}" + (f", or {raw_md5} unpacked)" if raw_md5 else ")")
 
 
 def _is_url(mirror: str) -> bool:
@@ -88,22 +103,30 @@ def _copy_url(url: str, out: Path, timeout: float, label: str) -> None:
             raise OSError(f"truncated: got {got} of {total} bytes")
 
 
-def _copy_local(src_dir: Path, name: str, out: Path) -> None:
+def _copy_local(src_dir: Path, name: str, out: Path, unpacked_ok: bool) -> None:
     src = src_dir / name
-    if not src.is_file():
+    if src.is_file():
+        shutil.copyfile(src, out)
+        return
+    plain = src_dir / name.removesuffix(".gz")
+    if not (unpacked_ok and plain.is_file()):
         raise _Permanent(f"no such file {src}")
-    shutil.copyfile(src, out)
+    # No name, mtime 0: the same content always packs to the same bytes, so DVC's hash of data/ stays put.
+    with open(plain, "rb") as f, open(out, "wb") as raw, gzip.GzipFile("", "wb", fileobj=raw, mtime=0) as gz:
+        shutil.copyfileobj(f, gz, CHUNK)
 
 
 def fetch_file(name: str, md5: str | None, mirrors: list[str], dest: Path, timeout: float, retries: int,
-               validate: Callable[[Path], None] | None = None, backoff_s: float = 0.5) -> str:
+               validate: Callable[[Path], None] | None = None, backoff_s: float = 0.5,
+               raw_md5: str | None = None) -> str:
     """Fetch `name` into `dest` from the first mirror that serves it intact; return the mirror used.
 
     `md5` None means no known checksum: `validate(path)` (e.g. an IDX header check) must pass instead.
-    Raises DataError listing every mirror and why it failed.
+    `raw_md5`, the MD5 of the unpacked content, also accepts a file packed again and lets a local mirror hold
+    the file unpacked (`name` without .gz). Raises DataError listing every mirror and why it failed.
     """
     target = dest / name
-    if target.is_file() and md5 is not None and md5sum(target) == md5:
+    if target.is_file() and md5 is not None and _intact(target, md5, raw_md5) is None:
         return "cache"
     failures = []
     for i, mirror in enumerate(mirrors, 1):
@@ -114,11 +137,9 @@ def fetch_file(name: str, md5: str | None, mirrors: list[str], dest: Path, timeo
                     if _is_url(mirror):
                         _copy_url(mirror.rstrip("/") + "/" + name, tmp, timeout, name)
                     else:
-                        _copy_local(_local_dir(mirror), name, tmp)
-                    if md5 is not None:
-                        got = md5sum(tmp)
-                        if got != md5:
-                            raise OSError(f"checksum mismatch (md5 {got}, expected {md5})")
+                        _copy_local(_local_dir(mirror), name, tmp, unpacked_ok=raw_md5 is not None)
+                    if md5 is not None and (bad := _intact(tmp, md5, raw_md5)):
+                        raise OSError(bad)
                     if validate is not None:
                         try:
                             validate(tmp)
@@ -142,15 +163,20 @@ def fetch_file(name: str, md5: str | None, mirrors: list[str], dest: Path, timeo
 
 
 def fetch_all(files: dict[str, str | None], mirrors: list[str], dest: Path, timeout: float, retries: int,
-              validate: Callable[[Path], None] | None = None, backoff_s: float = 0.5) -> dict[str, str]:
-    """Fetch every file; return {file: mirror used}. On failure, remove what this call fetched."""
+              validate: Callable[[Path], None] | None = None, backoff_s: float = 0.5,
+              raw: dict[str, str] | None = None) -> dict[str, str]:
+    """Fetch every file ({name: md5}, `raw` {name: unpacked md5}); return {file: mirror used}.
+
+    On failure, remove what this call fetched.
+    """
     if not mirrors:
         raise DataError("download: no mirrors to try; set data.mirrors in params.yaml")
     dest.mkdir(parents=True, exist_ok=True)
     used: dict[str, str] = {}
     try:
         for name, md5 in files.items():
-            used[name] = fetch_file(name, md5, mirrors, dest, timeout, retries, validate, backoff_s)
+            used[name] = fetch_file(name, md5, mirrors, dest, timeout, retries, validate, backoff_s,
+                                    raw_md5=(raw or {}).get(name))
     except BaseException:
         # An incomplete set is not an output: DVC would cache it as if the stage had succeeded.
         for name, mirror in used.items():
@@ -175,5 +201,6 @@ def download(name: str, mirrors: list[str], out: Path, timeout_s: float, retries
             log.warning("data.name=idx has no known checksums: files are checked by IDX header and length only")
         md5 = dict(zip(FILES, ds.md5 or (None,) * len(FILES)))
         used = fetch_all(md5, mirrors or list(ds.mirrors), out, timeout_s, retries,
-                         validate=validate_idx if ds.md5 is None else None)
+                         validate=validate_idx if ds.md5 is None else None,
+                         raw=dict(zip(FILES, ds.raw_md5)) if ds.raw_md5 else None)
     return {"dataset": name, "files": {f: {"mirror": used[f], "md5": m} for f, m in checksums(out, FILES).items()}}
