@@ -91,6 +91,56 @@ def test_one_seeds_time_to_target_verdict_counts_the_steps_resolution(window_a, 
         assert v.text.endswith("spans 1 once the steps' resolution is counted")
 
 
+def readings(true: np.ndarray, n_val: int, rng: np.random.Generator, shared: float = 0.7) -> np.ndarray:
+    """Validation accuracy read on n_val images: a model's own errors, a share of them those of its twin (two
+    frameworks training the same maths err mostly on the same images)."""
+    return true + rng.normal(0, np.sqrt(true * (1 - true) / n_val) * np.sqrt(1 - shared), len(true))
+
+
+STEPS = np.arange(100, 2300, 100)
+PLATEAU = 0.99 - 0.03 * np.exp(-STEPS / 300)  # a CNN's validation curve flattening just under its target
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_curves_of_the_same_maths_agree_though_their_crossings_of_a_flat_target_differ(seed):
+    rng = np.random.default_rng(seed)
+    a, b = readings(PLATEAU, 6000, rng), readings(PLATEAU, 6000, rng)
+    agreed = verdict.curves_agree(list(a), list(b), 6000)
+    assert agreed.agree, agreed.text
+    assert agreed.max_gap_se <= agreed.bound_se and agreed.p_signed_rank >= 0.05 and agreed.evaluations == len(STEPS)
+    # Far-apart crossings (1,300 vs 2,200 steps): the per-step verdict carries the time one, as at equal steps.
+    v = verdict.time_to_target("A", "B", (1200, 1300), (2100, 2200), A_FASTER, agreed)
+    assert v.winner == "A" and v.how == "curves x bench", v.text
+    assert v.text.startswith("A reaches the target faster: 1,300 vs 2,200 steps to target, a crossing of flat "
+                             "curves: the validation curves agree: largest gap ")
+    assert (v.time_ratio_low, v.time_ratio_high) == pytest.approx((1 / A_FASTER.ci_high, 1 / A_FASTER.ci_low))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_framework_that_learns_slower_per_step_or_glitches_is_told_apart(seed):
+    rng = np.random.default_rng(seed)
+    a = readings(PLATEAU, 6000, rng)
+    lagging = readings(0.99 - 0.03 * np.exp(-(STEPS - 150) / 300), 6000, rng)  # 150 steps behind all along
+    slow = verdict.curves_agree(list(a), list(lagging), 6000)
+    assert not slow.agree, slow.text
+    below = readings(PLATEAU - 0.0015, 6000, rng)  # 9 images fewer right at every evaluation: no gap alone tells
+    low = verdict.curves_agree(list(a), list(below), 6000)
+    assert not low.agree and low.max_gap_se <= low.bound_se and low.p_signed_rank < 0.05, low.text
+    glitch = readings(PLATEAU, 6000, rng)
+    glitch[5] -= 0.02  # one evaluation 120 images off: more than the validation noise allows
+    odd = verdict.curves_agree(list(a), list(glitch), 6000)
+    assert not odd.agree and odd.max_gap_se > odd.bound_se, odd.text
+    v = verdict.time_to_target("A", "B", (1200, 1300), (2100, 2200), A_FASTER, slow)
+    assert v.winner is None and v.text.startswith("no verdict: from one seed, 1,300 vs 2,200 steps to target, more "
+                                                  "than one evaluation (100 steps) apart") and "differ beyond" in v.text
+
+
+def test_too_few_evaluations_in_common_are_no_agreement():
+    got = verdict.curves_agree([0.9, 0.95], [0.9, 0.95], 6000)
+    assert not got.agree and got.text.startswith("2 evaluation(s) in common")
+    assert verdict.curves_agree([0.9, 0.95, 0.97], [0.9, 0.95, 0.97], 6000).agree  # identical curves: p = 1
+
+
 def test_one_seeds_time_to_target_has_no_verdict_when_the_per_step_one_was_withheld():
     withheld = A_FASTER.withheld("the A/A control told identical runs apart (1.3x)")
     v = verdict.time_to_target("A", "B", (900, 1000), (900, 1000), withheld)

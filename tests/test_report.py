@@ -354,6 +354,36 @@ def test_steps_to_target_further_apart_than_one_evaluation_give_no_verdict_from_
     assert "per step: PyTorch is faster (PyTorch/TensorFlow = 2.00x" in md
 
 
+@pytest.mark.parametrize("tf_curve, verdict_starts, table", [
+    # the same curve to within 6 of 6,000 images, flat just under the target until TensorFlow met it at 300
+    ([0.7, 0.79, 0.799], "PyTorch reaches the target faster: 30 vs 300 steps to target, a crossing of flat curves: "
+                         "the validation curves agree: largest gap 0.0010", "agree: largest gap"),
+    # TensorFlow learned slower per step all along: its later crossing is the maths, not a draw
+    ([0.6, 0.7, 0.75], "no verdict: from one seed, 30 vs 300 steps to target, more than one evaluation (10 steps) "
+                       "apart, and one seed cannot tell a framework's steps from a seed's (the validation curves "
+                       "differ beyond noise: largest gap 0.1000 = 11.5 SE", "differ: largest gap 11.5 SE"),
+])
+def test_far_apart_crossings_of_agreeing_curves_get_the_per_step_verdict(results, tf_curve, verdict_starts, table):
+    for fw in ("torch", "tensorflow"):
+        d = results / "runs" / f"{fw}-mlp"
+        run = json.loads((d / "run.json").read_text())
+        (d / "run.json").write_text(json.dumps(run | {"val_samples": 6000}))
+    d = results / "runs" / "torch-mlp"  # met the target 0.8 at its third evaluation
+    pd.read_csv(d / "history.tsv", sep="\t").assign(val_acc=[0.7, 0.79, 0.8]).to_csv(d / "history.tsv", sep="\t",
+                                                                                     index=False)
+    d = results / "runs" / "tensorflow-mlp"
+    pd.read_csv(d / "seeds.tsv", sep="\t").assign(steps_to_target=[300]).to_csv(d / "seeds.tsv", sep="\t", index=False)
+    steps = list(range(10, 301, 10))
+    acc = tf_curve + [0.79] * (len(steps) - 4) + [0.8]
+    pd.DataFrame({"step": steps, "epoch": 1, "train_loss": 0.5, "train_acc": 0.8, "train_s": np.arange(1, 31.0),
+                  "val_loss": 0.5, "val_acc": acc}).to_csv(d / "history.tsv", sep="\t", index=False)
+    md = run_report(results)
+    assert f"**mlp**, PyTorch vs TensorFlow, time to target: {verdict_starts}" in md
+    eq = md[md.index("| model   | same parameter counts"):]
+    assert table in eq.splitlines()[2] and "3 evaluations" in eq.splitlines()[2]
+    assert "n/a" in eq.splitlines()[3]  # the CNN cells recorded no validation size: no curve test
+
+
 def test_a_noisy_bench_says_so_in_the_first_lines_with_what_to_do(results):
     path = results / "bench" / "records.json"
     rec = json.loads(path.read_text())

@@ -51,6 +51,8 @@ def test_train_stage_writes_every_output(prepared):
                                                                        columns=wide.columns, fill_value=0)
     np.testing.assert_array_equal(counted.to_numpy(), wide.to_numpy())
     assert 0 <= m["test_acc"] <= 1 and m["test_samples"] == 20 and m["params"] == 64 * 8 + 8 + 8 * 10 + 10
+    # the images every validation accuracy was read on: the noise the report's curve test allows
+    assert json.loads((prepared / "out" / "run.json").read_text())["val_samples"] == 12
 
 
 def test_full_disk_while_saving_the_model_leaves_no_metrics(prepared, monkeypatch):

@@ -95,8 +95,47 @@ def speed(name_a: str, name_b: str, ratios: list[float], min_effect: float, alph
     return Said(text=f"no clear difference ({detail})", **got)
 
 
+@dataclass(frozen=True, kw_only=True)
+class Agreement:
+    """Do two validation curves, evaluated at the same steps on the same images, agree within that set's noise?"""
+    agree: bool
+    text: str
+    evaluations: int = 0
+    max_gap_se: float = NAN  # the largest gap, in standard errors of a gap between two readings
+    bound_se: float = NAN    # the largest gap allowed (Bonferroni over the evaluations)
+    p_signed_rank: float = NAN  # against "neither curve lies above the other"
+
+
+def curves_agree(acc_a: list[float], acc_b: list[float], n_val: int, alpha: float = ALPHA) -> Agreement:
+    """Two frameworks' validation accuracies at the same steps (the same weights, batches and masks in both).
+
+    They agree when no evaluation's gap exceeds the validation set's own noise (a gap between two readings of
+    accuracy p on n images has standard error sqrt(2 p (1 - p) / n); the bound is Bonferroni's over the
+    evaluations) and neither curve lies above the other more often or by more than chance allows (Wilcoxon
+    signed-rank, p >= alpha): a framework that learned slower per step, or differently, fails one or the other.
+    Near a plateau such curves cross the target at steps that differ by a draw of that noise, not by the maths."""
+    a, b = np.asarray(acc_a, np.float64), np.asarray(acc_b, np.float64)
+    k = len(a)
+    if k < 3 or len(b) != k or n_val < 1:
+        return Agreement(agree=False, text=f"{k} evaluation(s) in common, too few to compare the curves",
+                         evaluations=k)
+    p = np.clip((a + b) / 2, 0.5 / n_val, 1 - 0.5 / n_val)
+    gap = np.abs(a - b) / np.sqrt(2 * p * (1 - p) / n_val)
+    bound = float(stats.norm.ppf(1 - alpha / (2 * k)))
+    d = a - b
+    prank = 1.0 if not np.any(d) else float(stats.wilcoxon(d, zero_method="zsplit").pvalue)
+    worst = int(np.argmax(gap))
+    facts = (f"largest gap {abs(d[worst]):.4f} = {gap[worst]:.1f} SE of {n_val:,} images (bound {bound:.1f} over "
+             f"{k} evaluations), signed-rank p = {prank:.2f}")
+    agree = bool(gap[worst] <= bound and prank >= alpha)
+    return Agreement(agree=agree, text=("the validation curves agree: " if agree else
+                                        "the validation curves differ beyond noise: ") + facts,
+                     evaluations=k, max_gap_se=float(gap[worst]), bound_se=bound, p_signed_rank=prank)
+
+
 def time_to_target(name_a: str, name_b: str, window_a: tuple[int, int] | None,
-                   window_b: tuple[int, int] | None, per_step: Said) -> Reaching:
+                   window_b: tuple[int, int] | None, per_step: Said,
+                   curves: Agreement | None = None) -> Reaching:
     """Time-to-target verdict from one seed: time = steps to target x time per step.
 
     A window (since, at) says the target was crossed after step `since` (the evaluation before) and by step `at`
@@ -106,7 +145,10 @@ def time_to_target(name_a: str, name_b: str, window_a: tuple[int, int] | None,
     time-to-target one. Met at the same evaluation, the steps count as equal and time a / time b lies in
     [1 / hi, 1 / lo]; met at adjacent evaluations, each count is known only to its window, and time a / time b lies
     in [since_a / at_b / hi, at_a / since_b / lo]. A winner needs the per-step winner and that whole range on its
-    side of 1. Counts further apart: one seed cannot tell a framework's steps from a seed's, so no verdict."""
+    side of 1. Counts further apart: where the two validation curves agree (`curves`, curves_agree) the crossing was
+    a draw of the validation noise on a flat curve, the steps are the same in expectation, and the per-step verdict
+    carries the time one as at the same evaluation; otherwise one seed cannot tell a framework's steps from a
+    seed's, so no verdict."""
     base = {"steps_a": window_a and window_a[1], "steps_b": window_b and window_b[1], "rounds": per_step.rounds,
             "how": "steps x bench"}
     missing = [n for n, w in ((name_a, window_a), (name_b, window_b)) if w is None]
@@ -115,14 +157,19 @@ def time_to_target(name_a: str, name_b: str, window_a: tuple[int, int] | None,
     (since_a, at_a), (since_b, at_b) = window_a, window_b
     cadence = max(at_a - since_a, at_b - since_b)
     steps = f"{at_a:,} vs {at_b:,} steps to target"
-    if abs(at_a - at_b) > cadence:
+    apart = abs(at_a - at_b) > cadence
+    if apart and not (curves and curves.agree):
         return Reaching(text=(f"no verdict: from one seed, {steps}, more than one evaluation ({cadence} steps) "
-                              "apart, and one seed cannot tell a framework's steps from a seed's (train.repeats: 6 "
-                              f"gives a direct verdict); per step: {per_step.text}"), **base)
-    same = f"{steps}, the same to within one evaluation ({cadence} steps)"
+                              "apart, and one seed cannot tell a framework's steps from a seed's"
+                              + (f" ({curves.text})" if curves else "") + " (train.repeats: 6 gives a direct "
+                              f"verdict); per step: {per_step.text}"), **base)
+    same = (f"{steps}, a crossing of flat curves: {curves.text}, so the same steps in expectation" if apart
+            else f"{steps}, the same to within one evaluation ({cadence} steps)")
+    if apart:
+        base["how"] = "curves x bench"
     if per_step.text.startswith("no verdict"):
         return Reaching(text=f"no verdict: {same}, but per step {per_step.text}", **base)
-    if at_a == at_b:  # met at the same evaluation: the same maths, so the same steps; time ratio = 1 / rate ratio
+    if at_a == at_b or apart:  # the same maths, so the same steps (in expectation); time ratio = 1 / rate ratio
         low, high = 1 / per_step.ci_high, 1 / per_step.ci_low
     else:  # at adjacent evaluations: each count is known only to its window
         low = since_a / at_b / per_step.ci_high

@@ -53,9 +53,11 @@ def time_to_target_blocks(r: Results, figdir: Path) -> list:
                   "(`train.stop_at_target`) and test accuracy is measured at the stop. Time to target = steps to "
                   "target x time per step. Seed k starts both frameworks from the same weights and batch order, so "
                   f"with {verdict.min_rounds()} seeds or more (`train.repeats`) the verdict pairs the seeds' own "
-                  "times; with fewer, it combines the steps each framework needed (when they agree to within one "
-                  "evaluation) with the bench's interleaved per-step verdict, because the train cells run as "
-                  "separate stages, minutes apart, and the machine's drift enters their own times. `at bench "
+                  "times; with fewer, it combines the steps each framework needed with the bench's interleaved per-step "
+                  "verdict (the train cells run as separate stages, minutes apart, and the machine's drift enters "
+                  "their own times). The steps must agree: to within one evaluation, or, further apart, as the "
+                  "crossings of two flat curves that agree at every evaluation both made (a draw of the "
+                  "validation noise, not of the maths; Equivalence shows the test). `at bench "
                   "speed`: steps to target x batch size / the bench's median training rate."),
             ("table", pd.DataFrame(rows)), *[("p", line) for line in lines], figure]
 
@@ -82,7 +84,17 @@ def time_to_target_verdict(r: Results, ca: Cell, cb: Cell) -> Said:
                     Said(text="no verdict: " + (r.lacks("bench") or "the bench did not compare them")))
     per_step = replace(per_step, winner=shown(per_step.winner))  # an older bench's records say "torch"
     return verdict.time_to_target(shown(ca.framework), shown(cb.framework), _window(r, ca), _window(r, cb),
-                                  per_step)
+                                  per_step, curves(r, ca, cb))
+
+
+def curves(r: Results, ca: Cell, cb: Cell) -> verdict.Agreement | None:
+    """Whether the two cells' first seeds' validation curves agree at the steps both evaluated (verdict.curves_agree);
+    None for a run that did not record its validation set's size."""
+    n_val = r.run.get(ca, {}).get("val_samples")
+    if n_val is None or ca not in r.history or cb not in r.history:
+        return None
+    both = r.history[ca][["step", "val_acc"]].merge(r.history[cb][["step", "val_acc"]], on="step").dropna()
+    return verdict.curves_agree(list(both["val_acc_x"]), list(both["val_acc_y"]), int(n_val))
 
 
 def _window(r: Results, cell: Cell) -> tuple[int, int] | None:

@@ -16,7 +16,7 @@ from pipeline.data.prepare import IMBALANCE, prepared_meta
 from pipeline.measure import verdict
 from pipeline.records import Cell
 from pipeline.report import figures, render, scaling, speed, sweeps
-from pipeline.report.headline import headline, time_to_target_blocks
+from pipeline.report.headline import curves, headline, time_to_target_blocks
 from pipeline.report.results import RUN_SETTINGS, Results, history_rows, loader_rows, pair_label, pairs
 
 
@@ -53,7 +53,8 @@ def equivalence(r: Results) -> pd.DataFrame:
                      rb.get("dropout_masks_sha256", "n/a") if "dropout_masks_sha256" in ra else "n/a",
                      **{f"same {what}": ra[key] == rb[key] for what, key in RUN_SETTINGS.items()},
                      "initial logits max abs diff": diff, "logits agree (<= 1e-4)": diff <= 1e-4,
-                     "steps to target (first seed)": steps_agreement(r, ca, cb)})
+                     "steps to target (first seed)": steps_agreement(r, ca, cb),
+                     "validation curves (first seed)": _curves(r, ca, cb)})
     return pd.DataFrame(rows)
 
 
@@ -67,6 +68,16 @@ def steps_agreement(r: Results, ca: Cell, cb: Cell) -> str:
     a, b = (int(s) for s in steps)
     return f"{a:,} vs {b:,}: " + ("the same" if a == b else f"within one evaluation ({cadence})"
                                   if abs(a - b) <= cadence else f"apart by {abs(a - b):,}")
+
+
+def _curves(r: Results, ca: Cell, cb: Cell) -> str:
+    got = curves(r, ca, cb)
+    if got is None:
+        return "n/a"
+    if not got.evaluations or np.isnan(got.max_gap_se):
+        return got.text
+    return (f"{'agree' if got.agree else 'differ'}: largest gap {got.max_gap_se:.1f} SE (bound {got.bound_se:.1f}), "
+            f"signed-rank p {got.p_signed_rank:.2f}, {got.evaluations} evaluations")
 
 
 def class_balance(prepared: dict) -> str:

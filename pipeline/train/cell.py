@@ -105,7 +105,8 @@ def evidence(be: Backend, spec: ModelSpec, d: dict, seed: int, epochs: int, batc
             "init_weights_sha256": digest(w0),
             "batch_order_sha256": digest([batch_order(n, seed, e) for e in range(epochs)]),
             "dropout_masks_sha256": digest(shared_masks(spec, seed, n, batch_size)(0)),  # the first epoch's
-            "readback_weights_sha256": digest(be.get_weights(model, spec))}, logits
+            "readback_weights_sha256": digest(be.get_weights(model, spec)),
+            "val_samples": len(d["y_val"])}, logits  # the images each validation accuracy was read on
 
 
 def warm(be: Backend, spec: ModelSpec, optim: Optim, placed: tuple, tp: Train, seed: int) -> None:
