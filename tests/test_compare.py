@@ -128,9 +128,13 @@ def test_experiments_from_two_machines_meet_through_git_and_a_dvc_remote(tmp_pat
             "beta-bs64")} == {"alpha-bs16": {16}, "beta-bs64": {64}}
     machines = rows.groupby("experiment")["machine"].first()
     assert machines["alpha-bs64"].startswith("alpha (") and machines["beta-bs64"].startswith("beta (")
-    for metric in ("train_samples_per_s", "train_pct_of_own_calib", "time_to_target_s", "test_acc",
-                   "loader_best_samples_per_s"):
-        assert (rows["metric"] == metric).groupby(rows["experiment"]).sum().eq(1).all(), metric
+    per_experiment = {m: (rows["metric"] == m).groupby(rows["experiment"]).sum() for m in rows["metric"].unique()}
+    for metric in ("time_to_target_s", "test_acc", "loader_best_samples_per_s"):
+        assert per_experiment[metric].eq(1).all(), metric
+    # The bench's figures: one each, or none where the suite's other worker kept every repeat of that experiment's
+    # bench busy (its children then give no calm figure; the report says so, and no row is made up).
+    for metric in ("train_samples_per_s", "train_pct_of_own_calib"):
+        assert per_experiment.get(metric, pd.Series(dtype=int)).le(1).all(), metric
     md = (out / "summary.md").read_text()
     assert "| main " in md and "not in commit" in md  # the project commit has no results: skipped, with why
     verdicts = md[md.index("## Against the baseline"):md.index("## Headline")]
